@@ -1,0 +1,116 @@
+"""The torch backend for decoder LLMs: an engine directory and the generator that serves it.
+
+An engine directory holds the (possibly fake-quantized) model, the tokenizer and
+`engine.json`, which records which backend built it, with which limits and package
+versions. The harness loads nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+ENGINE_FILE = "engine.json"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    backend: str
+    benchmark: str
+    precision: str
+    dtype: str
+    max_batch_size: int
+    max_input_len: int
+    max_output_len: int
+    min_output_len: int
+    beam_width: int
+    eos_token_id: int
+    pad_token_id: int
+    report_first_token: bool
+    threads: int
+    versions: dict
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "nvidia-modelopt", "mlcommons-loadgen", "tensorrt-llm"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def build(model_dir: Path, tokenizer_dir: Path, spec: EngineSpec, out: Path) -> None:
+    shutil.copytree(model_dir, out / "model")
+    shutil.copytree(tokenizer_dir, out / "tokenizer")
+    (out / ENGINE_FILE).write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
+
+
+def read_spec(engine_dir: Path) -> EngineSpec:
+    path = engine_dir / ENGINE_FILE
+    try:
+        return EngineSpec(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; {engine_dir} is not an engine directory") from None
+    except (json.JSONDecodeError, TypeError) as err:
+        raise InputError(f"{path}: not a valid engine description ({err})") from None
+
+
+class TorchLLM:
+    """Batched beam-search generation with the limits the engine was built with."""
+
+    def __init__(self, engine_dir: Path):
+        from ..benchmarks.gptj import load_tokenizer
+        from ..optimization.quantization import load
+
+        self.spec = read_spec(engine_dir)
+        if self.spec.backend != "torch":
+            raise InputError(f"{engine_dir}: built for backend {self.spec.backend}, not torch")
+        if self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        self.model = load(engine_dir / "model", self.spec.dtype)
+        self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
+
+    def encode(self, prompt: str) -> np.ndarray:
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.spec.max_input_len)["input_ids"]
+        return np.asarray(ids, dtype=np.int64)
+
+    def decode(self, tokens: np.ndarray) -> str:
+        return self.tokenizer.decode(tokens.tolist(), skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def generate(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """New tokens per input (int32), cut after the first EOS (kept: TEST06 allows one)."""
+        s = self.spec
+        width = max(len(x) for x in inputs)
+        ids = torch.full((len(inputs), width), s.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        for i, x in enumerate(inputs):  # left padding: every prompt ends where generation starts
+            ids[i, width - len(x):] = torch.from_numpy(x)
+            mask[i, width - len(x):] = 1
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=s.beam_width,
+            max_new_tokens=s.max_output_len,
+            min_new_tokens=s.min_output_len,
+            early_stopping=s.beam_width > 1,
+            do_sample=False,
+            eos_token_id=s.eos_token_id,
+            pad_token_id=s.pad_token_id,
+        )[:, width:]
+        results = []
+        for row in out.numpy():
+            stop = np.flatnonzero(row == s.eos_token_id)
+            results.append(row[: stop[0] + 1 if stop.size else len(row)].astype(np.int32))
+        return results

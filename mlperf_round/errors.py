@@ -1,0 +1,25 @@
+"""Errors a stage reports as one line; the exit code says whose fault it was."""
+
+
+class RoundError(Exception):
+    """A known failure: reported as one line, never as a traceback."""
+
+    exit_code = 1
+
+
+class ParamsError(RoundError):
+    """params.yaml (or a command-line argument) is wrong; nothing was computed."""
+
+    exit_code = 2
+
+
+class InputError(RoundError):
+    """A checkpoint, dataset or log is missing or corrupt."""
+
+    exit_code = 3
+
+
+class AccuracyError(RoundError):
+    """The optimized model missed its accuracy target."""
+
+    exit_code = 4

@@ -1,0 +1,79 @@
+"""One LoadGen test, in a process of its own.
+
+LoadGen reads its configuration once per process and takes the process down on some SUT
+faults, so every test (scenario x mode, and each compliance audit) runs here, under a
+watchdog in the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import RoundError
+
+
+def run_test(spec: dict, timeout_s: float) -> None:
+    """Run one test in a child process; its logs land in spec['outdir']."""
+    outdir = Path(spec["outdir"])
+    outdir.mkdir(parents=True, exist_ok=True)  # a missing outdir aborts LoadGen
+    spec_file = outdir / "test_spec.json"
+    spec_file.write_text(json.dumps(spec, indent=1))
+    proc = subprocess.Popen([sys.executable, "-m", "mlperf_round.harness.run", str(spec_file)], start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise RoundError(f"{spec['scenario']} {spec['mode']}: LoadGen test did not finish in {timeout_s:.0f} s") from None
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        spec_file.unlink(missing_ok=True)
+    if rc != 0:
+        reason = (outdir / "sut_error.txt").read_text().strip().splitlines()[-1] if (outdir / "sut_error.txt").exists() else f"exit code {rc}"
+        raise RoundError(f"{spec['scenario']} {spec['mode']}: LoadGen test failed: {reason}")
+
+
+def _main(spec_file: str) -> int:
+    import mlperf_loadgen as lg
+
+    from .. import benchmarks
+    from ..backends.torch_llm import TorchLLM
+    from .settings import test_settings
+    from .sut import LLMSystem
+
+    spec = json.loads(Path(spec_file).read_text())
+    outdir = Path(spec["outdir"])
+    bench = benchmarks.get(spec["benchmark"])
+    prompts = [s.prompt for s in bench.load_samples(Path(spec["dataset"]))]
+    engine = TorchLLM(Path(spec["engine"]))
+    system = LLMSystem(engine, prompts, engine.spec.max_batch_size, engine.spec.report_first_token,
+                       desc=f"{spec['scenario']} {spec['mode']}")
+    ts = test_settings(Path(spec["user_conf"]), bench.LOADGEN_MODEL, spec["scenario"], spec["mode"])
+    log = lg.LogSettings()
+    log.log_output.outdir = str(outdir)
+    log.log_output.copy_summary_to_stdout = False
+    log.enable_trace = False  # the trace is not valid JSON and large
+    sut = lg.ConstructSUT(system.issue_query, system.flush_queries)
+    qsl = lg.ConstructQSL(len(prompts), len(prompts), system.load_samples, system.unload_samples)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, ts, log, spec.get("audit_config", ""))
+    finally:
+        system.close()
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    if system.error:
+        (outdir / "sut_error.txt").write_text(system.error)
+        print(system.error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))

@@ -1,0 +1,56 @@
+"""LoadGen settings: user.conf written from params; mlperf.conf is compiled into LoadGen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..params import EntryParams
+
+
+def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int) -> str:
+    """The user.conf of one entry. Outside smoke rounds only the QPS hints are set."""
+    lines = [f"# written by mlperf-round for {entry.mlperf_id}" + (" (smoke: NOT submittable)" if smoke else "")]
+    off = entry.loadgen.Offline if "Offline" in entry.scenarios else None
+    srv = entry.loadgen.Server if "Server" in entry.scenarios else None
+    if off is not None:
+        lines.append(f"{model}.Offline.target_qps = {off.expected_qps}")
+    if srv is not None:
+        lines.append(f"{model}.Server.target_qps = {srv.target_qps}")
+    if smoke:
+        lines.append(f"{model}.*.performance_sample_count_override = {qsl_size}")
+        if off is not None:
+            lines += [f"{model}.Offline.min_duration = {off.min_duration_ms}", f"{model}.Offline.min_query_count = {off.min_query_count}"]
+        if srv is not None:
+            lines += [
+                f"{model}.Server.min_duration = {srv.min_duration_ms}",
+                f"{model}.Server.min_query_count = {srv.min_query_count}",
+                f"{model}.Server.target_latency = {srv.target_latency_ms}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def test_settings(conf: Path, model: str, scenario: str, mode: str):
+    """TestSettings through FromConfig (the only path that applies the round's seeds); once per process."""
+    import mlperf_loadgen as lg
+
+    ts = lg.TestSettings()
+    rc = ts.FromConfig(str(conf), model, scenario)
+    if rc != 0:
+        raise ValueError(f"{conf}: LoadGen could not read it (FromConfig returned {rc})")
+    ts.scenario = getattr(lg.TestScenario, scenario)
+    ts.mode = getattr(lg.TestMode, mode)
+    return ts
+
+
+def accuracy_conf(model: str, qsl_size: int) -> str:
+    """For AccuracyOnly runs: every sample once, issued as fast as the SUT takes them.
+
+    Accuracy mode ignores durations and counts, but Server pacing still applies; a high
+    target QPS keeps it from stretching the run, and keeps QPS knobs out of accuracy's inputs.
+    """
+    return (
+        f"# accuracy runs: every sample once\n"
+        f"{model}.Offline.target_qps = 1000\n"
+        f"{model}.Server.target_qps = 1000\n"
+        f"{model}.*.performance_sample_count_override = {qsl_size}\n"
+    )

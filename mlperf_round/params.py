@@ -1,0 +1,319 @@
+"""The round's schema: params.yaml is validated here, once, before any stage works.
+
+Every knob has a default and a description; unknown keys are errors. A validation
+failure is reported as one line naming the key path (exit code 2).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+Precision = Literal["fp32", "bf16", "fp8", "int8_sq"]
+Scenario = Literal["Offline", "Server"]
+
+# MLPerf versions this project can lay out, the benchmarks each has, and the LoadGen
+# releases that carry its RNG seeds (MLPERF.md).
+VERSIONS: dict[str, dict] = {
+    "v5.0": {"benchmarks": {"gptj", "llama2-70b", "stable-diffusion-xl"}, "loadgen": ("5.0.9", "5.0.21")},
+    "v5.1": {"benchmarks": {"llama2-70b", "stable-diffusion-xl"}, "loadgen": ("5.0.22", "6.0.4")},
+    "v6.0": {"benchmarks": {"llama2-70b", "stable-diffusion-xl"}, "loadgen": ("6.0.5", "6.0.15")},
+    "v6.1": {"benchmarks": {"llama2-70b", "stable-diffusion-xl"}, "loadgen": ("6.0.16", "6.0.17")},
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SystemParams(Strict):
+    """What systems/<name>.json says that the host cannot tell."""
+
+    name: str = Field("cpu-smoke", description="system id: names systems/<name>.json and the results folders")
+    status: Literal["available", "preview", "rdi"] = Field("available", description="MLPerf availability category")
+    system_type: Literal["datacenter", "edge", "datacenter,edge"] = Field("datacenter", description="MLPerf system type")
+    framework: str = Field("PyTorch (mlperf-round torch backend)", description="software that runs the model")
+    accelerator_model_name: str = Field("N/A", description="accelerator, when NVML cannot tell")
+    accelerators_per_node: int = Field(0, ge=0, description="accelerators per node, when NVML cannot tell")
+    cooling: str = Field("air", description="cooling of the system")
+    host_networking: str = Field("N/A", description="host network, e.g. 'Infiniband'")
+    host_storage_type: str = Field("SSD", description="host storage type")
+    host_storage_capacity: str = Field("1 TB", description="host storage capacity")
+    hw_notes: str = Field("", description="free-form hardware notes")
+    sw_notes: str = Field("", description="free-form software notes")
+
+
+class RoundSection(Strict):
+    name: str = Field("smoke", description="round name: the MLflow parent run, compared across rounds")
+    version: Literal["v5.0", "v5.1", "v6.0", "v6.1"] = Field("v5.0", description="MLPerf Inference version: layout, seeds, benchmarks")
+    submitter: str = Field("MLPerfRound", description="submitter organisation, the folder under closed/ and open/")
+    smoke: bool = Field(True, description="shortened LoadGen runs: results are measured but not submittable")
+    test_timeout_s: int = Field(3600, ge=10, description="watchdog on each LoadGen test: a hung SUT fails the stage")
+    system: SystemParams = Field(default_factory=SystemParams, description="the system under test")
+
+    @model_validator(mode="after")
+    def _names(self) -> RoundSection:
+        for key, value in (("name", self.name), ("submitter", self.submitter), ("system.name", self.system.name)):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+                raise ValueError(f"{key}: {value!r} must be letters, digits, '.', '_' or '-'")
+        return self
+
+
+class TinyGPTJ(Strict):
+    n_layer: int = Field(2, ge=1, le=8, description="decoder layers of the tiny model")
+    n_embd: int = Field(64, ge=16, le=512, description="hidden size")
+    n_head: int = Field(4, ge=1, description="attention heads")
+    n_inner: int = Field(256, ge=16, description="MLP width")
+    rotary_dim: int = Field(16, ge=2, description="rotary dimensions per head")
+    n_positions: int = Field(1024, ge=256, description="maximum sequence length")
+    init_std: float = Field(0.02, gt=0, le=2, description="weight init std; larger gives peakier, more quantization-robust logits")
+    seed: int = Field(0, description="seed of the weights and of the training order")
+    train_steps: int = Field(600, ge=0, le=10000, description="training steps on a generated split disjoint from the accuracy set (0: random weights)")
+    train_samples: int = Field(512, ge=1, description="size of that training split")
+    train_batch: int = Field(16, ge=1, description="training batch size")
+    train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
+
+    @model_validator(mode="after")
+    def _shape(self) -> TinyGPTJ:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.rotary_dim > self.n_embd // self.n_head:
+            raise ValueError(f"rotary_dim {self.rotary_dim} exceeds the head size {self.n_embd // self.n_head}")
+        return self
+
+
+class HFSource(Strict):
+    repo: str = Field("", description="Hugging Face repository, e.g. EleutherAI/gpt-j-6b")
+    revision: str = Field("", description="pinned commit (40 hex digits)")
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256, every file to fetch")
+    endpoint: str = Field("https://huggingface.co", description="hub endpoint (a mirror, or a local server in tests)")
+
+    @model_validator(mode="after")
+    def _pinned(self) -> HFSource:
+        if self.revision and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(f"revision {self.revision!r} is not a 40-hex-digit commit")
+        for name, digest in self.files.items():
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"files.{name}: {digest!r} is not a sha256")
+        return self
+
+
+class ModelParams(Strict):
+    source: Literal["tiny", "hf"] = Field("tiny", description="tiny: built locally from `tiny`; hf: `hf` repo at a pinned revision")
+    tiny: TinyGPTJ = Field(default_factory=TinyGPTJ, description="config of the locally built model")
+    hf: HFSource = Field(default_factory=HFSource, description="real checkpoint, verified by sha256")
+
+    @model_validator(mode="after")
+    def _hf_complete(self) -> ModelParams:
+        if self.source == "hf" and not (self.hf.repo and self.hf.revision and self.hf.files):
+            raise ValueError("hf: source 'hf' needs repo, revision and files with their sha256")
+        return self
+
+
+class DatasetParams(Strict):
+    source: Literal["generated", "url"] = Field("generated", description="generated: deterministic synthetic set; url: fetched and verified")
+    size: int = Field(64, ge=1, description="samples in the accuracy set (the QSL)")
+    calibration_size: int = Field(16, ge=1, description="samples in the calibration list")
+    seed: int = Field(0, description="seed of the generated set")
+    url: str = Field("", description="dataset file (MLPerf's preprocessed JSON) for source 'url'")
+    sha256: str = Field("", description="sha256 of the dataset file")
+    calibration_url: str = Field("", description="calibration file for source 'url'")
+    calibration_sha256: str = Field("", description="sha256 of the calibration file")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DatasetParams:
+        if self.source == "url" and not (self.url and re.fullmatch(r"[0-9a-f]{64}", self.sha256)):
+            raise ValueError("url: source 'url' needs url and a sha256")
+        return self
+
+
+class GenerationParams(Strict):
+    num_beams: int = Field(4, ge=1, le=8, description="beam width (MLPerf GPT-J reference: 4)")
+    max_new_tokens: int = Field(128, ge=2, description="output length limit (GPT-J reference: 128)")
+    min_new_tokens: int = Field(30, ge=0, description="output length floor (GPT-J reference: 30)")
+    max_input_tokens: int = Field(1919, ge=16, description="input truncation (GPT-J reference: 1919)")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> GenerationParams:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens {self.min_new_tokens} > max_new_tokens {self.max_new_tokens}")
+        return self
+
+
+class ReferenceParams(Strict):
+    source: Literal["measured", "published"] = Field(
+        "measured", description="measured: score the unoptimized model in this round; published: MLPerf's reference scores"
+    )
+    scores: dict[str, float] = Field(
+        default_factory=lambda: {"rouge1": 42.9865, "rouge2": 20.1235, "rougeL": 29.9881, "gen_len": 4016878.0},
+        description="published reference scores (used when source is 'published')",
+    )
+
+
+class CalibrationParams(Strict):
+    batch_size: int = Field(4, ge=1, description="calibration batch size")
+
+
+class BenchmarkParams(Strict):
+    model: ModelParams = Field(default_factory=ModelParams, description="where the reference model comes from")
+    dataset: DatasetParams = Field(default_factory=DatasetParams, description="accuracy set and calibration list")
+    calibration: CalibrationParams = Field(default_factory=CalibrationParams, description="how statistics are collected")
+    generation: GenerationParams = Field(default_factory=GenerationParams, description="MLPerf's decoding rules for this model")
+    reference: ReferenceParams = Field(default_factory=ReferenceParams, description="the score targets are fractions of")
+
+    @model_validator(mode="after")
+    def _calib(self) -> BenchmarkParams:
+        if self.dataset.source == "generated" and self.dataset.calibration_size > self.dataset.size:
+            raise ValueError(
+                f"dataset.calibration_size: {self.dataset.calibration_size} is larger than dataset.size {self.dataset.size}"
+            )
+        return self
+
+
+class RecipeParams(Strict):
+    precision: Precision = Field("fp8", description="fp32 / bf16: pass-through; fp8: E4M3 weights and activations; int8_sq: INT8 SmoothQuant")
+    smoothquant_alpha: float = Field(0.5, ge=0, le=1, description="SmoothQuant migration strength (int8_sq only)")
+    quantize_lm_head: bool = Field(False, description="quantize the output projection too (MLPerf recipes keep it high precision)")
+
+
+class BuildParams(Strict):
+    backend: Literal["torch", "tensorrt-llm"] = Field("torch", description="engine backend")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="activation dtype of the engine")
+    max_batch_size: int = Field(8, ge=1, le=1024, description="samples per generate call")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
+
+
+class OfflineParams(Strict):
+    expected_qps: float = Field(10.0, gt=0, description="offline_expected_qps: sizes the single Offline query")
+    min_query_count: int = Field(64, ge=1, description="min_query_count (smoke rounds only)")
+    min_duration_ms: int = Field(0, ge=0, description="min_duration in ms (smoke rounds only; MLPerf: 600000)")
+
+
+class ServerParams(Strict):
+    target_qps: float = Field(10.0, gt=0, description="server_target_qps: the Poisson arrival rate")
+    target_latency_ms: int = Field(20000, ge=1, description="p99 latency bound (GPT-J: 20000 ms)")
+    min_query_count: int = Field(460, ge=1, description="min_query_count (smoke rounds only; early stopping needs ~460)")
+    min_duration_ms: int = Field(0, ge=0, description="min_duration in ms (smoke rounds only; MLPerf: 600000)")
+
+
+class LoadGenParams(Strict):
+    """Performance-run knobs only: accuracy runs do not read them, so changing one re-runs performance alone."""
+
+    Offline: OfflineParams = Field(default_factory=OfflineParams, description="Offline settings")
+    Server: ServerParams = Field(default_factory=ServerParams, description="Server settings")
+
+
+class EntryParams(Strict):
+    benchmark: Literal["gptj"] = Field(..., description="which benchmark (model and dataset) this entry submits")
+    division: Literal["closed", "open"] = Field("closed", description="closed: the accuracy target gates packaging")
+    accuracy_target: Literal[0.99, 0.999] = Field(0.99, description="fraction of the reference score to reach (99 or 99.9)")
+    recipe: RecipeParams = Field(default_factory=RecipeParams, description="optimization recipe")
+    build: BuildParams = Field(default_factory=BuildParams, description="engine build")
+    scenarios: list[Scenario] = Field(["Offline", "Server"], description="LoadGen scenarios to measure")
+    loadgen: LoadGenParams = Field(default_factory=LoadGenParams, description="LoadGen settings of the performance runs")
+
+    @model_validator(mode="after")
+    def _scenarios(self) -> EntryParams:
+        if not self.scenarios:
+            raise ValueError("scenarios: at least one scenario is needed")
+        if len(set(self.scenarios)) != len(self.scenarios):
+            raise ValueError("scenarios: a scenario is listed twice")
+        return self
+
+    @property
+    def mlperf_id(self) -> str:
+        """The submission id: gptj-99, gptj-99.9."""
+        return f"{self.benchmark}-{'99.9' if self.accuracy_target == 0.999 else '99'}"
+
+
+class RoundParams(Strict):
+    round: RoundSection = Field(default_factory=RoundSection, description="the submission round")
+    benchmarks: dict[str, BenchmarkParams] = Field(..., description="models and datasets, keyed by benchmark")
+    entries: dict[str, EntryParams] = Field(..., description="submission entries, keyed by a name used in stage names")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoundParams:
+        known = {"gptj"}
+        for name in self.benchmarks:
+            if name not in known:
+                raise ValueError(f"benchmarks.{name}: unknown benchmark (known: {', '.join(sorted(known))})")
+        version_benchmarks = VERSIONS[self.round.version]["benchmarks"]
+        seen_ids: dict[tuple[str, str], str] = {}
+        for key, entry in self.entries.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", key):
+                raise ValueError(f"entries.{key}: entry names are lower-case letters, digits, '.', '_' or '-'")
+            if entry.benchmark not in self.benchmarks:
+                raise ValueError(f"entries.{key}.benchmark: {entry.benchmark!r} has no section under benchmarks")
+            if entry.benchmark not in version_benchmarks:
+                raise ValueError(f"entries.{key}.benchmark: {entry.benchmark} is not in MLPerf Inference {self.round.version}")
+            slot = (entry.division, entry.mlperf_id)
+            if slot in seen_ids:
+                raise ValueError(f"entries.{key}: {entry.division} {entry.mlperf_id} is already submitted by entries.{seen_ids[slot]}")
+            seen_ids[slot] = key
+        return self
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    where = f"{source}: {loc}: " if loc else f"{source}: "
+    extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{where}{msg}{extra}"
+
+
+def parse_params(data: object, source: str = PARAMS_FILE) -> RoundParams:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping with round, benchmarks and entries")
+    try:
+        return RoundParams.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> RoundParams:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}") from None
+    return parse_params(data, str(path))
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", v)[:3])
+
+
+def check_loadgen(version: str) -> None:
+    """Refuse a round whose RNG seeds the installed LoadGen does not carry."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        have = installed("mlcommons-loadgen")
+    except PackageNotFoundError:
+        raise ParamsError("round.version: mlcommons-loadgen is not installed") from None
+    low, high = VERSIONS[version]["loadgen"]
+    if not _version_tuple(low) <= _version_tuple(have) <= _version_tuple(high):
+        raise ParamsError(
+            f"round.version: {version} needs mlcommons-loadgen {low}..{high} for its RNG seeds, "
+            f"{have} is installed (pip install mlcommons-loadgen=={high})"
+        )

@@ -1,0 +1,172 @@
+"""The one entry point every stage goes through.
+
+It validates params.yaml before any work, opens the stage's MLflow child run, gives the
+stage a private `.partial` directory and publishes it (rename) only when the stage
+succeeded, so no later run can mistake half an output for a whole one. Known failures are
+one line on stderr with an exit code that says whose fault it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from . import layout
+from .errors import ParamsError, RoundError
+from .params import BenchmarkParams, EntryParams, RoundParams, check_loadgen, load_params
+from .sources import verify_manifest, write_manifest
+
+Scope = Literal["benchmark", "entry", "round"]
+
+
+@dataclass
+class StageContext:
+    params: RoundParams
+    key: str
+    stage: str
+    out: Path
+    tracker: object = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def entry(self) -> EntryParams:
+        return self.params.entries[self.key]
+
+    @property
+    def benchmark_name(self) -> str:
+        return self.entry.benchmark if self.key in self.params.entries else self.key
+
+    @property
+    def benchmark(self) -> BenchmarkParams:
+        return self.params.benchmarks[self.benchmark_name]
+
+    def input(self, stage: str, key: str | None = None) -> Path:
+        """An upstream stage's output, checked byte for byte against its manifest."""
+        path = layout.out_dir(key or self.key, stage)
+        verify_manifest(path)
+        return path
+
+
+def _flatten(prefix: str, value: object, out: dict[str, object]) -> dict[str, object]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def stage_params(params: RoundParams, scope: Scope, key: str) -> dict[str, object]:
+    data = params.model_dump(mode="json")
+    flat = _flatten("round", {k: v for k, v in data["round"].items() if k != "system"}, {})
+    if scope == "benchmark":
+        _flatten(f"benchmarks.{key}", data["benchmarks"][key], flat)
+    elif scope == "entry":
+        _flatten(f"entries.{key}", data["entries"][key], flat)
+    return flat
+
+
+def _terminate(signum, frame):  # SIGTERM: unwind so the MLflow run ends KILLED
+    raise SystemExit(128 + signum)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _parse(stage: str, scope: Scope, argv: list[str] | None) -> argparse.Namespace:
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message: str):
+            raise ParamsError(f"{self.prog}: {message}")
+
+    parser = OneLineParser(prog=f"python -m stages.{stage}", description=f"MLPerf round stage: {stage}")
+    if scope != "round":
+        parser.add_argument("key", help=f"the {scope} to run the stage for (a key under {scope}s in params.yaml)")
+    parser.add_argument("--params", default="params.yaml", help="the round's params file")
+    return parser.parse_args(argv)
+
+
+def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], argv: list[str] | None = None) -> int:
+    """Run one stage; return its exit code. Stages call `sys.exit(run_stage(...))`."""
+    signal.signal(signal.SIGTERM, _terminate)
+    key = "round"
+    try:
+        args = _parse(stage, scope, argv)
+        params = load_params(args.params)
+        check_loadgen(params.round.version)
+        if scope != "round":
+            key = args.key
+            known = params.entries if scope == "entry" else params.benchmarks
+            if key not in known:
+                raise ParamsError(f"{args.params}: {scope}s.{key}: no such {scope} (have: {', '.join(known) or 'none'})")
+        return _execute(stage, scope, key, params, body)
+    except RoundError as err:
+        print(f"error: {stage}@{key}: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Callable[[StageContext], dict]) -> int:
+    from . import tracking
+
+    if scope == "round":
+        final, metrics_file = layout.SUBMISSION_TREE, layout.SUBMISSION_METRICS
+    else:
+        final, metrics_file = layout.out_dir(key, stage), layout.metrics_path(key, stage)
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    metrics_file.unlink(missing_ok=True)
+    partial.mkdir(parents=True)
+
+    rnd = params.round
+    round_tags = {
+        "mlperf.round": rnd.name,
+        "mlperf.version": rnd.version,
+        "mlperf.system": rnd.system.name,
+        "mlperf.submitter": rnd.submitter,
+        "mlperf.smoke": str(rnd.smoke).lower(),
+        "git.commit": tracking.git_commit(),
+    }
+    dvc_stage = stage if scope == "round" else f"{stage}@{key}"
+    tags = {"dvc.stage": dvc_stage}
+    if scope == "entry":
+        tags.update({"mlperf.division": params.entries[key].division, "mlperf.benchmark": params.entries[key].mlperf_id})
+    try:
+        with tracking.stage_run(round_tags, key, stage, tags) as tracker:
+            tracker.log_params(stage_params(params, scope, key))
+            ctx = StageContext(params=params, key=key, stage=stage, out=partial, tracker=tracker)
+            metrics = body(ctx) or {}
+            write_manifest(partial)
+            partial.replace(final)
+            _write_json_atomic(metrics_file, metrics)
+            tracker.log_metrics(_flatten("", metrics, {}))
+            tracker.log_artifact(metrics_file)
+        return 0
+    except RoundError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except (KeyboardInterrupt, SystemExit) as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"error: {stage}@{key}: interrupted", file=sys.stderr)
+        return err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 130
+    except Exception as err:  # a bug, not bad input: keep the traceback, end with one line
+        shutil.rmtree(partial, ignore_errors=True)
+        traceback.print_exc()
+        print(f"error: {stage}@{key}: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
+def threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n or os.cpu_count() or 1)

@@ -1,0 +1,82 @@
+"""Fetching checkpoints and datasets: pinned, checksummed, verified before anything is kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import InputError
+
+MANIFEST = "manifest.json"
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> None:
+    """Download `url` to `dest`; a checksum mismatch leaves nothing behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(partial, "wb") as f:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+                while chunk := resp.read(CHUNK):
+                    f.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        partial.unlink(missing_ok=True)
+        reason = getattr(err, "reason", err)
+        raise InputError(f"{url}: download failed ({reason})") from None
+    if h.hexdigest() != sha256:
+        partial.unlink(missing_ok=True)
+        raise InputError(f"{url}: sha256 {h.hexdigest()} does not match the pinned {sha256}")
+    partial.replace(dest)
+
+
+def hf_url(endpoint: str, repo: str, revision: str, filename: str) -> str:
+    return f"{endpoint.rstrip('/')}/{repo}/resolve/{revision}/{filename}"
+
+
+def write_manifest(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, so later stages can prove their inputs are whole."""
+    files = {
+        str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+    (root / MANIFEST).write_text(json.dumps(files, indent=1, sort_keys=True))
+    return files
+
+
+def verify_manifest(root: Path) -> None:
+    """Refuse an input whose bytes changed since it was recorded."""
+    manifest = root / MANIFEST
+    try:
+        files = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{manifest}: missing; re-run the stage that produced {root}") from None
+    except json.JSONDecodeError:
+        raise InputError(f"{manifest}: not valid JSON") from None
+    for rel, digest in files.items():
+        path = root / rel
+        if not path.is_file():
+            raise InputError(f"{path}: missing (listed in {manifest})")
+        if sha256_file(path) != digest:
+            raise InputError(f"{path}: sha256 does not match {manifest}; the file is corrupt")
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

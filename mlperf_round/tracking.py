@@ -1,0 +1,195 @@
+"""MLflow tracking: one experiment, one parent run per round, one child run per (key, stage).
+
+The local store is SQLite under mlruns/ (MLflow 3 refuses its plain-file store);
+MLFLOW_TRACKING_URI moves it to a server. A child run always ends FINISHED, FAILED or
+KILLED; a run left RUNNING by a SIGKILLed process is closed as KILLED by the next stage
+that runs for the same key.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+EXPERIMENT = "mlperf-round"
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+ARTIFACT_ROOT = Path("mlruns/artifacts")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def _client():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+@contextmanager
+def _lock() -> Iterator[None]:
+    """Serialises database creation and parent-run lookup between stage processes."""
+    path = Path("mlruns/.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _experiment_id(client) -> str:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        location = ARTIFACT_ROOT.resolve().as_uri()
+    return client.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else "none"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+
+
+def round_run_id(client, exp_id: str, round_tags: dict[str, str]) -> str:
+    """The round's parent run, created on first use. It is never left RUNNING."""
+    name = round_tags["mlperf.round"]
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`mlperf.kind` = 'round' and tags.`mlperf.round` = '{name}'", max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+        for k, v in round_tags.items():
+            client.set_tag(run_id, k, v)
+        return run_id
+    run = client.create_run(exp_id, run_name=name, tags={"mlperf.kind": "round", **round_tags})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def _pid_alive(host: str, pid: str) -> bool:
+    if host != socket.gethostname():
+        return True  # cannot tell; leave it alone
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_stale_runs(client, exp_id: str, parent_id: str, key: str, stage: str) -> int:
+    """Mark runs whose process died without reporting (SIGKILL, power loss) as KILLED."""
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`mlperf.key` = '{key}' "
+            f"and tags.`mlperf.stage` = '{stage}' and attributes.status = 'RUNNING'"
+        ),
+    )
+    closed = 0
+    for r in runs:
+        if not _pid_alive(r.data.tags.get("mlperf.host", ""), r.data.tags.get("mlperf.pid", "")):
+            client.set_tag(r.info.run_id, "mlperf.error", "process died without reporting (killed)")
+            client.set_terminated(r.info.run_id, "KILLED")
+            closed += 1
+    return closed
+
+
+class StageRun:
+    """A child run: what a stage logs goes through here."""
+
+    def __init__(self, client, run_id: str, parent_id: str):
+        self.client, self.run_id, self.parent_id = client, run_id, parent_id
+
+    def log_params(self, params: dict[str, object]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], run_id: str | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items()) if _is_number(v)]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id or self.run_id, metrics=items[i : i + 500])
+
+    def log_round_metrics(self, metrics: dict[str, float]) -> None:
+        """Headline metrics on the round's parent run, so rounds compare in MLflow's UI."""
+        self.log_metrics(metrics, run_id=self.parent_id)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.is_file():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(data, indent=1, sort_keys=True, default=str), name)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+@contextmanager
+def stage_run(round_tags: dict[str, str], key: str, stage: str, tags: dict[str, str]) -> Iterator[StageRun]:
+    """Open the child run for one stage; close it FINISHED, FAILED or KILLED whatever happens."""
+    client = _client()
+    with _lock():
+        exp_id = _experiment_id(client)
+        parent_id = round_run_id(client, exp_id, round_tags)
+    close_stale_runs(client, exp_id, parent_id, key, stage)
+    run = client.create_run(
+        exp_id,
+        run_name=f"{key}/{stage}",
+        tags={
+            "mlflow.parentRunId": parent_id,
+            "mlperf.kind": "stage",
+            "mlperf.key": key,
+            "mlperf.stage": stage,
+            "mlperf.round": round_tags["mlperf.round"],
+            "mlperf.pid": str(os.getpid()),
+            "mlperf.host": socket.gethostname(),
+            **tags,
+        },
+    )
+    tracker = StageRun(client, run.info.run_id, parent_id)
+    try:
+        yield tracker
+    except BaseException as err:
+        killed = isinstance(err, (KeyboardInterrupt, SystemExit))
+        try:
+            tracker.set_tag("mlperf.error", (str(err) or type(err).__name__)[:1000])
+        finally:
+            client.set_terminated(run.info.run_id, "KILLED" if killed else "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")

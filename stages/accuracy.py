@@ -1,0 +1,43 @@
+"""accuracy: LoadGen AccuracyOnly per scenario, scored against the reference; a closed miss fails."""
+
+import json
+import sys
+
+from mlperf_round import benchmarks, evaluation
+from mlperf_round.errors import AccuracyError
+from mlperf_round.harness.settings import accuracy_conf
+from mlperf_round.runner import StageContext, run_stage
+
+
+def body(ctx: StageContext) -> dict:
+    entry, bench = ctx.entry, benchmarks.get(ctx.benchmark_name)
+    source = ctx.input("download", ctx.benchmark_name)
+    engine = ctx.input("build")
+    reference = json.loads((ctx.input("reference", ctx.benchmark_name) / "reference.json").read_text())
+    n = len(bench.load_samples(source / "dataset.json"))
+    conf = ctx.out / "user.conf"
+    conf.write_text(accuracy_conf(bench.LOADGEN_MODEL, n))
+    targets = bench.targets(reference["scores"], entry.accuracy_target, reference["gen_len_scale"])
+    metrics: dict = {"target": {k: round(v, 4) for k, v in targets.items()}}
+    for scenario in entry.scenarios:
+        scores = evaluation.run_accuracy(engine, ctx.benchmark_name, source / "dataset.json", conf, scenario,
+                                         ctx.out / scenario, ctx.params.round.test_timeout_s)
+        metrics[scenario] = {**scores, "ratio": {k: scores[k] / reference["scores"][k] for k in targets if reference["scores"][k]}}
+    worst = min(metrics[s]["ratio"][k] for s in entry.scenarios for k in bench.SCORE_KEYS)
+    metrics["passed"] = all(metrics[s][k] >= t for s in entry.scenarios for k, t in targets.items())
+    metrics["worst_ratio"] = worst
+    (ctx.out / "accuracy.json").write_text(json.dumps(metrics, indent=1))
+    if entry.division == "closed" and not metrics["passed"]:
+        ctx.tracker.log_metrics({f"{s}.{k}": v for s in entry.scenarios for k, v in metrics[s].items()
+                                 if isinstance(v, float)})
+        for s in entry.scenarios:
+            try:
+                evaluation.check_targets(metrics[s], targets, f"{entry.mlperf_id} ({ctx.key}, {s})")
+            except AccuracyError as err:
+                ref = ", ".join(f"{k} {reference['scores'][k]:.4f}" for k in bench.SCORE_KEYS)
+                raise AccuracyError(f"{err} (reference, {reference['source']}: {ref})") from None
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage("accuracy", "entry", body))

@@ -1,0 +1,92 @@
+"""params.yaml is validated before any work: bad input is exit 2, one line naming the key, nothing written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlperf_round.errors import ParamsError
+from mlperf_round.params import load_params, parse_params
+
+from .conftest import ROOT, edit_params, run
+
+
+def shipped() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_shipped_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.entries["gptj-99"].mlperf_id == "gptj-99"
+    assert p.round.version == "v5.0"
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda d: d["entries"]["gptj-99"]["recipe"].update(precison="fp8"), "entries.gptj-99.recipe.precison"),
+        (lambda d: d["entries"]["gptj-99"]["build"].update(max_batch_size="eight"), "entries.gptj-99.build.max_batch_size"),
+        (lambda d: d["benchmarks"].update(resnet50={}), "benchmarks.resnet50"),
+        (lambda d: d["entries"]["gptj-99"]["recipe"].update(precision="int3"), "entries.gptj-99.recipe.precision"),
+        (lambda d: d["benchmarks"]["gptj"]["dataset"].update(calibration_size=1000), "dataset.calibration_size"),
+        (lambda d: d["round"].update(version="v6.0"), "entries.gptj-99.benchmark"),
+        (lambda d: d.update(extra=1), "extra"),
+    ],
+    ids=["unknown-key", "wrong-type", "unknown-benchmark", "unknown-precision", "calibration-too-large",
+         "benchmark-not-in-version", "unknown-top-level"],
+)
+def test_bad_params_name_the_key(edit, key):
+    data = shipped()
+    edit(data)
+    with pytest.raises(ParamsError) as err:
+        parse_params(data)
+    message = str(err.value)
+    assert key in message
+    assert "\n" not in message
+
+
+def test_every_knob_has_a_description():
+    from pydantic import BaseModel
+
+    from mlperf_round import params as schema
+
+    models = [v for v in vars(schema).values() if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == schema.__name__]
+    for model in models:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_loadgen_release_must_carry_the_rounds_seeds():
+    from mlperf_round.params import check_loadgen
+
+    check_loadgen("v5.0")
+    with pytest.raises(ParamsError, match="mlcommons-loadgen==6.0.17"):
+        check_loadgen("v6.1")
+
+
+@pytest.mark.parametrize(
+    "stage, key, edit",
+    [
+        ("download", "gptj", lambda d: d["benchmarks"]["gptj"]["model"].update(sauce="tiny")),
+        ("quantize", "gptj-99", lambda d: d["entries"]["gptj-99"]["recipe"].update(precision=8)),
+        ("calibrate", "gptj", lambda d: d["benchmarks"]["gptj"]["dataset"].update(size=4)),
+        ("performance", "nope", lambda d: None),
+    ],
+)
+def test_stage_refuses_bad_params_before_work(project: Path, stage, key, edit):
+    edit_params(project, edit)
+    proc = run([sys.executable, "-m", f"stages.{stage}", key], project, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {stage}@"), proc.stderr
+    assert not (project / "artifacts").exists()
+    assert not (project / "mlruns").exists()
+
+
+def test_stage_arguments_are_checked(project: Path):
+    proc = run([sys.executable, "-m", "stages.download"], project, check=False)
+    assert proc.returncode == 2
+    assert "key" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
