@@ -29,10 +29,16 @@ def _config(precision: str, quantize_lm_head: bool) -> dict:
     quant_cfg = cfg["quant_cfg"]
     # the recipes quantize Linear layers only; norms and embeddings stay in the engine dtype
     if isinstance(quant_cfg, dict):  # modelopt < 0.47
-        quant_cfg["*lm_head*"] = {"enable": quantize_lm_head}
+        if quantize_lm_head:
+            quant_cfg.pop("*lm_head*", None)
+        else:
+            quant_cfg["*lm_head*"] = {"enable": False}
         quant_cfg.update({cls: {"*": {"enable": False}} for cls in ("nn.LayerNorm", "nn.Embedding")})
     else:  # an ordered list: later entries win
-        quant_cfg.append({"quantizer_name": "*lm_head*", "enable": quantize_lm_head})
+        if quantize_lm_head:
+            quant_cfg[:] = [e for e in quant_cfg if e.get("quantizer_name") != "*lm_head*"]
+        else:
+            quant_cfg.append({"quantizer_name": "*lm_head*", "enable": False})
         quant_cfg.extend({"quantizer_name": "*", "parent_class": cls, "enable": False} for cls in ("nn.LayerNorm", "nn.Embedding"))
     return cfg
 

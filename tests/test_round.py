@@ -1,0 +1,118 @@
+"""The round through real DVC, MLflow, LoadGen and modelopt, in a fresh copy of the project.
+
+The tests run in order on one workspace: the first runs the whole round, the next ones
+change one knob each and check what DVC re-runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlperf_round import layout
+
+from .conftest import copy_project, edit_params, run
+
+pytestmark = pytest.mark.slow
+ENTRY, BENCH = "gptj-99", "gptj"
+
+
+def ran(proc) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    ws = copy_project(tmp_path_factory.mktemp("round") / "project")
+    run(["git", "init", "-q"], ws)
+    run([sys.executable, "-m", "dvc", "repro"], ws)
+    return ws
+
+
+def mlflow_runs(ws: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{ws}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("mlperf-round")
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_round_produces_every_declared_output(workspace: Path):
+    from dvc.repo import Repo
+
+    with Repo(str(workspace)) as repo:
+        stages = {s.addressing: s for s in repo.index.stages}
+        assert set(stages) == {
+            f"download@{BENCH}", f"calibrate@{BENCH}", f"reference@{BENCH}", f"quantize@{ENTRY}",
+            f"build@{ENTRY}", f"accuracy@{ENTRY}", f"performance@{ENTRY}", "package",
+        }
+        for stage in stages.values():
+            for out in stage.outs:
+                assert (workspace / out.def_path).exists(), f"{stage.addressing}: {out.def_path} missing"
+    perf = json.loads((workspace / layout.metrics_path(ENTRY, "performance")).read_text())
+    assert perf["Offline"]["valid"] and perf["Offline"]["samples_per_s"] > 0
+    assert perf["Server"]["latency_p99_ms"] > 0
+    assert perf["Offline"]["qsl_rng_seed"] == "6023615788873153749"  # v5.0's seed, from LoadGen 5.0.21
+    assert perf["submittable"] is False
+    acc = json.loads((workspace / layout.metrics_path(ENTRY, "accuracy")).read_text())
+    assert acc["passed"] and acc["Offline"]["rouge1"] >= acc["target"]["rouge1"]
+    txt = (workspace / layout.out_dir(ENTRY, "accuracy") / "Offline" / "accuracy.txt").read_text()
+    assert re.match(r"\{'rouge1': \d+\.\d+, 'rouge2': ", txt), txt
+    tree = workspace / "submission/tree/closed/MLPerfRound"
+    assert (tree / "systems/cpu-smoke.json").is_file()
+    for scenario in ("Offline", "Server"):
+        res = tree / "results/cpu-smoke/gptj-99" / scenario
+        assert (res / "performance/run_1/mlperf_log_detail.txt").is_file()
+        assert "hash=" in (res / "accuracy/accuracy.txt").read_text()
+        assert (tree / "measurements/cpu-smoke/gptj-99" / scenario / "user.conf").is_file()
+    assert "Not submittable" in (workspace / "submission/tree/results.md").read_text()
+
+
+def test_mlflow_holds_the_round_and_every_stage(workspace: Path):
+    runs = mlflow_runs(workspace)
+    parents = [r for r in runs if r.data.tags.get("mlperf.kind") == "round"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags["mlperf.round"] == "smoke" and parent.data.tags["mlperf.version"] == "v5.0"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics[f"{ENTRY}/Offline/samples_per_s"] > 0
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {r.data.tags["dvc.stage"] for r in children} >= {f"quantize@{ENTRY}", f"performance@{ENTRY}", "package"}
+    assert all(r.info.status == "FINISHED" for r in children)
+    perf = next(r for r in children if r.data.tags["dvc.stage"] == f"performance@{ENTRY}")
+    assert perf.data.metrics["Server.samples_per_s"] > 0
+    assert perf.data.params[f"entries.{ENTRY}.recipe.precision"] == "fp8"
+
+
+def test_second_repro_runs_nothing(workspace: Path):
+    proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
+    assert ran(proc) == set(), proc.stdout
+
+
+def test_server_qps_change_reruns_only_performance_and_package(workspace: Path):
+    edit_params(workspace, lambda d: d["entries"][ENTRY]["loadgen"]["Server"].update(target_qps=11))
+    proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
+    assert ran(proc) == {f"performance@{ENTRY}", "package"}
+
+
+def test_precision_change_reruns_from_quantize_not_download_or_calibrate(workspace: Path):
+    edit_params(workspace, lambda d: d["entries"][ENTRY]["recipe"].update(precision="fp32"))
+    proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
+    assert ran(proc) == {f"quantize@{ENTRY}", f"build@{ENTRY}", f"accuracy@{ENTRY}", f"performance@{ENTRY}", "package"}
+
+
+def test_recipe_that_ruins_accuracy_fails_the_accuracy_stage(workspace: Path):
+    # INT8 SmoothQuant keeps ~95% of the tiny model's ROUGE-1: below the closed 99% target
+    edit_params(workspace, lambda d: d["entries"][ENTRY]["recipe"].update(precision="int8_sq"))
+    proc = run([sys.executable, "-m", "dvc", "repro"], workspace, check=False)
+    assert proc.returncode != 0
+    line = next(l for l in proc.stderr.splitlines() if l.startswith(f"error: accuracy@{ENTRY}"))
+    assert re.search(r"missed its accuracy target: rouge1 \d+\.\d+ < \d+\.\d+", line), line
+    assert not (workspace / layout.out_dir(ENTRY, "accuracy")).exists()
+    failed = [r for r in mlflow_runs(workspace) if r.data.tags.get("dvc.stage") == f"accuracy@{ENTRY}" and r.info.status == "FAILED"]
+    assert failed and "missed its accuracy target" in failed[0].data.tags["mlperf.error"]
+    assert not any(r.info.status == "RUNNING" for r in mlflow_runs(workspace))
