@@ -45,14 +45,14 @@ def test_round_produces_every_declared_output(workspace: Path):
     from dvc.repo import Repo
 
     with Repo(str(workspace)) as repo:
-        stages = {s.addressing: s for s in repo.index.stages}
+        stages = {s.name: s for s in repo.index.stages}
         assert set(stages) == {
             f"download@{BENCH}", f"calibrate@{BENCH}", f"reference@{BENCH}", f"quantize@{ENTRY}",
             f"build@{ENTRY}", f"accuracy@{ENTRY}", f"performance@{ENTRY}", "package",
         }
         for stage in stages.values():
             for out in stage.outs:
-                assert (workspace / out.def_path).exists(), f"{stage.addressing}: {out.def_path} missing"
+                assert (workspace / out.def_path).exists(), f"{stage.name}: {out.def_path} missing"
     perf = json.loads((workspace / layout.metrics_path(ENTRY, "performance")).read_text())
     assert perf["Offline"]["valid"] and perf["Offline"]["samples_per_s"] > 0
     assert perf["Server"]["latency_p99_ms"] > 0
