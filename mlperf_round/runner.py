@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
@@ -165,8 +164,3 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
         print(f"error: {stage}@{key}: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
         return 1
 
-
-def threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n or os.cpu_count() or 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -77,6 +76,3 @@ def verify_manifest(root: Path) -> None:
         if sha256_file(path) != digest:
             raise InputError(f"{path}: sha256 does not match {manifest}; the file is corrupt")
 
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)
