@@ -21,11 +21,35 @@ def check_backend(backend: str, where: str) -> None:
             raise ParamsError(f"{where}: tensorrt-llm needs the tensorrt_llm package and a GPU ({err}); use backend: torch") from None
 
 
+def scheduler_for(build: BuildParams, gen: GenerationParams, model_dir: Path, where: str) -> str:
+    """In-flight batching needs greedy decoding and a Llama-layout model; `auto` falls back to static."""
+    import json
+
+    arch = (json.loads((model_dir / "config.json").read_text()).get("architectures") or [""])[0]
+    inflight_ok = gen.num_beams == 1 and arch in INFLIGHT_ARCHITECTURES
+    if build.scheduler == "inflight" and not inflight_ok:
+        why = f"beam search ({gen.num_beams} beams)" if gen.num_beams > 1 else f"architecture {arch or 'unknown'}"
+        raise ParamsError(f"{where}: inflight batching supports greedy decoding on {', '.join(INFLIGHT_ARCHITECTURES)}, "
+                          f"not {why}; use scheduler: static or auto")
+    if build.scheduler == "auto":
+        return "inflight" if inflight_ok else "static"
+    return build.scheduler
+
+
+INFLIGHT_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
 def build_engine(benchmark: str, precision: str, build: BuildParams, gen: GenerationParams,
-                 model_dir: Path, tokenizer_dir: Path, out: Path, report_first_token: bool = False) -> torch_llm.EngineSpec:
+                 model_dir: Path, tokenizer_dir: Path, out: Path, where: str = "build") -> torch_llm.EngineSpec:
+    from .backends.paged import default_pool_blocks
     from .benchmarks import get
 
-    tok = get(benchmark).load_tokenizer(tokenizer_dir)
+    bench = get(benchmark)
+    tok = bench.load_tokenizer(tokenizer_dir)
+    scheduler = scheduler_for(build, gen, model_dir, f"{where}.scheduler")
+    inflight = scheduler == "inflight"
+    pool = build.kv_pool_blocks or default_pool_blocks(build.max_batch_size, gen.max_input_tokens, gen.max_new_tokens,
+                                                       build.kv_block_size)
     spec = torch_llm.EngineSpec(
         backend="torch",
         benchmark=benchmark,
@@ -38,9 +62,13 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         beam_width=gen.num_beams,
         eos_token_id=int(tok.eos_token_id),
         pad_token_id=int(tok.pad_token_id),
-        report_first_token=report_first_token,
+        report_first_token=bench.REPORT_FIRST_TOKEN,
         threads=build.threads,
         versions=torch_llm.package_versions(),
+        scheduler=scheduler,
+        kv_block_size=build.kv_block_size if inflight else 0,
+        kv_pool_blocks=pool if inflight else 0,
+        device=build.device,
     )
     torch_llm.build(model_dir, tokenizer_dir, spec, out)
     return spec

@@ -23,3 +23,9 @@ class AccuracyError(RoundError):
     """The optimized model missed its accuracy target."""
 
     exit_code = 4
+
+
+class ComplianceError(RoundError):
+    """A compliance audit (TEST01, TEST04, TEST06) failed its verification."""
+
+    exit_code = 5

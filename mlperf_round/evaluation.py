@@ -14,7 +14,7 @@ ACCURACY_TXT = "accuracy.txt"
 
 def format_accuracy(scores: dict[str, float]) -> str:
     """The evaluation script's printed dict, with plain numbers the checker's patterns match."""
-    plain = {k: (int(v) if k in ("gen_len", "gen_num") else round(float(v), 4)) for k, v in scores.items()}
+    plain = {k: (int(v) if k in ("gen_len", "gen_num", "gen_tok_len") else round(float(v), 4)) for k, v in scores.items()}
     return repr(plain)
 
 
@@ -30,12 +30,19 @@ def run_accuracy(engine: Path, benchmark: str, dataset: Path, conf: Path, scenar
         raise InputError(f"{outdir / ACCURACY}: {len(missing)} samples have no response (first: {missing[0]})")
     tok = bench.load_tokenizer(engine / "tokenizer")
     preds = [tok.decode(outputs[i].tolist(), skip_special_tokens=True) for i in range(len(samples))]
-    scores = bench.score(preds, [s.reference for s in samples])
+    scores = bench.score(preds, [s.reference for s in samples], [int(outputs[i].size) for i in range(len(samples))])
     (outdir / ACCURACY_TXT).write_text(format_accuracy(scores) + "\n")
     return scores
 
 
-def check_targets(scores: dict[str, float], targets: dict[str, float], what: str) -> None:
-    misses = [f"{k} {scores[k]:.4f} < {t:.4f}" for k, t in targets.items() if scores[k] < t]
-    if misses:
-        raise AccuracyError(f"{what} missed its accuracy target: {'; '.join(misses)}")
+def misses(scores: dict[str, float], targets: dict[str, float], limits: dict[str, float]) -> list[str]:
+    """What is below its target or above its upper limit, as 'key value < bound' phrases."""
+    low = [f"{k} {scores[k]:.4f} < {t:.4f}" for k, t in targets.items() if scores[k] < t]
+    return low + [f"{k} {scores[k]:.4f} > {t:.4f}" for k, t in limits.items() if scores[k] > t]
+
+
+def check_targets(scores: dict[str, float], targets: dict[str, float], what: str,
+                  limits: dict[str, float] | None = None) -> None:
+    misses_ = misses(scores, targets, limits or {})
+    if misses_:
+        raise AccuracyError(f"{what} missed its accuracy target: {'; '.join(misses_)}")

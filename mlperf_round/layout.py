@@ -15,6 +15,7 @@ STAGE_OUT = {
     "build": "engine",
     "accuracy": "logs",
     "performance": "logs",
+    "compliance": "logs",
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from .errors import ParamsError
 
@@ -20,13 +20,19 @@ PARAMS_FILE = "params.yaml"
 Precision = Literal["fp32", "bf16", "fp8", "int8_sq"]
 Scenario = Literal["Offline", "Server"]
 
-# MLPerf versions this project can lay out, the benchmarks each has, and the LoadGen
+# MLPerf versions this project can lay out, the submission ids each has, and the LoadGen
 # releases that carry its RNG seeds (MLPERF.md).
 VERSIONS: dict[str, dict] = {
-    "v5.0": {"benchmarks": {"gptj", "llama2-70b", "stable-diffusion-xl"}, "loadgen": ("5.0.9", "5.0.21")},
-    "v5.1": {"benchmarks": {"llama2-70b", "stable-diffusion-xl"}, "loadgen": ("5.0.22", "6.0.4")},
-    "v6.0": {"benchmarks": {"llama2-70b", "stable-diffusion-xl"}, "loadgen": ("6.0.5", "6.0.15")},
-    "v6.1": {"benchmarks": {"llama2-70b", "stable-diffusion-xl"}, "loadgen": ("6.0.16", "6.0.17")},
+    "v5.0": {"ids": {"gptj-99", "gptj-99.9", "llama2-70b-99", "llama2-70b-99.9", "stable-diffusion-xl"},
+             "loadgen": ("5.0.9", "5.0.21")},
+    "v5.1": {"ids": {"llama2-70b-99", "llama2-70b-99.9", "stable-diffusion-xl"}, "loadgen": ("5.0.22", "6.0.4")},
+    "v6.0": {"ids": {"llama2-70b-99.9", "stable-diffusion-xl"}, "loadgen": ("6.0.5", "6.0.15")},
+    "v6.1": {"ids": {"llama2-70b-99.9", "stable-diffusion-xl"}, "loadgen": ("6.0.16", "6.0.17")},
+}
+# MLPerf's Server latency bounds (mlperf.conf), per benchmark; smoke rounds may scale them
+SERVER_BOUNDS: dict[str, dict[str, int]] = {
+    "gptj": {"target_latency_ms": 20000},
+    "llama2-70b": {"ttft_latency_ms": 2000, "tpot_latency_ms": 200},
 }
 
 
@@ -90,6 +96,29 @@ class TinyGPTJ(Strict):
         return self
 
 
+class TinyLlama(Strict):
+    hidden_size: int = Field(64, ge=16, le=1024, description="hidden size of the tiny model")
+    intermediate_size: int = Field(128, ge=16, description="MLP width (a multiple of 8 keeps 2:4 sparsity and its compressed format possible)")
+    num_hidden_layers: int = Field(2, ge=1, le=8, description="decoder layers")
+    num_attention_heads: int = Field(4, ge=1, description="query heads")
+    num_key_value_heads: int = Field(2, ge=1, description="key/value heads: fewer than query heads is grouped-query attention, as in Llama 2 70B")
+    max_position_embeddings: int = Field(2048, ge=256, description="maximum sequence length")
+    init_std: float = Field(0.02, gt=0, le=2, description="weight init std")
+    seed: int = Field(0, description="seed of the weights and of the training order")
+    train_steps: int = Field(800, ge=0, le=10000, description="training steps on a generated split disjoint from the accuracy set (0: random weights)")
+    train_samples: int = Field(1024, ge=1, description="size of that training split")
+    train_batch: int = Field(16, ge=1, description="training batch size")
+    train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
+
+    @model_validator(mode="after")
+    def _shape(self) -> TinyLlama:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads {self.num_key_value_heads}")
+        return self
+
+
 class HFSource(Strict):
     repo: str = Field("", description="Hugging Face repository, e.g. EleutherAI/gpt-j-6b")
     revision: str = Field("", description="pinned commit (40 hex digits)")
@@ -108,7 +137,6 @@ class HFSource(Strict):
 
 class ModelParams(Strict):
     source: Literal["tiny", "hf"] = Field("tiny", description="tiny: built locally from `tiny`; hf: `hf` repo at a pinned revision")
-    tiny: TinyGPTJ = Field(default_factory=TinyGPTJ, description="config of the locally built model")
     hf: HFSource = Field(default_factory=HFSource, description="real checkpoint, verified by sha256")
 
     @model_validator(mode="after")
@@ -116,6 +144,14 @@ class ModelParams(Strict):
         if self.source == "hf" and not (self.hf.repo and self.hf.revision and self.hf.files):
             raise ValueError("hf: source 'hf' needs repo, revision and files with their sha256")
         return self
+
+
+class GPTJModelParams(ModelParams):
+    tiny: TinyGPTJ = Field(default_factory=TinyGPTJ, description="config of the locally built GPT-J")
+
+
+class LlamaModelParams(ModelParams):
+    tiny: TinyLlama = Field(default_factory=TinyLlama, description="config of the locally built Llama")
 
 
 class DatasetParams(Strict):
@@ -136,10 +172,10 @@ class DatasetParams(Strict):
 
 
 class GenerationParams(Strict):
-    num_beams: int = Field(4, ge=1, le=8, description="beam width (MLPerf GPT-J reference: 4)")
-    max_new_tokens: int = Field(128, ge=2, description="output length limit (GPT-J reference: 128)")
-    min_new_tokens: int = Field(30, ge=0, description="output length floor (GPT-J reference: 30)")
-    max_input_tokens: int = Field(1919, ge=16, description="input truncation (GPT-J reference: 1919)")
+    num_beams: int = Field(4, ge=1, le=8, description="beam width (MLPerf reference: GPT-J 4, Llama 2 1)")
+    max_new_tokens: int = Field(128, ge=2, description="output length limit (reference: GPT-J 128, Llama 2 1024)")
+    min_new_tokens: int = Field(30, ge=0, description="output length floor (reference: GPT-J 30, Llama 2 1)")
+    max_input_tokens: int = Field(1919, ge=16, description="input truncation (reference: GPT-J 1919, Llama 2 1024)")
 
     @model_validator(mode="after")
     def _lengths(self) -> GenerationParams:
@@ -153,8 +189,7 @@ class ReferenceParams(Strict):
         "measured", description="measured: score the unoptimized model in this round; published: MLPerf's reference scores"
     )
     scores: dict[str, float] = Field(
-        default_factory=lambda: {"rouge1": 42.9865, "rouge2": 20.1235, "rougeL": 29.9881, "gen_len": 4016878.0},
-        description="published reference scores (used when source is 'published')",
+        default_factory=dict, description="published reference scores for source 'published' (empty: MLPerf's, from the benchmark module)"
     )
 
 
@@ -178,17 +213,43 @@ class BenchmarkParams(Strict):
         return self
 
 
+class GPTJBenchmark(BenchmarkParams):
+    model: GPTJModelParams = Field(default_factory=GPTJModelParams, description="where the reference model comes from")
+
+
+class LlamaBenchmark(BenchmarkParams):
+    model: LlamaModelParams = Field(default_factory=LlamaModelParams, description="where the reference model comes from")
+    generation: GenerationParams = Field(
+        default_factory=lambda: GenerationParams(num_beams=1, max_new_tokens=1024, min_new_tokens=1, max_input_tokens=1024),
+        description="MLPerf's decoding rules for Llama 2 70B: greedy, up to 1,024 new tokens",
+    )
+
+
+BENCHMARK_SCHEMAS: dict[str, type[BenchmarkParams]] = {"gptj": GPTJBenchmark, "llama2-70b": LlamaBenchmark}
+
+
 class RecipeParams(Strict):
     precision: Precision = Field("fp8", description="fp32 / bf16: pass-through; fp8: E4M3 weights and activations; int8_sq: INT8 SmoothQuant")
     smoothquant_alpha: float = Field(0.5, ge=0, le=1, description="SmoothQuant migration strength (int8_sq only)")
     quantize_lm_head: bool = Field(False, description="quantize the output projection too (MLPerf recipes keep it high precision)")
+    sparsity: Literal["none", "2:4"] = Field("none", description="2:4 structured sparsity on every attention and MLP linear, before quantization (open division only)")
+    sparsity_method: Literal["sparsegpt", "sparse_magnitude"] = Field(
+        "sparsegpt", description="mask selection: sparsegpt (Hessian saliency on the calibration list) or sparse_magnitude (no data)"
+    )
 
 
 class BuildParams(Strict):
     backend: Literal["torch", "tensorrt-llm"] = Field("torch", description="engine backend")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="activation dtype of the engine")
-    max_batch_size: int = Field(8, ge=1, le=1024, description="samples per generate call")
+    max_batch_size: int = Field(8, ge=1, le=1024, description="most sequences in flight (or per static batch)")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the engine runs (auto: cuda when present)")
+    scheduler: Literal["auto", "inflight", "static"] = Field(
+        "auto", description="inflight: sequences join and leave the running batch every step (paged KV cache, greedy decoding); "
+        "static: one batch at a time; auto: inflight where decoding is greedy"
+    )
+    kv_block_size: int = Field(16, ge=1, le=1024, description="tokens per KV-cache block (inflight)")
+    kv_pool_blocks: int = Field(0, ge=0, description="KV-cache blocks in the pool (0: enough for max_batch_size longest sequences)")
 
 
 class OfflineParams(Strict):
@@ -199,7 +260,9 @@ class OfflineParams(Strict):
 
 class ServerParams(Strict):
     target_qps: float = Field(10.0, gt=0, description="server_target_qps: the Poisson arrival rate")
-    target_latency_ms: int = Field(20000, ge=1, description="p99 latency bound (GPT-J: 20000 ms)")
+    target_latency_ms: int | None = Field(None, ge=1, description="p99 latency bound (GPT-J: 20000 ms; unset: MLPerf's)")
+    ttft_latency_ms: int | None = Field(None, ge=1, description="p99 time-to-first-token bound (Llama 2 70B: 2000 ms; unset: MLPerf's)")
+    tpot_latency_ms: int | None = Field(None, ge=1, description="p99 time-per-output-token bound (Llama 2 70B: 200 ms; unset: MLPerf's)")
     min_query_count: int = Field(460, ge=1, description="min_query_count (smoke rounds only; early stopping needs ~460)")
     min_duration_ms: int = Field(0, ge=0, description="min_duration in ms (smoke rounds only; MLPerf: 600000)")
 
@@ -212,7 +275,7 @@ class LoadGenParams(Strict):
 
 
 class EntryParams(Strict):
-    benchmark: Literal["gptj"] = Field(..., description="which benchmark (model and dataset) this entry submits")
+    benchmark: Literal["gptj", "llama2-70b"] = Field(..., description="which benchmark (model and dataset) this entry submits")
     division: Literal["closed", "open"] = Field("closed", description="closed: the accuracy target gates packaging")
     accuracy_target: Literal[0.99, 0.999] = Field(0.99, description="fraction of the reference score to reach (99 or 99.9)")
     recipe: RecipeParams = Field(default_factory=RecipeParams, description="optimization recipe")
@@ -226,6 +289,8 @@ class EntryParams(Strict):
             raise ValueError("scenarios: at least one scenario is needed")
         if len(set(self.scenarios)) != len(self.scenarios):
             raise ValueError("scenarios: a scenario is listed twice")
+        if self.recipe.sparsity != "none" and self.division == "closed":
+            raise ValueError("recipe.sparsity: sparsity changes the weights, which the closed division forbids (set division: open)")
         return self
 
     @property
@@ -236,24 +301,23 @@ class EntryParams(Strict):
 
 class RoundParams(Strict):
     round: RoundSection = Field(default_factory=RoundSection, description="the submission round")
-    benchmarks: dict[str, BenchmarkParams] = Field(..., description="models and datasets, keyed by benchmark")
+    benchmarks: dict[str, SerializeAsAny[BenchmarkParams]] = Field(..., description="models and datasets, keyed by benchmark")
     entries: dict[str, EntryParams] = Field(..., description="submission entries, keyed by a name used in stage names")
 
     @model_validator(mode="after")
     def _consistent(self) -> RoundParams:
-        known = {"gptj"}
-        for name in self.benchmarks:
-            if name not in known:
-                raise ValueError(f"benchmarks.{name}: unknown benchmark (known: {', '.join(sorted(known))})")
-        version_benchmarks = VERSIONS[self.round.version]["benchmarks"]
+        version_ids = VERSIONS[self.round.version]["ids"]
         seen_ids: dict[tuple[str, str], str] = {}
         for key, entry in self.entries.items():
-            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", key):
-                raise ValueError(f"entries.{key}: entry names are lower-case letters, digits, '.', '_' or '-'")
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", key):  # DVC splits params paths at dots
+                raise ValueError(f"entries.{key}: entry names are lower-case letters, digits, '_' or '-' (no '.')")
             if entry.benchmark not in self.benchmarks:
                 raise ValueError(f"entries.{key}.benchmark: {entry.benchmark!r} has no section under benchmarks")
-            if entry.benchmark not in version_benchmarks:
-                raise ValueError(f"entries.{key}.benchmark: {entry.benchmark} is not in MLPerf Inference {self.round.version}")
+            if entry.mlperf_id not in version_ids:
+                raise ValueError(f"entries.{key}: {entry.mlperf_id} is not a benchmark of MLPerf Inference {self.round.version}")
+            if not isinstance(self.benchmarks[entry.benchmark], BENCHMARK_SCHEMAS[entry.benchmark]):
+                raise ValueError(f"benchmarks.{entry.benchmark}: not validated as {entry.benchmark}")
+            self._check_bounds(key, entry)
             slot = (entry.division, entry.mlperf_id)
             if slot in seen_ids:
                 raise ValueError(f"entries.{key}: {entry.division} {entry.mlperf_id} is already submitted by entries.{seen_ids[slot]}")
@@ -261,14 +325,50 @@ class RoundParams(Strict):
         return self
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+    def _check_bounds(self, key: str, entry: EntryParams) -> None:
+        """Server latency bounds: the benchmark's kinds only; MLPerf's values unless the round is a smoke round."""
+        bounds = SERVER_BOUNDS[entry.benchmark]
+        server = entry.loadgen.Server
+        for name in ("target_latency_ms", "ttft_latency_ms", "tpot_latency_ms"):
+            value = getattr(server, name)
+            if value is None:
+                continue
+            if name not in bounds:
+                raise ValueError(f"entries.{key}.loadgen.Server.{name}: {entry.benchmark} is bounded by "
+                                 f"{' and '.join(bounds)}, not {name}")
+            if not self.round.smoke and value != bounds[name]:
+                raise ValueError(f"entries.{key}.loadgen.Server.{name}: MLPerf fixes it at {bounds[name]} for "
+                                 f"{entry.benchmark}; only a smoke round may change it")
+
+
+def _typed_benchmarks(data: dict, source: str) -> dict:
+    """Validate each benchmark section with its own schema (its own model config and defaults)."""
+    raw = data.get("benchmarks")
+    if not isinstance(raw, dict):
+        return data
+    typed = {}
+    for name, section in raw.items():
+        schema = BENCHMARK_SCHEMAS.get(name)
+        if schema is None:
+            raise ParamsError(f"{source}: benchmarks.{name}: unknown benchmark (known: {', '.join(sorted(BENCHMARK_SCHEMAS))})")
+        try:
+            typed[name] = schema.model_validate(section if section is not None else {})
+        except ValidationError as err:
+            raise ParamsError(_format_error(err, source, f"benchmarks.{name}")) from None
+    return {**data, "benchmarks": typed}
+
+
+def _format_error(err: ValidationError, source: str, prefix: str = "") -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    loc = ".".join(([prefix] if prefix else []) + [str(p) for p in first["loc"] if not str(p).startswith("function-after")])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "missing":
         msg = "required key is missing"
+    sub = re.match(r"([A-Za-z_][\w.]*): (.*)", msg)
+    if loc and sub:  # a section's validator names the key inside it
+        loc, msg = f"{loc}.{sub.group(1)}", sub.group(2)
     where = f"{source}: {loc}: " if loc else f"{source}: "
     extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{where}{msg}{extra}"
@@ -277,6 +377,7 @@ def _format_error(err: ValidationError, source: str) -> str:
 def parse_params(data: object, source: str = PARAMS_FILE) -> RoundParams:
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: the top level must be a mapping with round, benchmarks and entries")
+    data = _typed_benchmarks(data, source)
     try:
         return RoundParams.model_validate(data)
     except ValidationError as err:

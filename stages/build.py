@@ -4,7 +4,7 @@ import sys
 import time
 
 from mlperf_round import benchmarks, engines
-from mlperf_round.backends.torch_llm import TorchLLM
+from mlperf_round.backends.torch_llm import TorchLLM, generate_all
 from mlperf_round.runner import StageContext, run_stage
 
 
@@ -13,17 +13,18 @@ def body(ctx: StageContext) -> dict:
     engines.check_backend(entry.build.backend, f"entries.{ctx.key}.build.backend")
     source = ctx.input("download", ctx.benchmark_name)
     checkpoint = ctx.input("quantize") / "model"
-    engines.build_engine(ctx.benchmark_name, entry.recipe.precision, entry.build, ctx.benchmark.generation,
-                         checkpoint, bench.tokenizer_dir(source), ctx.out)
+    spec = engines.build_engine(ctx.benchmark_name, entry.recipe.precision, entry.build, ctx.benchmark.generation,
+                                checkpoint, bench.tokenizer_dir(source), ctx.out, f"entries.{ctx.key}.build")
     start = time.perf_counter()
     engine = TorchLLM(ctx.out)
     loaded = time.perf_counter()
     first = bench.load_samples(source / "dataset.json")[0]
-    tokens = engine.generate([engine.encode(first.prompt)])[0]
+    tokens = generate_all(engine.scheduler(), [first.input_ids or engine.encode(first.prompt)])[0]
     done = time.perf_counter()
     ctx.tracker.log_artifact(ctx.out / "engine.json")
     return {"engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),
-            "load_s": loaded - start, "check_generate_s": done - loaded, "check_output_tokens": int(tokens.size)}
+            "load_s": loaded - start, "check_generate_s": done - loaded, "check_output_tokens": int(tokens.size),
+            "scheduler": spec.scheduler, "kv_pool_blocks": spec.kv_pool_blocks, "kv_block_size": spec.kv_block_size}
 
 
 if __name__ == "__main__":

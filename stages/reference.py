@@ -20,7 +20,7 @@ def body(ctx: StageContext) -> dict:
     source = ctx.input("download")
     n = len(bench.load_samples(source / "dataset.json"))
     if bp.reference.source == "published":
-        scores = dict(bp.reference.scores)
+        scores = dict(bp.reference.scores or bench.PUBLISHED_SCORES)
         scale = n / bench.PUBLISHED_SAMPLES
     else:
         conf = ctx.out / "user.conf"

@@ -6,6 +6,7 @@ The hub is a local HTTP server on 127.0.0.1 serving Hugging Face's URL layout.
 from __future__ import annotations
 
 import functools
+import json
 import hashlib
 import http.server
 import sys
@@ -75,3 +76,36 @@ def test_corrupted_input_is_refused_by_the_next_stage(project: Path):
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].endswith("sha256 does not match " + str(Path("artifacts/gptj/download/source/manifest.json")) + "; the file is corrupt")
     assert not (project / "artifacts/gptj/calibrate/stats").exists()
+
+
+def test_llama_checkpoint_and_openorca_set_over_http(project: Path, tmp_path: Path):
+    """Llama 2's real path: the chat checkpoint by pinned revision, MLPerf's OpenOrca set by URL."""
+    from mlperf_round.benchmarks import llama2
+    from mlperf_round.params import TinyLlama
+
+    root = tmp_path / "hub"
+    files = root / "meta/llama-tiny/resolve" / REV
+    llama2.build_tokenizer(files)
+    tok = llama2.load_tokenizer(files)
+    llama2.build_tiny_model(TinyLlama(train_steps=0), tok, files)
+    (root / "data").mkdir()
+    for name, rows in (("orca.json", llama2.generate_dataset(8, 5, tok)), ("calib.json", llama2.generate_dataset(4, 6, tok))):
+        (root / "data" / name).write_text(json.dumps(rows))
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        edit_params(project, lambda d: d["benchmarks"]["llama2-70b"].update(
+            model={"source": "hf", "hf": {"repo": "meta/llama-tiny", "revision": REV, "endpoint": url,
+                                         "files": {p.name: digest(p) for p in files.iterdir() if p.is_file()}}},
+            dataset={"source": "url", "url": f"{url}/data/orca.json", "sha256": digest(root / "data/orca.json"),
+                     "calibration_url": f"{url}/data/calib.json", "calibration_sha256": digest(root / "data/calib.json")}))
+        run([sys.executable, "-m", "stages.download", "llama2-70b"], project)
+    finally:
+        server.shutdown()
+    metrics = json.loads((project / "artifacts/llama2-70b/download/metrics.json").read_text())
+    assert metrics["dataset_samples"] == 8 and metrics["calibration_samples"] == 4
+    samples = llama2.load_samples(project / "artifacts/llama2-70b/download/source/dataset.json")
+    assert samples[0].input_ids and samples[0].prompt.startswith("<s>[INST] <<SYS>>")

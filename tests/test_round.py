@@ -19,6 +19,7 @@ from .conftest import copy_project, edit_params, run
 
 pytestmark = pytest.mark.slow
 ENTRY, BENCH = "gptj-99", "gptj"
+LLAMA = ("llama2-70b-99", "llama2-70b-99p9", "llama2-70b-sparse")
 
 
 def ran(proc) -> set[str]:
@@ -46,9 +47,10 @@ def test_round_produces_every_declared_output(workspace: Path):
 
     with Repo(str(workspace)) as repo:
         stages = {s.name: s for s in repo.index.stages}
+        per_entry = ("quantize", "build", "accuracy", "performance", "compliance")
         assert set(stages) == {
-            f"download@{BENCH}", f"calibrate@{BENCH}", f"reference@{BENCH}", f"quantize@{ENTRY}",
-            f"build@{ENTRY}", f"accuracy@{ENTRY}", f"performance@{ENTRY}", "package",
+            *(f"{s}@{b}" for s in ("download", "calibrate", "reference") for b in (BENCH, "llama2-70b")),
+            *(f"{s}@{e}" for s in per_entry for e in (ENTRY, *LLAMA)), "package",
         }
         for stage in stages.values():
             for out in stage.outs:
@@ -72,6 +74,54 @@ def test_round_produces_every_declared_output(workspace: Path):
     assert "Not submittable" in (workspace / "submission/tree/results.md").read_text()
 
 
+def metrics(ws: Path, key: str, stage: str) -> dict:
+    return json.loads((ws / layout.metrics_path(key, stage)).read_text())
+
+
+def test_llama_entries_serve_in_flight_and_report_token_latencies(workspace: Path):
+    for key in LLAMA:
+        engine = json.loads((workspace / layout.out_dir(key, "build") / "engine.json").read_text())
+        assert engine["scheduler"] == "inflight" and engine["kv_pool_blocks"] == 128 and engine["kv_block_size"] == 8
+        assert engine["report_first_token"] is True
+    for key in LLAMA[:2]:
+        server = metrics(workspace, key, "performance")["Server"]
+        assert server["valid"], server
+        assert 0 < server["ttft_p99_ms"] < 2000 and 0 < server["tpot_p99_ms"] < 200
+        assert server["tokens_per_s"] > 0
+        acc = metrics(workspace, key, "accuracy")
+        assert acc["passed"] and acc["Server"]["tokens_per_sample"] >= acc["target"]["tokens_per_sample"]
+        txt = (workspace / layout.out_dir(key, "accuracy") / "Offline" / "accuracy.txt").read_text()
+        assert re.search(r"'tokens_per_sample': \d+\.\d", txt), txt
+    conf = (workspace / layout.out_dir(LLAMA[0], "performance") / "user.conf").read_text()
+    assert "llama2-70b.Server.ttft_latency = 2000" in conf and "llama2-70b.Server.tpot_latency = 200" in conf
+
+
+def test_test06_passes_for_closed_llama_entries_and_lands_in_the_tree(workspace: Path):
+    tree = workspace / "submission/tree/closed/MLPerfRound/compliance/cpu-smoke"
+    for key in LLAMA[:2]:
+        comp = metrics(workspace, key, "compliance")
+        assert comp["tests"] == ["TEST06"]
+        assert comp["Server.TEST06"]["passed"] and comp["Server.TEST06"]["first_token"] is True
+        assert comp["Offline.TEST06"]["first_token"] == "Skipped" and comp["Offline.TEST06"]["samples"] >= 100
+        for scenario in ("Offline", "Server"):
+            mlperf_id = {"llama2-70b-99": "llama2-70b-99", "llama2-70b-99p9": "llama2-70b-99.9"}[key]
+            verify = (tree / mlperf_id / scenario / "TEST06/verify_accuracy.txt").read_text()
+            assert "TEST06 verification complete" in verify and "False" not in verify
+    assert metrics(workspace, ENTRY, "compliance")["tests"] == []  # the compliance README exempts gpt-j
+    assert metrics(workspace, LLAMA[2], "compliance")["tests"] == []  # open entries skip compliance
+
+
+def test_sparse_entry_is_24_on_every_layer_and_packaged_open(workspace: Path):
+    q = metrics(workspace, LLAMA[2], "quantize")
+    sp = q["sparsity"]
+    assert sp["groups_24_share"] == 1.0 and sp["zero_fraction"] == 0.5 and sp["layers_fully_24"] == sp["layers"] == 14
+    assert sp["checkpoint_bytes_24"] < sp["checkpoint_bytes_dense"]
+    res = workspace / "submission/tree/open/MLPerfRound"
+    assert (res / "results/cpu-smoke/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
+    meas = json.loads(next((res / "measurements/cpu-smoke/llama2-70b-99.9/Offline").glob("*.json")).read_text())
+    assert "2:4 structured sparsity" in meas["weight_transformations"]
+
+
 def test_mlflow_holds_the_round_and_every_stage(workspace: Path):
     runs = mlflow_runs(workspace)
     parents = [r for r in runs if r.data.tags.get("mlperf.kind") == "round"]
@@ -93,16 +143,23 @@ def test_second_repro_runs_nothing(workspace: Path):
     assert ran(proc) == set(), proc.stdout
 
 
-def test_server_qps_change_reruns_only_performance_and_package(workspace: Path):
+def test_server_qps_change_reruns_only_performance_compliance_and_package(workspace: Path):
+    # compliance audits run with the entry's user.conf, so its QPS is theirs too
     edit_params(workspace, lambda d: d["entries"][ENTRY]["loadgen"]["Server"].update(target_qps=11))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
-    assert ran(proc) == {f"performance@{ENTRY}", "package"}
+    assert ran(proc) == {f"performance@{ENTRY}", f"compliance@{ENTRY}", "package"}
+
+
+def test_sparse_recipe_change_reruns_only_the_open_entry(workspace: Path):
+    edit_params(workspace, lambda d: d["entries"][LLAMA[2]]["recipe"].update(sparsity_method="sparse_magnitude"))
+    proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
+    assert ran(proc) == {f"{s}@{LLAMA[2]}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {"package"}
 
 
 def test_precision_change_reruns_from_quantize_not_download_or_calibrate(workspace: Path):
     edit_params(workspace, lambda d: d["entries"][ENTRY]["recipe"].update(precision="fp32"))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
-    assert ran(proc) == {f"quantize@{ENTRY}", f"build@{ENTRY}", f"accuracy@{ENTRY}", f"performance@{ENTRY}", "package"}
+    assert ran(proc) == {f"{s}@{ENTRY}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {"package"}
 
 
 def test_recipe_that_ruins_accuracy_fails_the_accuracy_stage(workspace: Path):

@@ -1,8 +1,12 @@
 """The torch backend for decoder LLMs: an engine directory and the generator that serves it.
 
 An engine directory holds the (possibly fake-quantized) model, the tokenizer and
-`engine.json`, which records which backend built it, with which limits and package
-versions. The harness loads nothing else.
+`engine.json`, which records which backend built it, with which limits, scheduler, KV-cache
+geometry and package versions. The harness loads nothing else.
+
+Greedy decoding on Llama-layout models runs with in-flight batching over a paged KV cache
+(`paged.py`); beam search (GPT-J's reference) runs static batches through transformers.
+Both serve the harness through the same submit / step / idle interface.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+from collections import deque
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -38,6 +43,10 @@ class EngineSpec:
     report_first_token: bool
     threads: int
     versions: dict
+    scheduler: str = "static"  # inflight | static
+    kv_block_size: int = 0
+    kv_pool_blocks: int = 0
+    device: str = "auto"
 
 
 def package_versions() -> dict[str, str]:
@@ -66,11 +75,19 @@ def read_spec(engine_dir: Path) -> EngineSpec:
         raise InputError(f"{path}: not a valid engine description ({err})") from None
 
 
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise InputError("build.device: cuda was asked for, but torch sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 class TorchLLM:
-    """Batched beam-search generation with the limits the engine was built with."""
+    """The engine: model, tokenizer and limits as built; `scheduler()` serves requests."""
 
     def __init__(self, engine_dir: Path):
-        from ..benchmarks.gptj import load_tokenizer
+        from ..benchmarks.text import load_tokenizer
         from ..optimization.quantization import load
 
         self.spec = read_spec(engine_dir)
@@ -78,8 +95,21 @@ class TorchLLM:
             raise InputError(f"{engine_dir}: built for backend {self.spec.backend}, not torch")
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
-        self.model = load(engine_dir / "model", self.spec.dtype)
+        self.device = resolve_device(self.spec.device)
+        self.model = load(engine_dir / "model", self.spec.dtype).to(self.device)
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
+
+    def scheduler(self, policy: str | None = None):
+        """A fresh request scheduler over this engine (in-flight or static, as built unless `policy` says)."""
+        from .paged import InflightEngine
+
+        s = self.spec
+        policy = policy or s.scheduler
+        if s.scheduler == "inflight":
+            return InflightEngine(self.model, max_batch=s.max_batch_size, block_size=s.kv_block_size,
+                                  pool_blocks=s.kv_pool_blocks, max_input=s.max_input_len, max_new=s.max_output_len,
+                                  min_new=s.min_output_len, eos_token_id=s.eos_token_id, policy=policy)
+        return StaticBatcher(self)
 
     def encode(self, prompt: str) -> np.ndarray:
         ids = self.tokenizer(prompt, truncation=True, max_length=self.spec.max_input_len)["input_ids"]
@@ -99,8 +129,8 @@ class TorchLLM:
             ids[i, width - len(x):] = torch.from_numpy(x)
             mask[i, width - len(x):] = 1
         out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
             num_beams=s.beam_width,
             max_new_tokens=s.max_output_len,
             min_new_tokens=s.min_output_len,
@@ -110,7 +140,44 @@ class TorchLLM:
             pad_token_id=s.pad_token_id,
         )[:, width:]
         results = []
-        for row in out.numpy():
+        for row in out.cpu().numpy():
             stop = np.flatnonzero(row == s.eos_token_id)
             results.append(row[: stop[0] + 1 if stop.size else len(row)].astype(np.int32))
         return results
+
+
+class StaticBatcher:
+    """Static batches through `TorchLLM.generate`: what beam search needs; the same interface as in-flight."""
+
+    def __init__(self, engine: TorchLLM):
+        self.engine = engine
+        self.waiting: deque[tuple[int, np.ndarray]] = deque()
+
+    def submit(self, rid: int, prompt: np.ndarray) -> None:
+        self.waiting.append((rid, np.asarray(prompt, dtype=np.int64)[-self.engine.spec.max_input_len:]))
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting
+
+    def step(self) -> list:
+        from .paged import Event
+
+        batch = [self.waiting.popleft() for _ in range(min(len(self.waiting), self.engine.spec.max_batch_size))]
+        if not batch:
+            return []
+        outputs = self.engine.generate([x for _, x in batch])
+        events = []
+        for (rid, _), out in zip(batch, outputs):
+            events += [Event(rid, "first", out[:1]), Event(rid, "done", out)]
+        return events
+
+
+def generate_all(scheduler, prompts: list[np.ndarray]) -> list[np.ndarray]:
+    """Every prompt through a scheduler to its end; outputs in prompt order."""
+    for i, prompt in enumerate(prompts):
+        scheduler.submit(i, prompt)
+    outputs: dict[int, np.ndarray] = {}
+    while not scheduler.idle:
+        outputs.update((ev.rid, ev.tokens) for ev in scheduler.step() if ev.kind == "done")
+    return [outputs[i] for i in range(len(prompts))]

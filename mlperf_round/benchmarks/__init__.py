@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import gptj
+from . import gptj, llama2
 
-REGISTRY: dict[str, ModuleType] = {gptj.NAME: gptj}
+REGISTRY: dict[str, ModuleType] = {m.NAME: m for m in (gptj, llama2)}
 
 
 def get(name: str) -> ModuleType:

@@ -13,11 +13,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
 from ..params import BenchmarkParams, TinyGPTJ
+from . import text
+from .text import load_model, load_tokenizer, tokenizer_dir  # noqa: F401  (the stages' interface)
 
 NAME = "gptj"
 LOADGEN_MODEL = "gptj"  # the model name mlperf.conf knows
+REPORT_FIRST_TOKEN = False  # mlperf.conf infers GPT-J's token latencies instead
+COMPLIANCE_TESTS: tuple[str, ...] = ()  # the compliance README exempts gpt-j (issue 5: the v5.0 checker's view)
 # MLPerf's GPT-J reference prompt (language/gpt-j, Alpaca-style instruction template)
 INSTRUCTION = "Summarize the following news article:"
 PROMPT = (
@@ -28,48 +31,15 @@ PROMPT = (
 SCORE_KEYS = ("rouge1", "rouge2", "rougeL")
 GEN_LEN_FLOOR = 0.9  # MLPerf: GEN_LEN must reach 90% of the reference
 EOS = "<|endoftext|>"
-UNK = "<unk>"
 
 
 # ---------------------------------------------------------------- tokenizer and data
-def _pseudo_words(n: int, seed: int) -> list[str]:
-    """Pronounceable, stemmer-stable words, the same list on every machine."""
-    rng = random.Random(seed)
-    onsets = "b d f g k l m n p r s t v z".split()
-    vowels = "a e i o u".split()
-    words: set[str] = set()
-    while len(words) < n:
-        words.add("".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.choice((2, 2, 3)))))
-    return sorted(words)
-
-
-def _template_words() -> list[str]:
-    text = PROMPT.format(instruction=INSTRUCTION, input="").lower()
-    for ch in ",.:#\n":
-        text = text.replace(ch, " ")
-    return sorted(set(text.split()))
-
-
-VOCAB_WORDS = 400
 PUNCT = [".", ",", ":", "###"]
 
 
 def build_tokenizer(out: Path) -> None:
-    """A word-level fast tokenizer, built locally, saved in transformers' format."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab_list = [EOS, UNK] + PUNCT + _template_words() + _pseudo_words(VOCAB_WORDS, seed=1234)
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=UNK, padding_side="left"
-    )
-    fast.model_max_length = 2048
-    fast.save_pretrained(out)
+    words = text.template_words(PROMPT.format(instruction=INSTRUCTION, input=""))
+    text.build_word_tokenizer(out, [EOS], words + text.pseudo_words(text.VOCAB_WORDS, seed=1234), EOS, EOS, PUNCT)
 
 
 class _Language:
@@ -77,7 +47,7 @@ class _Language:
 
     def __init__(self, seed: int = 1234, successors: int = 4):
         rng = random.Random(seed)
-        self.words = _pseudo_words(VOCAB_WORDS, seed=seed)
+        self.words = text.pseudo_words(text.VOCAB_WORDS, seed=seed)
         self.start_weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(self.words))]  # Zipf-like
         rng.shuffle(self.start_weights)
         self.next = {w: (rng.sample(self.words, successors), [1.0 / (k + 1) for k in range(successors)]) for w in self.words}
@@ -143,40 +113,9 @@ def build_tiny_model(cfg: TinyGPTJ, tokenizer, out: Path) -> None:
 
 
 def _train(model, tokenizer, cfg: TinyGPTJ) -> None:
-    """A few hundred seeded, single-threaded steps on a disjoint split: same bytes on every run here."""
-    import torch
-    from tqdm import tqdm
-
     texts = [PROMPT.format(instruction=r["instruction"], input=r["input"]) + " " + r["output"] + EOS
              for r in generate_dataset(cfg.train_samples, cfg.seed + TRAIN_SEED_OFFSET)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train_lr, weight_decay=0.0)
-        model.train()
-        for step in tqdm(range(cfg.train_steps), desc="train tiny gptj", unit="step", mininterval=2.0):
-            idx = torch.randint(len(texts), (cfg.train_batch,), generator=gen).tolist()
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True)
-            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-            loss = model(**enc, labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.use_deterministic_algorithms(False)
-        torch.set_num_threads(threads)
-
-
-def load_model(model_dir: Path, dtype: str = "float32"):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
-    except (OSError, ValueError) as err:
-        raise InputError(f"{model_dir}: cannot load the checkpoint ({str(err).splitlines()[0]})") from None
+    text.train(model, tokenizer, texts, cfg.train_steps, cfg.train_batch, cfg.train_lr, cfg.seed, "train tiny gptj")
 
 
 # ---------------------------------------------------------------- dataset access
@@ -184,27 +123,16 @@ def load_model(model_dir: Path, dtype: str = "float32"):
 class Sample:
     prompt: str
     reference: str
+    input_ids: tuple[int, ...] | None = None  # the prompt is tokenized by the engine
 
 
 def load_samples(path: Path) -> list[Sample]:
-    try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: dataset file is missing") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON (line {err.lineno})") from None
-    if not isinstance(rows, list) or not rows:
-        raise InputError(f"{path}: expected a non-empty list of samples")
-    samples = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not {"instruction", "input", "output"} <= row.keys():
-            raise InputError(f"{path}: sample {i} lacks instruction, input or output")
-        samples.append(Sample(PROMPT.format(instruction=row["instruction"], input=row["input"]), row["output"]))
-    return samples
+    rows = text.read_rows(path, {"instruction", "input", "output"})
+    return [Sample(PROMPT.format(instruction=r["instruction"], input=r["input"]), r["output"]) for r in rows]
 
 
 # ---------------------------------------------------------------- accuracy
-def score(predictions: list[str], references: list[str]) -> dict[str, float]:
+def score(predictions: list[str], references: list[str], token_counts: list[int]) -> dict[str, float]:
     """What MLPerf's GPT-J evaluation prints: ROUGE F-measures x100 and the total generated length."""
     from ..metrics.rouge import rouge_scores
 
@@ -224,34 +152,16 @@ def targets(reference: dict[str, float], fraction: float, size_ratio: float = 1.
     return out
 
 
+def upper_limits(reference: dict[str, float]) -> dict[str, float]:
+    return {}  # GPT-J's scores have lower bounds only
+
+
+PUBLISHED_SCORES = {"rouge1": 42.9865, "rouge2": 20.1235, "rougeL": 29.9881, "gen_len": 4016878.0}
 PUBLISHED_SAMPLES = 13368
-
-
-def tokenizer_dir(source: Path) -> Path:
-    return source / "tokenizer" if (source / "tokenizer").is_dir() else source / "model"
-
-
-def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot load the tokenizer ({str(err).splitlines()[0][:200]})") from None
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def calibration_batches(source: Path, bp: BenchmarkParams) -> list[dict]:
     """MLPerf calibrates on the prompts of its calibration list."""
     tok = load_tokenizer(tokenizer_dir(source))
     prompts = [s.prompt for s in load_samples(source / "calibration.json")]
-    size = bp.calibration.batch_size
-    batches = []
-    for i in range(0, len(prompts), size):
-        enc = tok(prompts[i : i + size], return_tensors="pt", padding=True, truncation=True,
-                  max_length=bp.generation.max_input_tokens)
-        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-    return batches
+    return text.calibration_batches(tok, prompts, bp.calibration.batch_size, bp.generation.max_input_tokens)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..jsonfile import read_json
 
 SUMMARY = "mlperf_log_summary.txt"
 DETAIL = "mlperf_log_detail.txt"
@@ -59,12 +60,7 @@ def read_summary(path: Path) -> dict[str, str]:
 
 def read_accuracy(path: Path, dtype: str = "int32") -> dict[int, np.ndarray]:
     """qsl_idx -> decoded response, from mlperf_log_accuracy.json."""
-    try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing; the accuracy run did not finish") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON (line {err.lineno})") from None
+    rows = read_json(path, "missing; the accuracy run did not finish")
     out = {}
     for row in rows:
         out[int(row["qsl_idx"])] = np.frombuffer(bytes.fromhex(row["data"]), dtype=dtype)

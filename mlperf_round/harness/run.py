@@ -51,17 +51,17 @@ def _main(spec_file: str) -> int:
     spec = json.loads(Path(spec_file).read_text())
     outdir = Path(spec["outdir"])
     bench = benchmarks.get(spec["benchmark"])
-    prompts = [s.prompt for s in bench.load_samples(Path(spec["dataset"]))]
+    samples = bench.load_samples(Path(spec["dataset"]))
     engine = TorchLLM(Path(spec["engine"]))
-    system = LLMSystem(engine, prompts, engine.spec.max_batch_size, engine.spec.report_first_token,
-                       desc=f"{spec['scenario']} {spec['mode']}")
+    system = LLMSystem(engine, samples, engine.spec.report_first_token,
+                       desc=f"{spec.get('label', spec['scenario'])} {spec['mode']}")
     ts = test_settings(Path(spec["user_conf"]), bench.LOADGEN_MODEL, spec["scenario"], spec["mode"])
     log = lg.LogSettings()
     log.log_output.outdir = str(outdir)
     log.log_output.copy_summary_to_stdout = False
     log.enable_trace = False  # the trace is not valid JSON and large
     sut = lg.ConstructSUT(system.issue_query, system.flush_queries)
-    qsl = lg.ConstructQSL(len(prompts), len(prompts), system.load_samples, system.unload_samples)
+    qsl = lg.ConstructQSL(len(samples), len(samples), system.load_samples, system.unload_samples)
     try:
         lg.StartTestWithLogSettings(sut, qsl, ts, log, spec.get("audit_config", ""))
     finally:

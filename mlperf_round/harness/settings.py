@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..params import EntryParams
+from ..params import SERVER_BOUNDS, EntryParams
+
+# params key -> LoadGen user.conf key
+_BOUND_KEYS = {"target_latency_ms": "target_latency", "ttft_latency_ms": "ttft_latency", "tpot_latency_ms": "tpot_latency"}
 
 
 def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int) -> str:
@@ -16,6 +19,10 @@ def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int) -> str
         lines.append(f"{model}.Offline.target_qps = {off.expected_qps}")
     if srv is not None:
         lines.append(f"{model}.Server.target_qps = {srv.target_qps}")
+        # the Server latency bounds, written out so the conf says what the run was held to
+        for key, official in SERVER_BOUNDS[entry.benchmark].items():
+            value = getattr(srv, key) or official
+            lines.append(f"{model}.Server.{_BOUND_KEYS[key]} = {value}")
     if smoke:
         lines.append(f"{model}.*.performance_sample_count_override = {qsl_size}")
         if off is not None:
@@ -24,7 +31,6 @@ def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int) -> str
             lines += [
                 f"{model}.Server.min_duration = {srv.min_duration_ms}",
                 f"{model}.Server.min_query_count = {srv.min_query_count}",
-                f"{model}.Server.target_latency = {srv.target_latency_ms}",
             ]
     return "\n".join(lines) + "\n"
 

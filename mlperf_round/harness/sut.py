@@ -1,9 +1,11 @@
-"""The system under test for LLMs: LoadGen enqueues, one worker batches and generates.
+"""The system under test for LLMs: LoadGen enqueues, one worker feeds the engine's scheduler.
 
-`issue_query` only enqueues (work inside it wrecks Server latency); the worker takes what
-is queued, up to the engine's batch limit (dynamic batching), and completes every id it
-was given, even on failure (an id never completed hangs LoadGen forever; an unknown id
-crashes it).
+`issue_query` only enqueues (work inside it wrecks Server latency). The worker hands every
+arrived query to the scheduler at each step, so with in-flight batching a query joins the
+running batch at the next step; it reports the first token the moment it exists
+(`FirstTokenComplete`, for token latencies) and the answer the moment it is done. Every id
+LoadGen issued is completed, even on failure: an id never completed hangs LoadGen forever,
+an unknown id crashes it.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from tqdm import tqdm
 
 
 class LLMSystem:
-    def __init__(self, engine, prompts: list[str], max_batch: int, report_first_token: bool, desc: str):
-        self.engine, self.prompts = engine, prompts
-        self.max_batch, self.report_first_token = max_batch, report_first_token
+    def __init__(self, engine, samples: list, report_first_token: bool, desc: str):
+        self.engine, self.samples = engine, samples
+        self.scheduler = engine.scheduler()
+        self.report_first_token = report_first_token
         self.inputs: dict[int, np.ndarray] = {}
         self.work: queue.Queue = queue.Queue()
         self.error: str | None = None
+        self.pending: set[int] = set()
         self.bar = tqdm(desc=desc, unit="sample", file=sys.stderr, mininterval=1.0)
         self.thread = threading.Thread(target=self._worker, daemon=True)
         self.thread.start()
@@ -33,7 +37,9 @@ class LLMSystem:
         try:
             for i in indices:
                 if i not in self.inputs:
-                    self.inputs[i] = self.engine.encode(self.prompts[i])
+                    s = self.samples[i]
+                    ids = getattr(s, "input_ids", None)
+                    self.inputs[i] = np.asarray(ids, dtype=np.int64) if ids else self.engine.encode(s.prompt)
         except Exception:  # an exception escaping to LoadGen kills the process
             self.error = self.error or traceback.format_exc()
 
@@ -50,37 +56,63 @@ class LLMSystem:
         pass
 
     # worker ----------------------------------------------------------------
-    def _worker(self) -> None:
-        import mlperf_loadgen as lg
-
+    def _take(self, block: bool) -> bool:
+        """Move arrived queries into the scheduler; False once close() was called."""
         while True:
-            item = self.work.get()
+            try:
+                item = self.work.get(block=block)
+            except queue.Empty:
+                return True
             if item is None:
-                return
-            batch = [item]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self.work.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.work.put(None)
-                    break
-                batch.append(nxt)
+                return False
+            qid, idx = item
+            self.pending.add(qid)
             try:
                 if self.error:
                     raise RuntimeError("an earlier sample failed")
-                outputs = self.engine.generate([self.inputs[idx] for _, idx in batch])
+                self.scheduler.submit(qid, self.inputs[idx])
             except Exception:
                 self.error = self.error or traceback.format_exc()
-                outputs = [np.zeros(0, dtype=np.int32) for _ in batch]
-            for (qid, _), out in zip(batch, outputs):
-                out = np.ascontiguousarray(out, dtype=np.int32)
-                if self.report_first_token and out.size:
-                    first = out[:1].copy()
-                    lg.FirstTokenComplete([lg.QuerySampleResponse(qid, first.ctypes.data, first.nbytes)])
-                lg.QuerySamplesComplete([lg.QuerySampleResponse(qid, out.ctypes.data, out.nbytes, int(out.size))])
-            self.bar.update(len(batch))
+                self._complete(qid, np.zeros(0, dtype=np.int32))
+            block = False
+
+    def _worker(self) -> None:
+        import mlperf_loadgen as lg
+
+        open_ = True
+        while open_ or not self.scheduler.idle:
+            if open_:
+                open_ = self._take(block=self.scheduler.idle)
+            if self.scheduler.idle:
+                continue
+            try:
+                events = self.scheduler.step()
+            except Exception:
+                self.error = self.error or traceback.format_exc()
+                self._fail_all()
+                continue
+            for ev in events:
+                out = np.ascontiguousarray(ev.tokens, dtype=np.int32)
+                if ev.kind == "first":
+                    if self.report_first_token:
+                        lg.FirstTokenComplete([lg.QuerySampleResponse(ev.rid, out.ctypes.data, out.nbytes)])
+                else:
+                    self._complete(ev.rid, out)
+
+    def _complete(self, qid: int, out: np.ndarray) -> None:
+        import mlperf_loadgen as lg
+
+        if qid not in self.pending:
+            return
+        self.pending.discard(qid)
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(qid, out.ctypes.data, out.nbytes, int(out.size))])
+        self.bar.update(1)
+
+    def _fail_all(self) -> None:
+        """After an engine failure: answer every outstanding id (empty), start a clean scheduler."""
+        for qid in list(self.pending):
+            self._complete(qid, np.zeros(0, dtype=np.int32))
+        self.scheduler = self.engine.scheduler()
 
     def close(self) -> None:
         self.work.put(None)

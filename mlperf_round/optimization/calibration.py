@@ -9,7 +9,6 @@ precision re-quantizes from these statistics without touching the data again.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from tqdm import tqdm

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import layout
-from ..errors import AccuracyError, RoundError
+from ..errors import AccuracyError, ComplianceError, RoundError
 from ..params import EntryParams, RoundParams
 from ..sources import verify_manifest
 from .system import describe
-from .tree import Layout, copy_accuracy, copy_performance, write_json
+from .tree import Layout, copy_accuracy, copy_compliance, copy_performance, write_json
 
 WEIGHT_TYPES = {"fp32": "fp32", "bf16": "bf16", "fp8": "fp8 (e4m3)", "int8_sq": "int8"}
-HEADLINE = ("samples_per_s", "tokens_per_s", "latency_p99_ms", "valid")
+HEADLINE = ("samples_per_s", "tokens_per_s", "latency_p99_ms", "ttft_p99_ms", "tpot_p99_ms", "valid")
 
 
 @dataclass
@@ -28,16 +28,20 @@ class EntryResults:
     performance: dict
     accuracy_dir: Path
     performance_dir: Path
+    compliance: dict
+    compliance_dir: Path
+    quantize: dict
 
 
 def _load(key: str, entry: EntryParams, root: Path) -> EntryResults:
-    dirs = {s: layout.out_dir(key, s, root) for s in ("build", "accuracy", "performance")}
+    dirs = {s: layout.out_dir(key, s, root) for s in ("quantize", "build", "accuracy", "performance", "compliance")}
     for d in dirs.values():
         verify_manifest(d)
     read = lambda p: json.loads(p.read_text())  # noqa: E731
+    metrics = {s: read(layout.metrics_path(key, s, root)) for s in ("quantize", "accuracy", "performance", "compliance")}
     return EntryResults(
-        key, entry, read(dirs["build"] / "engine.json"), read(layout.metrics_path(key, "accuracy", root)),
-        read(layout.metrics_path(key, "performance", root)), dirs["accuracy"], dirs["performance"],
+        key, entry, read(dirs["build"] / "engine.json"), metrics["accuracy"], metrics["performance"],
+        dirs["accuracy"], dirs["performance"], metrics["compliance"], dirs["compliance"], metrics["quantize"],
     )
 
 
@@ -46,6 +50,10 @@ def _gate(r: EntryResults, smoke: bool) -> list[str]:
     warnings = []
     if r.entry.division == "closed" and not r.accuracy.get("passed"):
         raise AccuracyError(f"{r.key}: {r.entry.mlperf_id} missed its accuracy target; a closed result is not packaged")
+    for test in r.compliance.get("tests", []):
+        for scenario in r.entry.scenarios:
+            if not r.compliance.get(f"{scenario}.{test}", {}).get("passed"):
+                raise ComplianceError(f"{r.key} {scenario}: {test} did not pass; not packaged")
     for scenario in r.entry.scenarios:
         perf = r.performance[scenario]
         if perf["valid"]:
@@ -58,14 +66,17 @@ def _gate(r: EntryResults, smoke: bool) -> list[str]:
 
 
 def _measurements(r: EntryResults, source: str) -> dict:
-    precision = r.engine["precision"]
-    transforms = "none" if precision == "fp32" else f"post-training quantization to {WEIGHT_TYPES[precision]} (NVIDIA Model Optimizer)"
+    precision, recipe = r.engine["precision"], r.entry.recipe
+    transforms = [] if precision == "fp32" else [f"post-training quantization to {WEIGHT_TYPES[precision]} (NVIDIA Model Optimizer)"]
+    if recipe.sparsity != "none":
+        transforms.insert(0, f"{recipe.sparsity} structured sparsity on every attention and MLP linear layer "
+                             f"({recipe.sparsity_method}, NVIDIA Model Optimizer), post-training, no fine-tuning")
     return {
         "input_data_types": "int32 (token ids)",
         "retraining": "no",
         "starting_weights_filename": source,
         "weight_data_types": WEIGHT_TYPES[precision],
-        "weight_transformations": transforms,
+        "weight_transformations": "; ".join(transforms) or "none",
     }
 
 
@@ -80,8 +91,14 @@ def _readme(r: EntryResults, scenario: str, smoke: bool) -> str:
         f"max batch {r.engine['max_batch_size']}, beam width {r.engine['beam_width']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(r.engine['versions'].items()))}",
     ]
+    if r.engine.get("scheduler") == "inflight":
+        lines.append(f"- in-flight batching, paged KV cache: {r.engine['kv_pool_blocks']} blocks of {r.engine['kv_block_size']} tokens")
     if r.engine["precision"] in ("fp8", "int8_sq"):
         lines.append("- calibration: per-channel activation absmax over the benchmark's calibration list (calibrate stage)")
+    if "sparsity" in r.quantize:
+        sp = r.quantize["sparsity"]
+        lines.append(f"- 2:4 sparsity: {sp['groups_24_share']:.4f} of groups are 2:4 in {sp['layers']} layers; "
+                     f"compressed checkpoint {sp['checkpoint_bytes_24']} bytes vs {sp['checkpoint_bytes_dense']} dense")
     if smoke:
         lines += ["", "**Smoke round: shortened LoadGen runs. NOT submittable.**"]
     return "\n".join(lines) + "\n"
@@ -108,6 +125,8 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS)
                 res = tree.results(bench, scenario)
                 copy_performance(r.performance_dir / scenario, res / "performance" / "run_1")
                 copy_accuracy(r.accuracy_dir / scenario, res / "accuracy")
+                for test in r.compliance.get("tests", []):
+                    copy_compliance(r.compliance_dir / scenario / test, tree.compliance(bench, scenario, test))
                 meas = tree.measurements(bench, scenario)
                 meas.mkdir(parents=True, exist_ok=True)
                 (meas / "user.conf").write_text((r.performance_dir / "user.conf").read_text())
@@ -116,14 +135,15 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS)
                 perf, acc = r.performance[scenario], r.accuracy[scenario]
                 row = {"division": division, "entry": r.key, "benchmark": bench, "scenario": scenario,
                        "samples_per_s": perf["samples_per_s"], "tokens_per_s": perf.get("tokens_per_s", ""),
-                       "latency_p99_ms": perf.get("latency_p99_ms", ""), "valid": perf["valid"],
+                       "latency_p99_ms": perf.get("latency_p99_ms", ""), "ttft_p99_ms": perf.get("ttft_p99_ms", ""),
+                       "tpot_p99_ms": perf.get("tpot_p99_ms", ""), "valid": perf["valid"],
                        "accuracy_worst_ratio": round(r.accuracy["worst_ratio"], 4), "accuracy_passed": r.accuracy["passed"],
                        "submittable": bool(perf["valid"] and not smoke)}
                 rows.append(row)
                 for k in HEADLINE:
                     if k in perf:
                         headline[f"{r.key}/{scenario}/{k}"] = float(perf[k])
-                for k in ("rouge1", "rouge2", "rougeL"):
+                for k in ("rouge1", "rouge2", "rougeL", "tokens_per_sample"):
                     if k in acc:
                         headline[f"{r.key}/{scenario}/{k}"] = float(acc[k])
             headline[f"{r.key}/accuracy_worst_ratio"] = float(r.accuracy["worst_ratio"])

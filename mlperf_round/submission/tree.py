@@ -77,6 +77,16 @@ def copy_performance(run_dir: Path, dst: Path) -> None:
         shutil.copy2(run_dir / name, dst / name)
 
 
+def copy_compliance(test_dir: Path, dst: Path) -> None:
+    """A verified audit: verify_*.txt and its accuracy log (published truncated, like every accuracy log)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for verify in sorted(test_dir.glob("verify_*.txt")):
+        shutil.copy2(verify, dst / verify.name)
+    if (test_dir / "accuracy").is_dir():
+        (dst / "accuracy").mkdir(exist_ok=True)
+        truncate_accuracy_log(test_dir / "accuracy" / "mlperf_log_accuracy.json", dst / "accuracy")
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")

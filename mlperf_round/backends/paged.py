@@ -1,0 +1,269 @@
+"""In-flight batching over a paged KV cache, for decoder LLMs with Llama's layer layout.
+
+Sequences join the running batch at any step a slot and enough KV blocks are free, and
+leave it the step they finish; their blocks go back to the pool at once. The pool is one
+tensor of fixed-size blocks per layer; a sequence's block table maps its positions to
+slots. Admission follows TensorRT-LLM's GUARANTEED_NO_EVICT policy: a sequence is admitted
+only when the pool can hold it at its longest, so nothing is ever evicted, while blocks are
+still taken on demand as it grows. The same code runs on the CPU and on a CUDA device.
+
+The layers' own modules (norms, projections, MLP, rotary embedding) do the math, so
+Model Optimizer's quantized layers run as they were calibrated; attention over the paged
+cache is torch's scaled_dot_product_attention with grouped-query heads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class PoolExhausted(RuntimeError):
+    pass
+
+
+class BlockPool:
+    """Fixed-size KV blocks from one preallocated pool; counts what it ever handed out at once."""
+
+    def __init__(self, layers: int, blocks: int, block_size: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (layers, blocks * block_size, kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.size, self.block_size = blocks, block_size
+        self.free: deque[int] = deque(range(blocks))
+        self.high_water = 0
+
+    @property
+    def used(self) -> int:
+        return self.size - len(self.free)
+
+    def take(self) -> int:
+        if not self.free:
+            raise PoolExhausted(f"KV pool of {self.size} blocks is exhausted")
+        block = self.free.popleft()
+        self.high_water = max(self.high_water, self.used)
+        return block
+
+    def give_back(self, blocks: list[int]) -> None:
+        self.free.extend(blocks)
+
+
+@dataclass
+class Sequence:
+    rid: int
+    prompt: list[int]
+    max_new: int
+    blocks: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # generated so far
+    cached: int = 0  # positions whose K/V are in the pool
+    admitted_step: int = -1
+
+    def slots(self, block_size: int, start: int, stop: int) -> list[int]:
+        return [self.blocks[p // block_size] * block_size + p % block_size for p in range(start, stop)]
+
+
+@dataclass
+class Event:
+    rid: int
+    kind: str  # "first": the first new token; "done": every new token
+    tokens: np.ndarray
+
+
+class InflightEngine:
+    """Greedy generation with in-flight batching; `submit` queues, `step` advances every sequence."""
+
+    def __init__(self, model, *, max_batch: int, block_size: int, pool_blocks: int, max_input: int, max_new: int,
+                 min_new: int, eos_token_id: int, policy: str = "inflight"):
+        cfg = model.config
+        self.model, self.body = model, model.model
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.max_batch, self.max_input, self.max_new, self.min_new = max_batch, max_input, max_new, min_new
+        self.eos, self.policy = eos_token_id, policy
+        self.pool = BlockPool(cfg.num_hidden_layers, pool_blocks, block_size, self.kv_heads, self.head_dim,
+                              self.dtype, self.device)
+        self.waiting: deque[Sequence] = deque()
+        self.active: list[Sequence] = []
+        self.reserved = 0  # blocks promised to active sequences but not yet taken
+        self.steps = 0
+        self.trace: list[tuple[int, str, int]] = []  # (step, "admit" | "finish", rid)
+
+    # ------------------------------------------------------------ queue
+    def submit(self, rid: int, prompt: np.ndarray | list[int], max_new: int | None = None) -> None:
+        ids = [int(t) for t in prompt][-self.max_input:]
+        if not ids:
+            raise ValueError(f"request {rid}: empty prompt")
+        seq = Sequence(rid, ids, min(max_new or self.max_new, self.max_new))
+        if self._worst_blocks(seq) > self.pool.size:
+            raise PoolExhausted(f"request {rid} needs {self._worst_blocks(seq)} KV blocks at its longest; "
+                                f"the pool has {self.pool.size} (raise build.kv_pool_blocks)")
+        self.waiting.append(seq)
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.active
+
+    def _worst_blocks(self, seq: Sequence) -> int:
+        # the last generated token is never fed back, so its K/V is never stored
+        return math.ceil((len(seq.prompt) + seq.max_new - 1) / self.pool.block_size)
+
+    # ------------------------------------------------------------ scheduling
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        """Admit what fits, prefill it, then decode one token for every running sequence."""
+        self.steps += 1
+        events: list[Event] = []
+        admitted = self._admit()
+        if admitted:
+            logits = self._prefill(admitted)
+            for seq, row in zip(admitted, logits):
+                events += self._append(seq, row)
+        running = [s for s in self.active if s not in admitted]  # the admitted decode from the next step
+        if running:
+            logits = self._decode(running)
+            for seq, row in zip(running, logits):
+                events += self._append(seq, row)
+        return events
+
+    def _admit(self) -> list[Sequence]:
+        if self.policy == "static" and self.active:
+            return []  # a static batch runs to its end before the next starts
+        admitted = []
+        while self.waiting and len(self.active) < self.max_batch:
+            seq = self.waiting[0]
+            worst = self._worst_blocks(seq)
+            if len(self.pool.free) - self.reserved < worst:
+                break  # first come, first served: no overtaking by shorter prompts
+            self.waiting.popleft()
+            self.reserved += worst
+            seq.admitted_step = self.steps
+            self.active.append(seq)
+            admitted.append(seq)
+            self.trace.append((self.steps, "admit", seq.rid))
+        return admitted
+
+    def _grow(self, seq: Sequence, upto: int) -> None:
+        while len(seq.blocks) * self.pool.block_size < upto:
+            seq.blocks.append(self.pool.take())
+            self.reserved -= 1
+
+    def _append(self, seq: Sequence, logits: torch.Tensor) -> list[Event]:
+        if len(seq.tokens) < self.min_new and 0 <= self.eos < logits.shape[-1]:
+            logits = logits.clone()
+            logits[self.eos] = float("-inf")
+        token = int(torch.argmax(logits))
+        seq.tokens.append(token)
+        events = []
+        if len(seq.tokens) == 1:
+            events.append(Event(seq.rid, "first", np.asarray([token], dtype=np.int32)))
+        if token == self.eos or len(seq.tokens) >= seq.max_new:
+            events.append(Event(seq.rid, "done", np.asarray(seq.tokens, dtype=np.int32)))
+            self._finish(seq)
+        return events
+
+    def _finish(self, seq: Sequence) -> None:
+        self.active.remove(seq)
+        self.reserved -= self._worst_blocks(seq) - len(seq.blocks)
+        self.pool.give_back(seq.blocks)
+        seq.blocks = []
+        self.trace.append((self.steps, "finish", seq.rid))
+
+    # ------------------------------------------------------------ model
+    def _rope(self, hidden: torch.Tensor, positions: torch.Tensor):
+        return self.body.rotary_emb(hidden, positions[None])
+
+    def _layers(self, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend) -> torch.Tensor:
+        """x: [tokens, hidden]; writes every token's K/V into its slot, then `attend(q, layer)`."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        cos, sin = self._rope(x[None], positions)
+        n = x.shape[0]
+        for i, layer in enumerate(self.body.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, n, self.heads, self.head_dim)
+            k = attn.k_proj(h).view(1, n, self.kv_heads, self.head_dim)
+            v = attn.v_proj(h).view(n, self.kv_heads, self.head_dim)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+            self.pool.k[i, slots] = k[0].to(self.pool.k.dtype)
+            self.pool.v[i, slots] = v.to(self.pool.v.dtype)
+            out = attend(q[0], k[0], v, i, attn.scaling)  # [tokens, heads, head_dim]
+            x = x + attn.o_proj(out.reshape(n, self.heads * self.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.body.norm(x)
+
+    def _prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        """All new prompts as one ragged batch: block-diagonal causal attention over their own tokens."""
+        bs = self.pool.block_size
+        ids, positions, slots, owner = [], [], [], []
+        for j, seq in enumerate(seqs):
+            self._grow(seq, len(seq.prompt))
+            ids += seq.prompt
+            positions += range(len(seq.prompt))
+            slots += seq.slots(bs, 0, len(seq.prompt))
+            owner += [j] * len(seq.prompt)
+            seq.cached = len(seq.prompt)
+        dev = self.device
+        ids_t = torch.tensor(ids, device=dev)
+        pos_t = torch.tensor(positions, device=dev)
+        own = torch.tensor(owner, device=dev)
+        mask = (own[:, None] == own[None, :]) & (pos_t[:, None] >= pos_t[None, :])
+
+        def attend(q, k, v, layer, scale):
+            out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                                 attn_mask=mask[None, None], scale=scale, enable_gqa=True)
+            return out[0].transpose(0, 1)
+
+        x = self._layers(self.body.embed_tokens(ids_t), pos_t, torch.tensor(slots, device=dev), attend)
+        last = torch.tensor([i for i, (a, b) in enumerate(zip(owner, owner[1:] + [-1])) if a != b], device=dev)
+        return self.model.lm_head(x[last]).float()
+
+    def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """One new token per sequence, attending over its cached positions through the block table."""
+        bs, dev = self.pool.block_size, self.device
+        for seq in seqs:
+            self._grow(seq, seq.cached + 1)
+        lengths = [seq.cached + 1 for seq in seqs]
+        width = max(lengths)
+        table = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, seq in enumerate(seqs):
+            table[j, : lengths[j]] = torch.tensor(seq.slots(bs, 0, lengths[j]))
+        table = table.to(dev)
+        valid = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).to(dev)
+        ids_t = torch.tensor([seq.tokens[-1] for seq in seqs], device=dev)
+        pos_t = torch.tensor([seq.cached for seq in seqs], device=dev)
+        new_slots = table[torch.arange(len(seqs), device=dev), pos_t]
+
+        def attend(q, k, v, layer, scale):
+            keys = self.pool.k[layer][table].to(q.dtype)  # [batch, width, kv_heads, head_dim]
+            values = self.pool.v[layer][table].to(q.dtype)
+            out = F.scaled_dot_product_attention(q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2),
+                                                 attn_mask=valid[:, None, None], scale=scale, enable_gqa=True)
+            return out[:, :, 0]
+
+        x = self._layers(self.body.embed_tokens(ids_t), pos_t, new_slots, attend)
+        for seq in seqs:
+            seq.cached += 1
+        return self.model.lm_head(x).float()
+
+
+def supports(model) -> bool:
+    """Llama's layout (and Mistral's, Qwen2's, which share it) is what the paged forward drives."""
+    body = getattr(model, "model", None)
+    layers = getattr(body, "layers", None)
+    if layers is None or not hasattr(body, "rotary_emb"):
+        return False
+    attn = getattr(layers[0], "self_attn", None)
+    return all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
+
+
+def default_pool_blocks(max_batch: int, max_input: int, max_new: int, block_size: int) -> int:
+    return max_batch * math.ceil((max_input + max_new) / block_size)

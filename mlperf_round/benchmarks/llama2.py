@@ -1,0 +1,199 @@
+"""Llama 2 70B chat on OpenOrca: everything the stages need to know about this benchmark.
+
+The smoke round builds a tiny LlamaForCausalLM with grouped-query attention (fewer KV heads
+than query heads, as in the 70B model) from a config with a fixed seed, a word-level
+tokenizer with the Llama 2 chat markers, and a deterministic dataset in the shape of
+MLPerf's preprocessed OpenOrca set (system prompt, question, Llama 2 chat prompt, its token
+ids, reference answer). The real path reads the same files from a pinned revision and
+MLCommons' dataset (as JSON records), verified by sha256.
+
+The synthetic task is learnable and decodes greedily to answers of very different lengths:
+every word has a depth, its likely successor is one level shallower, and depth-0 words end
+the answer. Each question holds one keyword (a word no other question word is drawn from);
+the answer starts with it, so it depends on the prompt.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from ..params import BenchmarkParams, TinyLlama
+from . import text
+from .text import load_model, load_tokenizer, tokenizer_dir  # noqa: F401  (the stages' interface)
+
+NAME = "llama2-70b"
+LOADGEN_MODEL = "llama2-70b"  # the model name mlperf.conf knows
+REPORT_FIRST_TOKEN = True  # mlperf.conf: llama2-70b.*.use_token_latencies = 1
+COMPLIANCE_TESTS = ("TEST06",)
+BOS, EOS = "<s>", "</s>"
+MARKERS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"]
+# MLPerf's OpenOrca preprocessing formats every sample with the Llama 2 chat template
+PROMPT = "<s>[INST] <<SYS>>\n{system_prompt}\n<</SYS>>\n\n{question} [/INST]"
+SYSTEM_PROMPTS = (
+    "You are an AI assistant. You will be given a task. You must generate a detailed and long answer.",
+    "You are a helpful assistant, who always provide explanation. Think like you are answering to a five year old.",
+    "You are an AI assistant that helps people find information.",
+)
+SCORE_KEYS = ("rouge1", "rouge2", "rougeL")
+TOKENS_FLOOR, TOKENS_CEILING = 0.9, 1.1  # MLPerf: tokens per sample within 90%..110% of the reference
+PUBLISHED_SCORES = {"rouge1": 44.4312, "rouge2": 22.0352, "rougeL": 28.6162, "tokens_per_sample": 294.45}
+PUBLISHED_SAMPLES = 24576
+PUNCT = [".", ",", "?", "'"]
+DEPTH = 24
+TRAIN_SEED_OFFSET = 2_000_003  # the training split is disjoint from the accuracy and calibration sets
+
+
+# ---------------------------------------------------------------- tokenizer and data
+def build_tokenizer(out: Path) -> None:
+    words = text.template_words(" ".join(SYSTEM_PROMPTS))
+    text.build_word_tokenizer(out, [BOS, EOS], words + text.pseudo_words(text.VOCAB_WORDS, seed=4321), EOS, BOS,
+                              PUNCT, MARKERS)
+
+
+class _Language:
+    """Words with depths 0..DEPTH; the likely successor is one level shallower (see module doc)."""
+
+    def __init__(self, seed: int = 4321):
+        rng = random.Random(seed)
+        self.words = text.pseudo_words(text.VOCAB_WORDS, seed=seed)
+        order = self.words[:]
+        rng.shuffle(order)
+        self.depth = {w: i % (DEPTH + 1) for i, w in enumerate(order)}
+        self.keywords = order[::7]  # spread over every depth
+        self.fillers = [w for w in order if w not in set(self.keywords)]
+        shallower = {d: [w for w in order if self.depth[w] < d] for d in range(1, DEPTH + 1)}
+        level = {d: [w for w in order if self.depth[w] == d] for d in range(DEPTH + 1)}
+        self.next = {}
+        for w in order:
+            d = self.depth[w]
+            if d:
+                self.next[w] = [rng.choice(level[d - 1]), *rng.sample(shallower[d], 2)]
+
+    def answer(self, start: str, rng: random.Random, variation: float) -> str:
+        """The canonical chain from `start`; with `variation`, a step takes another successor."""
+        weights = [1.0 - variation, variation * 2 / 3, variation / 3]
+        words = [start]
+        while self.depth[words[-1]]:
+            words.append(rng.choices(self.next[words[-1]], weights=weights)[0])
+        return " ".join(words) + "."
+
+    def question(self, rng: random.Random) -> tuple[str, str]:
+        """A question and its keyword."""
+        sentences = [rng.choices(self.fillers, k=rng.randint(5, 10)) for _ in range(rng.randint(1, 3))]
+        keyword = rng.choice(self.keywords)
+        rng.choice(sentences).insert(rng.randint(0, 4), keyword)
+        text_ = ". ".join(" ".join(s) for s in sentences) + "?"
+        return text_[0].upper() + text_[1:], keyword
+
+
+# Reference answers vary as people's do; the tiny model's training split holds canonical
+# answers, so the model decodes confidently (as a large model does) and scores below 100.
+REFERENCE_VARIATION = 0.05
+
+
+def generate_dataset(size: int, seed: int, tokenizer=None, variation: float = REFERENCE_VARIATION) -> list[dict]:
+    """Rows shaped like MLPerf's processed OpenOrca set (with tok_input when a tokenizer is given)."""
+    rng, lang = random.Random(seed), _Language()
+    rows = []
+    for i in range(size):
+        system_prompt, (question, keyword) = rng.choice(SYSTEM_PROMPTS), lang.question(rng)
+        row = {"id": f"tiny.{seed}.{i}", "system_prompt": system_prompt, "question": question,
+               "input": PROMPT.format(system_prompt=system_prompt, question=question),
+               "output": lang.answer(keyword, rng, variation)}
+        if tokenizer is not None:
+            row["tok_input"] = tokenizer(row["input"], add_special_tokens=False)["input_ids"]
+        rows.append(row)
+    return rows
+
+
+def write_generated_dataset(bp: BenchmarkParams, out: Path) -> None:
+    tok = load_tokenizer(out / "tokenizer")
+    ds = bp.dataset
+    text.write_json(out / "dataset.json", generate_dataset(ds.size, ds.seed, tok))
+    # MLPerf's calibration list is drawn from the training split: a disjoint seed here
+    text.write_json(out / "calibration.json", generate_dataset(ds.calibration_size, ds.seed + 1_000_003, tok))
+
+
+# ---------------------------------------------------------------- model
+def build_tiny_model(cfg: TinyLlama, tokenizer, out: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        initializer_range=cfg.init_std,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["LlamaForCausalLM"]
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config)
+    if cfg.train_steps:
+        rows = generate_dataset(cfg.train_samples, cfg.seed + TRAIN_SEED_OFFSET, variation=0.0)
+        answers = [r["output"] + EOS for r in rows]
+        counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+        text.train(model, tokenizer, [r["input"] + " " + a for r, a in zip(rows, answers)], cfg.train_steps,
+                   cfg.train_batch, cfg.train_lr, cfg.seed, "train tiny llama", completion_tokens=counts)
+    model.eval().save_pretrained(out, safe_serialization=True)
+
+
+# ---------------------------------------------------------------- dataset access
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    reference: str
+    input_ids: tuple[int, ...] | None = None  # MLPerf's tok_input: served as given
+
+
+def load_samples(path: Path) -> list[Sample]:
+    rows = text.read_rows(path, {"input", "output"})
+    samples = []
+    for i, r in enumerate(rows):
+        ids = r.get("tok_input")
+        if ids is not None and not (isinstance(ids, list) and ids and all(isinstance(t, int) and t >= 0 for t in ids)):
+            raise InputError(f"{path}: sample {i}: tok_input is not a non-empty list of token ids")
+        samples.append(Sample(r["input"], r["output"], tuple(ids) if ids else None))
+    return samples
+
+
+def calibration_batches(source: Path, bp: BenchmarkParams) -> list[dict]:
+    """MLPerf calibrates on the prompts of its calibration list."""
+    tok = load_tokenizer(tokenizer_dir(source))
+    prompts = [s.prompt for s in load_samples(source / "calibration.json")]
+    return text.calibration_batches(tok, prompts, bp.calibration.batch_size, bp.generation.max_input_tokens)
+
+
+# ---------------------------------------------------------------- accuracy
+def score(predictions: list[str], references: list[str], token_counts: list[int]) -> dict[str, float]:
+    """What MLPerf's llama2-70b evaluation prints: ROUGE x100, generated length, tokens per sample."""
+    from ..metrics.rouge import rouge_scores
+
+    result = rouge_scores(predictions, references)
+    result["gen_len"] = float(sum(len(p) for p in predictions))
+    result["gen_num"] = float(len(predictions))
+    result["gen_tok_len"] = float(sum(token_counts))
+    result["tokens_per_sample"] = round(result["gen_tok_len"] / max(len(predictions), 1), 1)
+    return result
+
+
+def targets(reference: dict[str, float], fraction: float, size_ratio: float = 1.0) -> dict[str, float]:
+    """Lower bounds: each ROUGE at `fraction` of the reference, tokens per sample at 90%."""
+    out = {k: reference[k] * fraction for k in SCORE_KEYS}
+    out["tokens_per_sample"] = reference["tokens_per_sample"] * TOKENS_FLOOR
+    return out
+
+
+def upper_limits(reference: dict[str, float]) -> dict[str, float]:
+    """Upper bounds: the checker also refuses answers padded past 110% of the reference's length."""
+    return {"tokens_per_sample": reference["tokens_per_sample"] * TOKENS_CEILING}

@@ -1,0 +1,145 @@
+"""What the text benchmarks share: locally built word-level tokenizers, a learnable synthetic
+language, seeded training of tiny models, and loading of checkpoints, tokenizers and data.
+
+Each benchmark module keeps only its own knowledge (prompt format, dataset shape, scoring).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ..errors import InputError
+from ..jsonfile import read_json
+
+UNK = "<unk>"
+VOCAB_WORDS = 400
+
+
+def pseudo_words(n: int, seed: int) -> list[str]:
+    """Pronounceable, stemmer-stable words, the same list on every machine."""
+    rng = random.Random(seed)
+    onsets = "b d f g k l m n p r s t v z".split()
+    vowels = "a e i o u".split()
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.choice((2, 2, 3)))))
+    return sorted(words)
+
+
+def template_words(text: str) -> list[str]:
+    text = text.lower()
+    for ch in ",.:#\n?":
+        text = text.replace(ch, " ")
+    return sorted(set(text.split()))
+
+
+def build_word_tokenizer(out: Path, special: list[str], words: list[str], eos: str, bos: str,
+                         punct: list[str], markers: list[str] = ()) -> None:
+    """A word-level fast tokenizer, built locally, saved in transformers' format.
+
+    `markers` (prompt-format tags such as "[INST]") are single tokens, matched before
+    normalization and dropped when decoding with skip_special_tokens.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_list = special + [UNK] + list(markers) + punct + words
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in [*special, *markers]])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, bos_token=bos, pad_token=eos, unk_token=UNK, padding_side="left"
+    )
+    fast.model_max_length = 4096
+    fast.save_pretrained(out)
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot load the tokenizer ({str(err).splitlines()[0][:200]})") from None
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tokenizer_dir(source: Path) -> Path:
+    return source / "tokenizer" if (source / "tokenizer").is_dir() else source / "model"
+
+
+def load_model(model_dir: Path, dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+    except (OSError, ValueError) as err:
+        raise InputError(f"{model_dir}: cannot load the checkpoint ({str(err).splitlines()[0]})") from None
+
+
+def read_rows(path: Path, required: set[str]) -> list[dict]:
+    """A dataset file: a non-empty JSON list of objects with the required fields."""
+    rows = read_json(path, "dataset file is missing")
+    if not isinstance(rows, list) or not rows:
+        raise InputError(f"{path}: expected a non-empty list of samples")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not required <= row.keys():
+            raise InputError(f"{path}: sample {i} lacks one of {', '.join(sorted(required))}")
+    return rows
+
+
+def train(model, tokenizer, texts: list[str], steps: int, batch: int, lr: float, seed: int, desc: str,
+          completion_tokens: list[int] | None = None) -> None:
+    """Seeded, single-threaded, deterministic steps: the same bytes on every run here.
+
+    With `completion_tokens` (per text), only each text's last that many tokens carry the
+    loss, as in chat fine-tuning: the answer is learnt, the prompt is only read.
+    """
+    import torch
+    from tqdm import tqdm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        model.train()
+        for _ in tqdm(range(steps), desc=desc, unit="step", mininterval=2.0):
+            idx = torch.randint(len(texts), (batch,), generator=gen).tolist()
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            if completion_tokens is not None:  # left padding: every answer ends at the right edge
+                width = labels.shape[1]
+                for row, i in enumerate(idx):
+                    labels[row, : width - completion_tokens[i]] = -100
+            loss = model(**enc, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
+    model.eval()
+
+
+def calibration_batches(tokenizer, prompts: list[str], batch_size: int, max_len: int) -> list[dict]:
+    batches = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_len, add_special_tokens=False)
+        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return batches
+
+
+def write_json(path: Path, rows: list[dict]) -> None:
+    path.write_text(json.dumps(rows, indent=1))

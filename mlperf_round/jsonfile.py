@@ -1,0 +1,18 @@
+"""Reading a JSON input the round did not write itself: one line naming the file when it is bad."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import InputError
+
+
+def read_json(path: Path, missing: str = "missing") -> object:
+    """The parsed file; a missing or malformed one is an InputError naming it (`missing` says why it may be absent)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: {missing}") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON (line {err.lineno})") from None

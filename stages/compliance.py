@@ -1,0 +1,52 @@
+"""compliance: the audits MLPerf requires of a closed entry (TEST06 for Llama 2), run and verified.
+
+A failed verification fails the stage, so nothing downstream packages the entry. Open
+entries, and benchmarks that need no audit, produce an empty record.
+"""
+
+import json
+import sys
+
+from mlperf_round import benchmarks
+from mlperf_round.backends.torch_llm import read_spec
+from mlperf_round.errors import ComplianceError
+from mlperf_round.harness import compliance
+from mlperf_round.harness.logs import ACCURACY
+from mlperf_round.harness.run import run_test
+from mlperf_round.harness.settings import user_conf
+from mlperf_round.runner import StageContext, run_stage
+
+
+def body(ctx: StageContext) -> dict:
+    entry, bench = ctx.entry, benchmarks.get(ctx.benchmark_name)
+    tests = bench.COMPLIANCE_TESTS if entry.division == "closed" else ()
+    metrics: dict = {"tests": list(tests)}
+    if not tests:
+        return metrics
+    source = ctx.input("download", ctx.benchmark_name)
+    engine = ctx.input("build")
+    dataset = source / "dataset.json"
+    conf = ctx.out / "user.conf"
+    conf.write_text(user_conf(bench.LOADGEN_MODEL, entry, ctx.params.round.smoke, len(bench.load_samples(dataset))))
+    eos = read_spec(engine).eos_token_id
+    failed = []
+    for test in tests:
+        audit = ctx.out / f"{test}.audit.config"
+        audit.write_text(compliance.AUDITS[test])
+        for scenario in entry.scenarios:
+            run_dir = ctx.out / scenario / test / "run"
+            run_test({"engine": str(engine), "benchmark": ctx.benchmark_name, "dataset": str(dataset),
+                      "scenario": scenario, "mode": "PerformanceOnly", "user_conf": str(conf), "outdir": str(run_dir),
+                      "audit_config": str(audit.resolve()), "label": f"{test} {scenario}"}, ctx.params.round.test_timeout_s)
+            result = compliance.verify_test06(run_dir / ACCURACY, scenario, eos)
+            compliance.write_test06(result, run_dir / ACCURACY, ctx.out / scenario / test)
+            metrics[f"{scenario}.{test}"] = {k: v for k, v in result.items() if k != "failures"}
+            if not result["passed"]:
+                failed.append(f"{test} {scenario}: {result['failures'][0]}")
+    if failed:
+        raise ComplianceError(f"{entry.mlperf_id} failed compliance: {'; '.join(failed)}")
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage("compliance", "entry", body))
