@@ -40,7 +40,9 @@ INFLIGHT_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCau
 
 
 def build_engine(benchmark: str, precision: str, build: BuildParams, gen: GenerationParams,
-                 model_dir: Path, tokenizer_dir: Path, out: Path, where: str = "build") -> torch_llm.EngineSpec:
+                 model_dir: Path, tokenizer_dir: Path, out: Path, where: str = "build",
+                 kv_calibration: list[list[int]] | None = None) -> torch_llm.EngineSpec:
+    """The engine directory; an fp8 KV cache is calibrated on `kv_calibration` (prompt token ids)."""
     from .backends.paged import default_pool_blocks
     from .benchmarks import get
 
@@ -48,6 +50,8 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
     tok = bench.load_tokenizer(tokenizer_dir)
     scheduler = scheduler_for(build, gen, model_dir, f"{where}.scheduler")
     inflight = scheduler == "inflight"
+    if build.kv_cache == "fp8" and not (inflight and kv_calibration):
+        raise ParamsError(f"{where}.kv_cache: fp8 needs the inflight scheduler and calibration prompts")
     pool = build.kv_pool_blocks or default_pool_blocks(build.max_batch_size, gen.max_input_tokens, gen.max_new_tokens,
                                                        build.kv_block_size)
     spec = torch_llm.EngineSpec(
@@ -69,6 +73,15 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         kv_block_size=build.kv_block_size if inflight else 0,
         kv_pool_blocks=pool if inflight else 0,
         device=build.device,
+        kv_cache=build.kv_cache,
     )
     torch_llm.build(model_dir, tokenizer_dir, spec, out)
+    if build.kv_cache == "fp8":
+        import json
+
+        from .backends.paged import measure_kv_scales
+        from .optimization.quantization import load
+
+        scales = measure_kv_scales(load(model_dir, build.dtype), kv_calibration, gen.max_input_tokens)
+        (out / torch_llm.KV_SCALES_FILE).write_text(json.dumps(scales, indent=1))
     return spec

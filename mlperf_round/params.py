@@ -250,6 +250,10 @@ class BuildParams(Strict):
     )
     kv_block_size: int = Field(16, ge=1, le=1024, description="tokens per KV-cache block (inflight)")
     kv_pool_blocks: int = Field(0, ge=0, description="KV-cache blocks in the pool (0: enough for max_batch_size longest sequences)")
+    kv_cache: Literal["auto", "fp8"] = Field(
+        "auto", description="KV-cache storage (inflight): auto, the engine dtype; fp8, E4M3 with per-layer K and V scales "
+        "measured on the calibration list when the engine is built"
+    )
 
 
 class OfflineParams(Strict):

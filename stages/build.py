@@ -13,8 +13,14 @@ def body(ctx: StageContext) -> dict:
     engines.check_backend(entry.build.backend, f"entries.{ctx.key}.build.backend")
     source = ctx.input("download", ctx.benchmark_name)
     checkpoint = ctx.input("quantize") / "model"
+    kv_calibration = None
+    if entry.build.kv_cache == "fp8":  # K/V scales from the calibration list, as the weights' were
+        tok = bench.load_tokenizer(bench.tokenizer_dir(source))
+        kv_calibration = [list(s.input_ids or tok(s.prompt, add_special_tokens=False)["input_ids"])
+                          for s in bench.load_samples(source / "calibration.json")]
     spec = engines.build_engine(ctx.benchmark_name, entry.recipe.precision, entry.build, ctx.benchmark.generation,
-                                checkpoint, bench.tokenizer_dir(source), ctx.out, f"entries.{ctx.key}.build")
+                                checkpoint, bench.tokenizer_dir(source), ctx.out, f"entries.{ctx.key}.build",
+                                kv_calibration)
     start = time.perf_counter()
     engine = TorchLLM(ctx.out)
     loaded = time.perf_counter()
@@ -24,7 +30,8 @@ def body(ctx: StageContext) -> dict:
     ctx.tracker.log_artifact(ctx.out / "engine.json")
     return {"engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),
             "load_s": loaded - start, "check_generate_s": done - loaded, "check_output_tokens": int(tokens.size),
-            "scheduler": spec.scheduler, "kv_pool_blocks": spec.kv_pool_blocks, "kv_block_size": spec.kv_block_size}
+            "scheduler": spec.scheduler, "kv_pool_blocks": spec.kv_pool_blocks, "kv_block_size": spec.kv_block_size,
+            "kv_cache": spec.kv_cache}
 
 
 if __name__ == "__main__":

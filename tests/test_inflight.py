@@ -82,3 +82,26 @@ def test_pool_is_never_exceeded_and_admission_waits_for_blocks(model):
     assert admitted[:2] == [1, 1] and admitted[2] > 1  # the third waited although a batch slot was free
     with pytest.raises(PoolExhausted, match="raise build.kv_pool_blocks"):
         engine(model, pool_blocks=4).submit(99, prompts([30])[0])
+
+
+def test_fp8_kv_cache_stores_e4m3_with_measured_scales(model):
+    from mlperf_round.backends.paged import measure_kv_scales
+
+    m32 = model.float()
+    try:
+        scales = measure_kv_scales(m32, prompts([20] * 8, seed=4), max_input=64)
+        assert len(scales["k"]) == len(scales["v"]) == 2 and min(scales["k"] + scales["v"]) > 0
+        fp8, base = engine(m32, kv_scales=scales), engine(m32)
+        assert fp8.pool.k.dtype == torch.float8_e4m3fn and fp8.pool.k.element_size() == 1
+        for eng in (fp8, base):
+            eng.submit(0, prompts([20], seed=4)[0])
+            eng.step()  # prefill: the prompt's K/V go into the pool
+        for layer in range(2):
+            for name in ("k", "v"):
+                ref = getattr(base.pool, name)[layer, :20].float()
+                got = fp8._load(getattr(fp8.pool, name)[layer, :20], name, layer, torch.float32)
+                # E4M3 keeps 3 mantissa bits: 1/16 relative, plus the subnormal step below 2^-6 of the scale
+                assert torch.allclose(got, ref, rtol=1 / 16, atol=scales[name][layer] * 2**-6), (name, layer)
+        assert generate_all(engine(m32, kv_scales=scales), prompts((5, 9), seed=5))  # and it serves
+    finally:
+        model.double()

@@ -83,6 +83,9 @@ def test_llama_entries_serve_in_flight_and_report_token_latencies(workspace: Pat
         engine = json.loads((workspace / layout.out_dir(key, "build") / "engine.json").read_text())
         assert engine["scheduler"] == "inflight" and engine["kv_pool_blocks"] == 128 and engine["kv_block_size"] == 8
         assert engine["report_first_token"] is True
+        fp8_kv = key != LLAMA[2]  # the closed recipes store the KV cache in FP8
+        assert engine["kv_cache"] == ("fp8" if fp8_kv else "auto")
+        assert (workspace / layout.out_dir(key, "build") / "kv_scales.json").is_file() == fp8_kv
     for key in LLAMA[:2]:
         server = metrics(workspace, key, "performance")["Server"]
         assert server["valid"], server

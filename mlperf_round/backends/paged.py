@@ -79,7 +79,7 @@ class InflightEngine:
     """Greedy generation with in-flight batching; `submit` queues, `step` advances every sequence."""
 
     def __init__(self, model, *, max_batch: int, block_size: int, pool_blocks: int, max_input: int, max_new: int,
-                 min_new: int, eos_token_id: int, policy: str = "inflight"):
+                 min_new: int, eos_token_id: int, policy: str = "inflight", kv_scales: dict | None = None):
         cfg = model.config
         self.model, self.body = model, model.model
         self.device = next(model.parameters()).device
@@ -88,8 +88,15 @@ class InflightEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.max_batch, self.max_input, self.max_new, self.min_new = max_batch, max_input, max_new, min_new
         self.eos, self.policy = eos_token_id, policy
+        # FP8 KV cache: E4M3 storage, per-layer K and V scales (absmax / 448) measured on calibration prompts
+        self.kv_scales = None
+        if kv_scales is not None:
+            self.kv_scales = {n: torch.tensor(kv_scales[n], dtype=torch.float32, device=self.device) for n in ("k", "v")}
+        store = torch.float8_e4m3fn if self.kv_scales is not None else self.dtype
         self.pool = BlockPool(cfg.num_hidden_layers, pool_blocks, block_size, self.kv_heads, self.head_dim,
-                              self.dtype, self.device)
+                              store, self.device)
+        self.observe = False  # record K/V absmax (calibration only: it syncs the device every layer)
+        self.kv_absmax = torch.zeros((2, cfg.num_hidden_layers), dtype=torch.float32)
         self.waiting: deque[Sequence] = deque()
         self.active: list[Sequence] = []
         self.reserved = 0  # blocks promised to active sequences but not yet taken
@@ -193,12 +200,25 @@ class InflightEngine:
             k = attn.k_proj(h).view(1, n, self.kv_heads, self.head_dim)
             v = attn.v_proj(h).view(n, self.kv_heads, self.head_dim)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
-            self.pool.k[i, slots] = k[0].to(self.pool.k.dtype)
-            self.pool.v[i, slots] = v.to(self.pool.v.dtype)
+            if self.observe:
+                self.kv_absmax[0, i] = max(self.kv_absmax[0, i], float(k.abs().max()))
+                self.kv_absmax[1, i] = max(self.kv_absmax[1, i], float(v.abs().max()))
+            self.pool.k[i, slots] = self._store(k[0], "k", i)
+            self.pool.v[i, slots] = self._store(v, "v", i)
             out = attend(q[0], k[0], v, i, attn.scaling)  # [tokens, heads, head_dim]
             x = x + attn.o_proj(out.reshape(n, self.heads * self.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.body.norm(x)
+
+    def _store(self, x: torch.Tensor, name: str, layer: int) -> torch.Tensor:
+        if self.kv_scales is None:
+            return x.to(self.pool.k.dtype)
+        return (x.float() / self.kv_scales[name][layer]).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+
+    def _load(self, x: torch.Tensor, name: str, layer: int, dtype: torch.dtype) -> torch.Tensor:
+        if self.kv_scales is None:
+            return x.to(dtype)
+        return (x.float() * self.kv_scales[name][layer]).to(dtype)
 
     def _prefill(self, seqs: list[Sequence]) -> torch.Tensor:
         """All new prompts as one ragged batch: block-diagonal causal attention over their own tokens."""
@@ -243,8 +263,8 @@ class InflightEngine:
         new_slots = table[torch.arange(len(seqs), device=dev), pos_t]
 
         def attend(q, k, v, layer, scale):
-            keys = self.pool.k[layer][table].to(q.dtype)  # [batch, width, kv_heads, head_dim]
-            values = self.pool.v[layer][table].to(q.dtype)
+            keys = self._load(self.pool.k[layer][table], "k", layer, q.dtype)  # [batch, width, kv_heads, head_dim]
+            values = self._load(self.pool.v[layer][table], "v", layer, q.dtype)
             out = F.scaled_dot_product_attention(q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2),
                                                  attn_mask=valid[:, None, None], scale=scale, enable_gqa=True)
             return out[:, :, 0]
@@ -263,6 +283,19 @@ def supports(model) -> bool:
         return False
     attn = getattr(layers[0], "self_attn", None)
     return all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
+
+
+def measure_kv_scales(model, prompts: list[list[int]], max_input: int) -> dict[str, list[float]]:
+    """Per-layer FP8 scales of K (after RoPE) and V: their absmax over the prompts' prefill, / 448."""
+    eng = InflightEngine(model, max_batch=8, block_size=16, pool_blocks=8 * math.ceil((max_input + 1) / 16),
+                         max_input=max_input, max_new=1, min_new=0, eos_token_id=-1)
+    eng.observe = True
+    for i, p in enumerate(prompts):
+        eng.submit(i, p)
+    while not eng.idle:
+        eng.step()
+    amax = eng.kv_absmax.clamp(min=1e-6) / 448.0
+    return {"k": amax[0].tolist(), "v": amax[1].tolist()}
 
 
 def default_pool_blocks(max_batch: int, max_input: int, max_new: int, block_size: int) -> int:

@@ -25,6 +25,7 @@ import torch
 from ..errors import InputError
 
 ENGINE_FILE = "engine.json"
+KV_SCALES_FILE = "kv_scales.json"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class EngineSpec:
     kv_block_size: int = 0
     kv_pool_blocks: int = 0
     device: str = "auto"
+    kv_cache: str = "auto"  # auto | fp8 (scales in kv_scales.json)
 
 
 def package_versions() -> dict[str, str]:
@@ -98,6 +100,11 @@ class TorchLLM:
         self.device = resolve_device(self.spec.device)
         self.model = load(engine_dir / "model", self.spec.dtype).to(self.device)
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
+        self.kv_scales = None
+        if self.spec.kv_cache == "fp8":
+            from ..jsonfile import read_json
+
+            self.kv_scales = read_json(engine_dir / KV_SCALES_FILE, "missing; an fp8 KV cache needs its scales")
 
     def scheduler(self, policy: str | None = None):
         """A fresh request scheduler over this engine (in-flight or static, as built unless `policy` says)."""
@@ -108,7 +115,8 @@ class TorchLLM:
         if s.scheduler == "inflight":
             return InflightEngine(self.model, max_batch=s.max_batch_size, block_size=s.kv_block_size,
                                   pool_blocks=s.kv_pool_blocks, max_input=s.max_input_len, max_new=s.max_output_len,
-                                  min_new=s.min_output_len, eos_token_id=s.eos_token_id, policy=policy)
+                                  min_new=s.min_output_len, eos_token_id=s.eos_token_id, policy=policy,
+                                  kv_scales=self.kv_scales)
         return StaticBatcher(self)
 
     def encode(self, prompt: str) -> np.ndarray:

@@ -92,7 +92,8 @@ def _readme(r: EntryResults, scenario: str, smoke: bool) -> str:
         f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(r.engine['versions'].items()))}",
     ]
     if r.engine.get("scheduler") == "inflight":
-        lines.append(f"- in-flight batching, paged KV cache: {r.engine['kv_pool_blocks']} blocks of {r.engine['kv_block_size']} tokens")
+        lines.append(f"- in-flight batching, paged KV cache: {r.engine['kv_pool_blocks']} blocks of {r.engine['kv_block_size']} "
+                     f"tokens, stored as {'fp8 (e4m3)' if r.engine.get('kv_cache') == 'fp8' else r.engine['dtype']}")
     if r.engine["precision"] in ("fp8", "int8_sq"):
         lines.append("- calibration: per-channel activation absmax over the benchmark's calibration list (calibrate stage)")
     if "sparsity" in r.quantize:
