@@ -62,7 +62,6 @@ class Sequence:
     blocks: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # generated so far
     cached: int = 0  # positions whose K/V are in the pool
-    admitted_step: int = -1
 
     def slots(self, block_size: int, start: int, stop: int) -> list[int]:
         return [self.blocks[p // block_size] * block_size + p % block_size for p in range(start, stop)]
@@ -151,7 +150,6 @@ class InflightEngine:
                 break  # first come, first served: no overtaking by shorter prompts
             self.waiting.popleft()
             self.reserved += worst
-            seq.admitted_step = self.steps
             self.active.append(seq)
             admitted.append(seq)
             self.trace.append((self.steps, "admit", seq.rid))
