@@ -30,7 +30,7 @@ def main() -> None:
         raise SystemExit(f"{args.engine}: built with the {engine.spec.scheduler} scheduler; needs an in-flight engine")
     bench = benchmarks.get(engine.spec.benchmark)
     dataset = args.dataset or Path("artifacts") / engine.spec.benchmark / "download" / "source" / "dataset.json"
-    prompts = [s.input_ids or engine.encode(s.prompt) for s in bench.load_samples(dataset)]
+    prompts = [engine.sample_ids(s) for s in bench.load_samples(dataset)]
     results: dict[str, list[float]] = {"inflight": [], "static": []}
     tokens = {}
     generate_all(engine.scheduler("inflight"), prompts[:4])  # warm-up

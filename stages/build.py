@@ -5,6 +5,7 @@ import time
 
 from mlperf_round import benchmarks, engines
 from mlperf_round.backends.torch_llm import TorchLLM, generate_all
+from mlperf_round.benchmarks.text import sample_ids
 from mlperf_round.runner import StageContext, run_stage
 
 
@@ -15,9 +16,8 @@ def body(ctx: StageContext) -> dict:
     checkpoint = ctx.input("quantize") / "model"
     kv_calibration = None
     if entry.build.kv_cache == "fp8":  # K/V scales from the calibration list, as the weights' were
-        tok = bench.load_tokenizer(bench.tokenizer_dir(source))
-        kv_calibration = [list(s.input_ids or tok(s.prompt, add_special_tokens=False)["input_ids"])
-                          for s in bench.load_samples(source / "calibration.json")]
+        tok, limit = bench.load_tokenizer(bench.tokenizer_dir(source)), ctx.benchmark.generation.max_input_tokens
+        kv_calibration = [sample_ids(s, tok, limit).tolist() for s in bench.load_samples(source / "calibration.json")]
     spec = engines.build_engine(ctx.benchmark_name, entry.recipe.precision, entry.build, ctx.benchmark.generation,
                                 checkpoint, bench.tokenizer_dir(source), ctx.out, f"entries.{ctx.key}.build",
                                 kv_calibration)
@@ -25,7 +25,7 @@ def body(ctx: StageContext) -> dict:
     engine = TorchLLM(ctx.out)
     loaded = time.perf_counter()
     first = bench.load_samples(source / "dataset.json")[0]
-    tokens = generate_all(engine.scheduler(), [first.input_ids or engine.encode(first.prompt)])[0]
+    tokens = generate_all(engine.scheduler(), [engine.sample_ids(first)])[0]
     done = time.perf_counter()
     ctx.tracker.log_artifact(ctx.out / "engine.json")
     return {"engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),

@@ -4,7 +4,6 @@ A failed verification fails the stage, so nothing downstream packages the entry.
 entries, and benchmarks that need no audit, produce an empty record.
 """
 
-import json
 import sys
 
 from mlperf_round import benchmarks

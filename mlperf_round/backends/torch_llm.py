@@ -119,9 +119,10 @@ class TorchLLM:
                                   kv_scales=self.kv_scales)
         return StaticBatcher(self)
 
-    def encode(self, prompt: str) -> np.ndarray:
-        ids = self.tokenizer(prompt, truncation=True, max_length=self.spec.max_input_len)["input_ids"]
-        return np.asarray(ids, dtype=np.int64)
+    def sample_ids(self, sample) -> np.ndarray:
+        from ..benchmarks.text import sample_ids
+
+        return sample_ids(sample, self.tokenizer, self.spec.max_input_len)
 
     def decode(self, tokens: np.ndarray) -> str:
         return self.tokenizer.decode(tokens.tolist(), skip_special_tokens=True)

@@ -132,6 +132,16 @@ def train(model, tokenizer, texts: list[str], steps: int, batch: int, lr: float,
     model.eval()
 
 
+def sample_ids(sample, tokenizer, max_len: int):
+    """A sample's prompt as token ids: the dataset's own (MLPerf's tok_input) when it has them."""
+    import numpy as np
+
+    if getattr(sample, "input_ids", None):
+        return np.asarray(sample.input_ids, dtype=np.int64)
+    ids = tokenizer(sample.prompt, truncation=True, max_length=max_len, add_special_tokens=False)["input_ids"]
+    return np.asarray(ids, dtype=np.int64)
+
+
 def calibration_batches(tokenizer, prompts: list[str], batch_size: int, max_len: int) -> list[dict]:
     batches = []
     for i in range(0, len(prompts), batch_size):

@@ -37,9 +37,7 @@ class LLMSystem:
         try:
             for i in indices:
                 if i not in self.inputs:
-                    s = self.samples[i]
-                    ids = getattr(s, "input_ids", None)
-                    self.inputs[i] = np.asarray(ids, dtype=np.int64) if ids else self.engine.encode(s.prompt)
+                    self.inputs[i] = self.engine.sample_ids(self.samples[i])
         except Exception:  # an exception escaping to LoadGen kills the process
             self.error = self.error or traceback.format_exc()
 
