@@ -85,3 +85,23 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         scales = measure_kv_scales(load(model_dir, build.dtype), kv_calibration, gen.max_input_tokens)
         (out / torch_llm.KV_SCALES_FILE).write_text(json.dumps(scales, indent=1))
     return spec
+
+
+def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, deepcache, pipeline_dir: Path,
+                       unet_dir: Path, latents: Path, out: Path, where: str = "build"):
+    """A text-to-image engine directory: the pipeline with the entry's UNet, latents, sampling rules."""
+    from .backends import torch_sdxl
+    from .diffusion.pipeline import load_latents
+
+    if build.scheduler == "inflight" or build.kv_cache != "auto":
+        raise ParamsError(f"{where}: scheduler and kv_cache are LLM settings; {benchmark} batches whole images")
+    side = int(load_latents(latents).shape[-1]) * 8
+    spec = torch_sdxl.DiffusionSpec(
+        backend="torch", benchmark=benchmark, precision=precision, dtype=build.dtype,
+        max_batch_size=build.max_batch_size, steps=gen.steps, guidance_scale=gen.guidance_scale, image_size=side,
+        max_input_len=gen.max_input_tokens, deepcache_interval=deepcache.interval if deepcache.interval > 1 else 0,
+        deepcache_branch=deepcache.branch, threads=build.threads, versions=torch_sdxl.package_versions(),
+        device=build.device,
+    )
+    torch_sdxl.build(pipeline_dir, unet_dir, latents, spec, out)
+    return spec

@@ -23,14 +23,17 @@ def run_accuracy(engine: Path, benchmark: str, dataset: Path, conf: Path, scenar
     bench = benchmarks.get(benchmark)
     run_test({"engine": str(engine), "benchmark": benchmark, "dataset": str(dataset), "scenario": scenario,
               "mode": "AccuracyOnly", "user_conf": str(conf), "outdir": str(outdir)}, timeout_s)
-    outputs = read_accuracy(outdir / ACCURACY)
+    outputs = read_accuracy(outdir / ACCURACY, getattr(bench, "RESPONSE_DTYPE", "int32"))
     samples = bench.load_samples(dataset)
     missing = sorted(set(range(len(samples))) - outputs.keys())
     if missing:
         raise InputError(f"{outdir / ACCURACY}: {len(missing)} samples have no response (first: {missing[0]})")
-    tok = bench.load_tokenizer(engine / "tokenizer")
-    preds = [tok.decode(outputs[i].tolist(), skip_special_tokens=True) for i in range(len(samples))]
-    scores = bench.score(preds, [s.reference for s in samples], [int(outputs[i].size) for i in range(len(samples))])
+    if benchmarks.is_image(bench):
+        scores = bench.evaluate(outputs, samples, engine, dataset.parent)
+    else:
+        tok = bench.load_tokenizer(engine / "tokenizer")
+        preds = [tok.decode(outputs[i].tolist(), skip_special_tokens=True) for i in range(len(samples))]
+        scores = bench.score(preds, [s.reference for s in samples], [int(outputs[i].size) for i in range(len(samples))])
     (outdir / ACCURACY_TXT).write_text(format_accuracy(scores) + "\n")
     return scores
 

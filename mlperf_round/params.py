@@ -17,7 +17,7 @@ from .errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
 
-Precision = Literal["fp32", "bf16", "fp8", "int8_sq"]
+Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8_sq"]
 Scenario = Literal["Offline", "Server"]
 
 # MLPerf versions this project can lay out, the submission ids each has, and the LoadGen
@@ -33,6 +33,13 @@ VERSIONS: dict[str, dict] = {
 SERVER_BOUNDS: dict[str, dict[str, int]] = {
     "gptj": {"target_latency_ms": 20000},
     "llama2-70b": {"ttft_latency_ms": 2000, "tpot_latency_ms": 200},
+    "stable-diffusion-xl": {"target_latency_ms": 20000},
+}
+# benchmarks whose submission id carries no accuracy-target suffix (their target is a range)
+RANGE_TARGETED = {"stable-diffusion-xl"}
+# the recipes each kind of model has
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "stable-diffusion-xl": ("fp32", "fp16", "int8_sq"),
 }
 
 
@@ -225,17 +232,121 @@ class LlamaBenchmark(BenchmarkParams):
     )
 
 
-BENCHMARK_SCHEMAS: dict[str, type[BenchmarkParams]] = {"gptj": GPTJBenchmark, "llama2-70b": LlamaBenchmark}
+class TinySDXL(Strict):
+    image_size: int = Field(64, ge=32, le=1024, description="image side in pixels (a multiple of 8: the VAE downsamples 8x)")
+    unet_channels: list[int] = Field([16, 32], min_length=2, max_length=4, description="UNet block widths, one level each (multiples of 8)")
+    layers_per_block: int = Field(1, ge=1, le=3, description="ResBlocks per UNet level (SDXL: 2)")
+    text_hidden: int = Field(16, ge=8, le=256, description="hidden size of both text encoders (even)")
+    text_layers: int = Field(2, ge=1, le=4, description="layers of each text encoder")
+    seed: int = Field(0, description="seed of the weights")
+
+    @model_validator(mode="after")
+    def _shape(self) -> TinySDXL:
+        if self.image_size % 8:
+            raise ValueError(f"image_size: {self.image_size} is not a multiple of 8")
+        if any(c % 8 for c in self.unet_channels):
+            raise ValueError(f"unet_channels: {self.unet_channels} must all be multiples of 8 (the group norms' groups)")
+        if self.text_hidden % 2:
+            raise ValueError(f"text_hidden: {self.text_hidden} must be even (two attention heads)")
+        if self.image_size // 8 < 2 ** (len(self.unet_channels) - 1):
+            raise ValueError(f"image_size: {self.image_size} px is too small for {len(self.unet_channels)} UNet levels")
+        return self
+
+
+class URLFile(Strict):
+    url: str = Field("", description="where to fetch the file")
+    sha256: str = Field("", description="its sha256")
+
+    @model_validator(mode="after")
+    def _digest(self) -> URLFile:
+        if self.url and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError(f"sha256: {self.sha256!r} is not a sha256")
+        return self
+
+
+class SDXLModelParams(ModelParams):
+    tiny: TinySDXL = Field(default_factory=TinySDXL, description="config of the locally built SDXL pipeline")
+    latents: URLFile = Field(default_factory=URLFile, description="MLPerf's fixed initial latents (latents.pt), for source 'hf'")
+
+    @model_validator(mode="after")
+    def _latents(self) -> SDXLModelParams:
+        if self.source == "hf" and not self.latents.url:
+            raise ValueError("latents: source 'hf' needs MLPerf's latents.pt (url and sha256)")
+        return self
+
+
+class TinyEvaluation(Strict):
+    feature_dim: int = Field(32, ge=4, le=2048, description="features of the tiny FID network")
+    seed: int = Field(0, description="seed of the tiny FID and CLIP networks")
+
+
+class EvaluationParams(Strict):
+    """The networks FID and CLIP score are measured with, and the real images' FID statistics."""
+
+    source: Literal["tiny", "url"] = Field(
+        "tiny", description="tiny: small seeded networks and statistics of images the unoptimized pipeline renders from "
+        "other latents (scores comparable within a round only); url: MLPerf's Inception, CLIP and COCO statistics")
+    tiny: TinyEvaluation = Field(default_factory=TinyEvaluation, description="the tiny networks")
+    inception: URLFile = Field(default_factory=URLFile, description="FID Inception-v3 as TorchScript (forward(uint8 NCHW, return_features=True))")
+    statistics: URLFile = Field(default_factory=URLFile, description="FID statistics of the real images (npz with mu and sigma)")
+    clip: HFSource = Field(default_factory=HFSource, description="CLIP model in transformers format (MLPerf: ViT-bigG-14, laion2b)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> EvaluationParams:
+        if self.source == "url":
+            for name in ("inception", "statistics"):
+                if not getattr(self, name).url:
+                    raise ValueError(f"{name}: source 'url' needs url and sha256")
+            if not (self.clip.repo and self.clip.revision and self.clip.files):
+                raise ValueError("clip: source 'url' needs repo, revision and files with their sha256")
+        return self
+
+
+class DiffusionCalibration(Strict):
+    batch_size: int = Field(4, ge=1, description="calibration captions per pipeline call")
+    steps_collected: int = Field(8, ge=1, description="denoising steps whose UNet activations are collected (v4.0 recipe: the first 8)")
+    total_steps: int = Field(20, ge=1, description="steps each calibration caption is run for (v4.0 recipe: 20)")
+
+    @model_validator(mode="after")
+    def _window(self) -> DiffusionCalibration:
+        if self.steps_collected > self.total_steps:
+            raise ValueError(f"steps_collected: {self.steps_collected} is more than total_steps {self.total_steps}")
+        return self
+
+
+class DiffusionGeneration(Strict):
+    steps: int = Field(20, ge=1, le=200, description="denoising steps (MLPerf: 20)")
+    guidance_scale: float = Field(8.0, ge=0, description="classifier-free guidance (MLPerf: 8.0)")
+    max_input_tokens: int = Field(77, ge=8, le=77, description="caption tokens the text encoders read (CLIP: 77)")
+
+
+class SDXLBenchmark(BenchmarkParams):
+    model: SDXLModelParams = Field(default_factory=SDXLModelParams, description="where the pipeline comes from")
+    dataset: DatasetParams = Field(default_factory=lambda: DatasetParams(size=32, calibration_size=8),
+                                   description="captions (id, caption) and the calibration caption list")
+    calibration: DiffusionCalibration = Field(default_factory=DiffusionCalibration, description="the calibration window")
+    generation: DiffusionGeneration = Field(default_factory=DiffusionGeneration, description="MLPerf's sampling rules")
+    evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="FID and CLIP networks")
+
+
+BENCHMARK_SCHEMAS: dict[str, type[BenchmarkParams]] = {
+    "gptj": GPTJBenchmark, "llama2-70b": LlamaBenchmark, "stable-diffusion-xl": SDXLBenchmark}
+
+
+class DeepCacheParams(Strict):
+    interval: int = Field(0, ge=0, le=50, description="a full UNet step every `interval` steps, shallow steps between (0 or 1: off)")
+    branch: int = Field(0, ge=0, description="how shallow: the shallow step runs UNet levels 0..branch and reuses the cached rest")
 
 
 class RecipeParams(Strict):
-    precision: Precision = Field("fp8", description="fp32 / bf16: pass-through; fp8: E4M3 weights and activations; int8_sq: INT8 SmoothQuant")
+    precision: Precision = Field("fp8", description="fp32 / fp16 / bf16: pass-through; fp8: E4M3 weights and activations; int8_sq: INT8 SmoothQuant")
     smoothquant_alpha: float = Field(0.5, ge=0, le=1, description="SmoothQuant migration strength (int8_sq only)")
     quantize_lm_head: bool = Field(False, description="quantize the output projection too (MLPerf recipes keep it high precision)")
     sparsity: Literal["none", "2:4"] = Field("none", description="2:4 structured sparsity on every attention and MLP linear, before quantization (open division only)")
     sparsity_method: Literal["sparsegpt", "sparse_magnitude"] = Field(
         "sparsegpt", description="mask selection: sparsegpt (Hessian saliency on the calibration list) or sparse_magnitude (no data)"
     )
+    deepcache: DeepCacheParams = Field(default_factory=lambda: DeepCacheParams(), description="DeepCache (text-to-image, open division only)")
 
 
 class BuildParams(Strict):
@@ -279,7 +390,7 @@ class LoadGenParams(Strict):
 
 
 class EntryParams(Strict):
-    benchmark: Literal["gptj", "llama2-70b"] = Field(..., description="which benchmark (model and dataset) this entry submits")
+    benchmark: Literal["gptj", "llama2-70b", "stable-diffusion-xl"] = Field(..., description="which benchmark (model and dataset) this entry submits")
     division: Literal["closed", "open"] = Field("closed", description="closed: the accuracy target gates packaging")
     accuracy_target: Literal[0.99, 0.999] = Field(0.99, description="fraction of the reference score to reach (99 or 99.9)")
     recipe: RecipeParams = Field(default_factory=RecipeParams, description="optimization recipe")
@@ -295,11 +406,21 @@ class EntryParams(Strict):
             raise ValueError("scenarios: a scenario is listed twice")
         if self.recipe.sparsity != "none" and self.division == "closed":
             raise ValueError("recipe.sparsity: sparsity changes the weights, which the closed division forbids (set division: open)")
+        allowed = PRECISIONS.get(self.benchmark)
+        if allowed and self.recipe.precision not in allowed:
+            raise ValueError(f"recipe.precision: {self.recipe.precision} is not a recipe of {self.benchmark} (have: {', '.join(allowed)})")
+        if self.recipe.deepcache.interval > 1:
+            if self.benchmark not in RANGE_TARGETED:
+                raise ValueError(f"recipe.deepcache: DeepCache caches UNet features; {self.benchmark} has no UNet")
+            if self.division == "closed":
+                raise ValueError("recipe.deepcache: skipping UNet blocks changes the computation, which the closed division forbids (set division: open)")
         return self
 
     @property
     def mlperf_id(self) -> str:
-        """The submission id: gptj-99, gptj-99.9."""
+        """The submission id: gptj-99, gptj-99.9, stable-diffusion-xl."""
+        if self.benchmark in RANGE_TARGETED:
+            return self.benchmark
         return f"{self.benchmark}-{'99.9' if self.accuracy_target == 0.999 else '99'}"
 
 

@@ -5,6 +5,7 @@ import sys
 
 from mlperf_round import benchmarks, evaluation
 from mlperf_round.errors import AccuracyError
+from mlperf_round.harness.run import ENGINE_STATS
 from mlperf_round.harness.settings import accuracy_conf
 from mlperf_round.runner import StageContext, run_stage
 
@@ -25,6 +26,11 @@ def body(ctx: StageContext) -> dict:
         scores = evaluation.run_accuracy(engine, ctx.benchmark_name, source / "dataset.json", conf, scenario,
                                          ctx.out / scenario, ctx.params.round.test_timeout_s)
         metrics[scenario] = {**scores, "ratio": {k: scores[k] / reference["scores"][k] for k in targets if reference["scores"][k]}}
+        stats = ctx.out / scenario / ENGINE_STATS
+        if stats.exists():  # text-to-image: UNet work per image (DeepCache's shallow steps are cheap)
+            work = json.loads(stats.read_text())
+            for kind, calls in work["unet_calls"].items():
+                metrics[scenario][f"unet_{kind}_steps_per_image"] = calls / max(work["images"], 1)
     worst = min(metrics[s]["ratio"][k] for s in entry.scenarios for k in bench.SCORE_KEYS)
     metrics["passed"] = not any(evaluation.misses(metrics[s], targets, limits) for s in entry.scenarios)
     metrics["worst_ratio"] = worst

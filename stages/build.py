@@ -9,9 +9,37 @@ from mlperf_round.benchmarks.text import sample_ids
 from mlperf_round.runner import StageContext, run_stage
 
 
+def _build_image(ctx: StageContext, bench, source) -> dict:
+    """The pipeline with the entry's UNet; one check batch measures latency and UNet work per image."""
+    from mlperf_round.backends.torch_sdxl import TorchSDXL
+    from mlperf_round.diffusion.pipeline import LATENTS_FILE
+
+    entry = ctx.entry
+    spec = engines.build_image_engine(ctx.benchmark_name, entry.recipe.precision, entry.build, ctx.benchmark.generation,
+                                      entry.recipe.deepcache, source / "model", ctx.input("quantize") / "model",
+                                      source / LATENTS_FILE, ctx.out, f"entries.{ctx.key}.build")
+    start = time.perf_counter()
+    engine = TorchSDXL(ctx.out)
+    loaded = time.perf_counter()
+    captions = [s.caption for s in bench.load_samples(source / "dataset.json")[: spec.max_batch_size]]
+    engine.generate(captions[:1])  # warm-up
+    engine.unet_calls, engine.images = {"full": 0, "shallow": 0}, 0
+    check = time.perf_counter()
+    engine.generate(captions)
+    done = time.perf_counter()
+    ctx.tracker.log_artifact(ctx.out / "engine.json")
+    return {"engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()), "load_s": loaded - start,
+            "check_images": len(captions), "check_s_per_image": (done - check) / len(captions),
+            "unet_full_steps_per_image": engine.unet_calls["full"] / len(captions),
+            "unet_shallow_steps_per_image": engine.unet_calls["shallow"] / len(captions),
+            "deepcache_interval": spec.deepcache_interval}
+
+
 def body(ctx: StageContext) -> dict:
     entry, bench = ctx.entry, benchmarks.get(ctx.benchmark_name)
     engines.check_backend(entry.build.backend, f"entries.{ctx.key}.build.backend")
+    if benchmarks.is_image(bench):
+        return _build_image(ctx, bench, ctx.input("download", ctx.benchmark_name))
     source = ctx.input("download", ctx.benchmark_name)
     checkpoint = ctx.input("quantize") / "model"
     kv_calibration = None

@@ -1,4 +1,9 @@
-"""calibrate: per-channel activation absmax of every Linear over the calibration list (modelopt)."""
+"""calibrate: activation statistics collected once per benchmark with modelopt, whatever the recipe.
+
+LLMs: per-channel absmax of every Linear over the calibration list. Text-to-image: the
+v4.0 recipe, the calibration captions through the whole sampling loop with the UNet's
+statistics collected on the first `steps_collected` denoising steps only.
+"""
 
 import json
 import sys
@@ -8,19 +13,33 @@ from mlperf_round.optimization import calibration
 from mlperf_round.runner import StageContext, run_stage
 
 
+def _calibrate_image(ctx: StageContext, bench) -> tuple[dict, dict]:
+    from mlperf_round.diffusion import pipeline, quantize
+
+    source, bp = ctx.input("download"), ctx.benchmark
+    pipe = pipeline.load_pipeline(source / "model")
+    captions = [s.caption for s in bench.load_samples(source / "calibration.json")]
+    cal = bp.calibration
+    return quantize.calibrate(pipe, captions, pipeline.load_latents(source / pipeline.LATENTS_FILE),
+                              cal.steps_collected, cal.total_steps, bp.generation.guidance_scale, cal.batch_size)
+
+
 def body(ctx: StageContext) -> dict:
     bench = benchmarks.get(ctx.key)
-    source = ctx.input("download")
-    batches = bench.calibration_batches(source, ctx.benchmark)
-    model = bench.load_model(source / "model")
-    stats = calibration.collect_absmax(model, batches)
+    if benchmarks.is_image(bench):
+        stats, summary = _calibrate_image(ctx, bench)
+    else:
+        source = ctx.input("download")
+        batches = bench.calibration_batches(source, ctx.benchmark)
+        model = bench.load_model(source / "model")
+        stats = calibration.collect_absmax(model, batches)
+        summary = {"samples": sum(len(b["input_ids"]) for b in batches),
+                   "tokens": int(sum(b["attention_mask"].sum() for b in batches))}
     calibration.save_stats(stats, ctx.out)
-    samples = sum(len(b["input_ids"]) for b in batches)
-    tokens = int(sum(b["attention_mask"].sum() for b in batches))
-    summary = {"samples": samples, "tokens": tokens, **calibration.summary(stats)}
+    summary.update(calibration.summary(stats))
     (ctx.out / "calibration.json").write_text(json.dumps(summary, indent=1))
     ctx.tracker.log_artifact(ctx.out / "calibration.json")
-    return summary
+    return {k: (len(v) if isinstance(v, list) else v) for k, v in summary.items()}
 
 
 if __name__ == "__main__":

@@ -1,19 +1,43 @@
-"""compliance: the audits MLPerf requires of a closed entry (TEST06 for Llama 2), run and verified.
+"""compliance: the audits MLPerf requires of a closed entry, run and verified.
 
-A failed verification fails the stage, so nothing downstream packages the entry. Open
-entries, and benchmarks that need no audit, produce an empty record.
+TEST06 for the LLMs; TEST01 and TEST04 for text-to-image, verified against this entry's
+accuracy and performance runs as MLCommons' run_verification.py does. A failed
+verification fails the stage, so nothing downstream packages the entry. Open entries, and
+benchmarks that need no audit, produce an empty record.
 """
 
 import sys
 
 from mlperf_round import benchmarks
-from mlperf_round.backends.torch_llm import read_spec
 from mlperf_round.errors import ComplianceError
 from mlperf_round.harness import compliance
-from mlperf_round.harness.logs import ACCURACY
+from mlperf_round.harness.logs import ACCURACY, SUMMARY
 from mlperf_round.harness.run import run_test
 from mlperf_round.harness.settings import user_conf
 from mlperf_round.runner import StageContext, run_stage
+
+
+def _verify(ctx: StageContext, bench, test: str, scenario: str, run_dir) -> dict:
+    if test == "TEST06":
+        from mlperf_round.backends.torch_llm import read_spec
+
+        result = compliance.verify_test06(run_dir / ACCURACY, scenario, read_spec(ctx.input("build")).eos_token_id)
+        compliance.write_test06(result, run_dir / ACCURACY, ctx.out / scenario / test)
+        return result
+    accuracy = None
+    if test == "TEST01":
+        accuracy = compliance.verify_test01_accuracy(ctx.input("accuracy") / scenario / ACCURACY, run_dir / ACCURACY,
+                                                     bench.RESPONSE_DTYPE)
+    performance = compliance.verify_performance(ctx.input("performance") / scenario / SUMMARY, run_dir / SUMMARY,
+                                                scenario, test)
+    compliance.write_audit(test, accuracy, performance, run_dir, ctx.out / scenario / test)
+    failures = list((accuracy or {}).get("failures", []))
+    if not performance["passed"]:
+        failures.append(f"{performance['test_score']:.3f} samples/s against the performance run's "
+                        f"{performance['reference_score']:.3f} (ratio {performance['ratio']:.3f})")
+    return {"passed": (accuracy is None or accuracy["passed"]) and performance["passed"], "failures": failures,
+            "performance_ratio": performance["ratio"],
+            **({"identical": accuracy["identical"], "matched": accuracy["matched"]} if accuracy else {})}
 
 
 def body(ctx: StageContext) -> dict:
@@ -27,7 +51,6 @@ def body(ctx: StageContext) -> dict:
     dataset = source / "dataset.json"
     conf = ctx.out / "user.conf"
     conf.write_text(user_conf(bench.LOADGEN_MODEL, entry, ctx.params.round.smoke, len(bench.load_samples(dataset))))
-    eos = read_spec(engine).eos_token_id
     failed = []
     for test in tests:
         audit = ctx.out / f"{test}.audit.config"
@@ -37,8 +60,7 @@ def body(ctx: StageContext) -> dict:
             run_test({"engine": str(engine), "benchmark": ctx.benchmark_name, "dataset": str(dataset),
                       "scenario": scenario, "mode": "PerformanceOnly", "user_conf": str(conf), "outdir": str(run_dir),
                       "audit_config": str(audit.resolve()), "label": f"{test} {scenario}"}, ctx.params.round.test_timeout_s)
-            result = compliance.verify_test06(run_dir / ACCURACY, scenario, eos)
-            compliance.write_test06(result, run_dir / ACCURACY, ctx.out / scenario / test)
+            result = _verify(ctx, bench, test, scenario, run_dir)
             metrics[f"{scenario}.{test}"] = {k: v for k, v in result.items() if k != "failures"}
             if not result["passed"]:
                 failed.append(f"{test} {scenario}: {result['failures'][0]}")

@@ -1,4 +1,7 @@
-"""download: the reference checkpoint, tokenizer, accuracy set and calibration list, verified."""
+"""download: the reference checkpoint, tokenizer, accuracy set and calibration list, verified.
+
+Text-to-image also needs its fixed latents and the FID and CLIP networks (sdxl.download).
+"""
 
 import sys
 
@@ -8,6 +11,10 @@ from mlperf_round.runner import StageContext, run_stage
 
 def body(ctx: StageContext) -> dict:
     bench, bp, out = benchmarks.get(ctx.key), ctx.benchmark, ctx.out
+    if benchmarks.is_image(bench):
+        metrics = bench.download(bp, out)
+        ctx.tracker.log_artifact(out / "model" / "model_index.json", "model")
+        return metrics
     if bp.model.source == "tiny":
         bench.build_tokenizer(out / "tokenizer")
         bench.build_tiny_model(bp.model.tiny, bench.load_tokenizer(out / "tokenizer"), out / "model")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlperf_round import benchmarks, engines, evaluation
 from mlperf_round.harness.settings import accuracy_conf
-from mlperf_round.params import BuildParams
+from mlperf_round.params import BuildParams, DeepCacheParams
 from mlperf_round.runner import StageContext, run_stage
 
 
@@ -27,8 +27,14 @@ def body(ctx: StageContext) -> dict:
         conf.write_text(accuracy_conf(bench.LOADGEN_MODEL, n))
         with tempfile.TemporaryDirectory(dir=ctx.out.parent) as tmp:
             engine = Path(tmp) / "engine"
-            engines.build_engine(ctx.key, "fp32", BuildParams(), bp.generation, source / "model",
-                                 bench.tokenizer_dir(source), engine)
+            if benchmarks.is_image(bench):
+                from mlperf_round.diffusion.pipeline import LATENTS_FILE
+
+                engines.build_image_engine(ctx.key, "fp32", BuildParams(), bp.generation, DeepCacheParams(),
+                                           source / "model", source / "model" / "unet", source / LATENTS_FILE, engine)
+            else:
+                engines.build_engine(ctx.key, "fp32", BuildParams(), bp.generation, source / "model",
+                                     bench.tokenizer_dir(source), engine)
             scores = evaluation.run_accuracy(engine, ctx.key, source / "dataset.json", conf, "Offline",
                                              ctx.out / "Offline", ctx.params.round.test_timeout_s)
         scale = 1.0

@@ -1,5 +1,12 @@
 """Compliance audits: the audit.config LoadGen runs with, and the verification MLCommons expects.
 
+TEST01 (text-to-image) logs sampled answers during a performance run; each must equal the
+accuracy run's answer for the same sample (compared, as MLCommons' verify_accuracy.py
+does, on the first element; whole-answer equality is counted too), and the run's
+throughput must stay within 10% of the performance run's either way. TEST04 issues one
+sample again and again; the run must not be more than 10% faster than the performance run
+(a faster one means results are cached).
+
 TEST06 (LLM output consistency) is a performance-mode run that logs 100 sampled answers;
 its verification checks, per logged answer, that the first token reported equals the
 answer's first token (latency scenarios), that at most one EOS ends it, and that the token
@@ -26,7 +33,22 @@ AUDITS = {
         "*.*.min_query_count = 100\n"
         "*.*.min_duration = 0\n"
     ),
+    "TEST01": (
+        "# MLPerf compliance TEST01: accuracy logging in performance mode\n"
+        "*.*.mode = 2\n"
+        "*.*.accuracy_log_rng_seed = 720381539243781796\n"
+        "*.*.accuracy_log_sampling_target = 128\n"
+    ),
+    "TEST04": (
+        "# MLPerf compliance TEST04: the same sample issued again and again\n"
+        "*.*.mode = 2\n"
+        "*.*.performance_issue_unique = 0\n"
+        "*.*.performance_issue_same = 1\n"
+        "*.*.performance_issue_same_index = 3\n"
+    ),
 }
+PERFORMANCE_THRESHOLD = 0.10  # verify_performance.py, Offline and Server
+_SCORE_LINE = {"Offline": "Samples per second", "Server": "Completed samples per second"}
 
 
 def _tokens(hex_data: str, dtype: str) -> np.ndarray:
@@ -70,3 +92,66 @@ def write_test06(result: dict, log: Path, out: Path) -> None:
         "TEST06 verification complete" if result["passed"] else "TEST06 verification failed",
     ]
     (out / "verify_accuracy.txt").write_text("\n".join(lines) + "\n")
+
+
+def verify_test01_accuracy(accuracy_log: Path, audit_log: Path, dtype: str) -> dict:
+    """Every answer logged in performance mode against the accuracy run's answer for that sample."""
+    reference = {}
+    for row in read_json(accuracy_log, "missing; TEST01 needs the entry's accuracy run"):
+        reference.setdefault(int(row["qsl_idx"]), row["data"])
+    rows = read_json(audit_log, "missing; the TEST01 run did not finish")
+    if not isinstance(rows, list) or not rows:
+        raise InputError(f"{audit_log}: no logged answers; TEST01 needs accuracy logging in performance mode")
+    matched = first_mismatch = exact = 0
+    failures: list[str] = []
+    for row in rows:
+        qsl = int(row["qsl_idx"])
+        if qsl not in reference:
+            continue
+        matched += 1
+        ref, got = _tokens(reference[qsl], dtype), _tokens(row["data"], dtype)
+        if ref.size == 0 or got.size == 0 or ref[0] != got[0]:
+            first_mismatch += 1
+            failures.append(f"sample {qsl}: answer differs from the accuracy run's")
+        elif np.array_equal(ref, got):
+            exact += 1
+    return {"passed": first_mismatch == 0 and matched > 0, "logged": len(rows), "matched": matched,
+            "mismatched": first_mismatch, "identical": exact, "failures": failures[:10]}
+
+
+def summary_score(summary: Path, scenario: str) -> float:
+    """The figure verify_performance.py compares: samples per second (Offline), completed ones (Server)."""
+    from .logs import read_summary
+
+    values = read_summary(summary)
+    key = _SCORE_LINE[scenario]
+    if key not in values:
+        raise InputError(f"{summary}: no '{key}' line; not a {scenario} summary")
+    return float(values[key])
+
+
+def verify_performance(reference: Path, audit: Path, scenario: str, test: str) -> dict:
+    """TEST01: within 10% either way; TEST04: not more than 10% faster."""
+    ref, got = summary_score(reference, scenario), summary_score(audit, scenario)
+    upper = got < ref * (1 + PERFORMANCE_THRESHOLD)
+    passed = upper and (test == "TEST04" or got > ref * (1 - PERFORMANCE_THRESHOLD))
+    return {"passed": passed, "reference_score": ref, "test_score": got, "ratio": got / ref if ref else float("inf")}
+
+
+def write_audit(test: str, accuracy: dict | None, performance: dict, run_dir: Path, out: Path) -> None:
+    """The TEST01 / TEST04 folder as MLCommons' run_verification.py leaves it."""
+    perf_dir = out / "performance" / "run_1"
+    perf_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
+        shutil.copy2(run_dir / name, perf_dir / name)
+    verdict = "TEST PASS" if performance["passed"] else "TEST FAIL: Test score invalid"
+    (out / "verify_performance.txt").write_text(
+        f"reference score = {performance['reference_score']}\ntest score = {performance['test_score']}\n{verdict}\n")
+    if accuracy is not None:
+        (out / "accuracy").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / "mlperf_log_accuracy.json", out / "accuracy" / "mlperf_log_accuracy.json")
+        lines = [f"num_perf_log_entries: {accuracy['logged']}", f"num_perf_log_qsl_idx_match: {accuracy['matched']}",
+                 f"num_perf_log_data_mismatch: {accuracy['mismatched']}",
+                 f"num_perf_log_data_identical: {accuracy['identical']}",
+                 "TEST PASS" if accuracy["passed"] else "TEST FAIL"]
+        (out / "verify_accuracy.txt").write_text("\n".join(lines) + "\n")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ..errors import RoundError
 
+ENGINE_STATS = "engine_stats.json"
+
 
 def run_test(spec: dict, timeout_s: float) -> None:
     """Run one test in a child process; its logs land in spec['outdir']."""
@@ -44,7 +46,6 @@ def _main(spec_file: str) -> int:
     import mlperf_loadgen as lg
 
     from .. import benchmarks
-    from ..backends.torch_llm import TorchLLM
     from .settings import test_settings
     from .sut import LLMSystem
 
@@ -52,9 +53,9 @@ def _main(spec_file: str) -> int:
     outdir = Path(spec["outdir"])
     bench = benchmarks.get(spec["benchmark"])
     samples = bench.load_samples(Path(spec["dataset"]))
-    engine = TorchLLM(Path(spec["engine"]))
-    system = LLMSystem(engine, samples, engine.spec.report_first_token,
-                       desc=f"{spec.get('label', spec['scenario'])} {spec['mode']}")
+    engine = benchmarks.open_engine(bench, Path(spec["engine"]))
+    system = LLMSystem(engine, samples, bench.REPORT_FIRST_TOKEN, desc=f"{spec.get('label', spec['scenario'])} {spec['mode']}",
+                       token_counts=not benchmarks.is_image(bench))
     ts = test_settings(Path(spec["user_conf"]), bench.LOADGEN_MODEL, spec["scenario"], spec["mode"])
     log = lg.LogSettings()
     log.log_output.outdir = str(outdir)
@@ -68,6 +69,8 @@ def _main(spec_file: str) -> int:
         system.close()
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
+    if hasattr(engine, "unet_calls"):  # what the UNet computed, for DeepCache's accounting
+        (outdir / ENGINE_STATS).write_text(json.dumps({"images": engine.images, "unet_calls": engine.unet_calls}))
     if system.error:
         (outdir / "sut_error.txt").write_text(system.error)
         print(system.error, file=sys.stderr)

@@ -1,11 +1,12 @@
-"""The system under test for LLMs: LoadGen enqueues, one worker feeds the engine's scheduler.
+"""The system under test: LoadGen enqueues, one worker feeds the engine's scheduler.
 
 `issue_query` only enqueues (work inside it wrecks Server latency). The worker hands every
 arrived query to the scheduler at each step, so with in-flight batching a query joins the
 running batch at the next step; it reports the first token the moment it exists
 (`FirstTokenComplete`, for token latencies) and the answer the moment it is done. Every id
 LoadGen issued is completed, even on failure: an id never completed hangs LoadGen forever,
-an unknown id crashes it.
+an unknown id crashes it. Text-to-image engines serve through the same loop: their
+scheduler batches arrived captions, and an answer is an image's bytes.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from tqdm import tqdm
 
 
 class LLMSystem:
-    def __init__(self, engine, samples: list, report_first_token: bool, desc: str):
+    def __init__(self, engine, samples: list, report_first_token: bool, desc: str, token_counts: bool = True):
         self.engine, self.samples = engine, samples
         self.scheduler = engine.scheduler()
         self.report_first_token = report_first_token
+        self.token_counts = token_counts
         self.inputs: dict[int, np.ndarray] = {}
         self.work: queue.Queue = queue.Queue()
         self.error: str | None = None
@@ -71,7 +73,7 @@ class LLMSystem:
                 self.scheduler.submit(qid, self.inputs[idx])
             except Exception:
                 self.error = self.error or traceback.format_exc()
-                self._complete(qid, np.zeros(0, dtype=np.int32))
+                self._complete(qid, np.zeros(0, dtype=np.uint8))
             block = False
 
     def _worker(self) -> None:
@@ -90,7 +92,7 @@ class LLMSystem:
                 self._fail_all()
                 continue
             for ev in events:
-                out = np.ascontiguousarray(ev.tokens, dtype=np.int32)
+                out = np.ascontiguousarray(ev.tokens)
                 if ev.kind == "first":
                     if self.report_first_token:
                         lg.FirstTokenComplete([lg.QuerySampleResponse(ev.rid, out.ctypes.data, out.nbytes)])
@@ -103,13 +105,17 @@ class LLMSystem:
         if qid not in self.pending:
             return
         self.pending.discard(qid)
-        lg.QuerySamplesComplete([lg.QuerySampleResponse(qid, out.ctypes.data, out.nbytes, int(out.size))])
+        if self.token_counts:
+            response = lg.QuerySampleResponse(qid, out.ctypes.data, out.nbytes, int(out.size))
+        else:
+            response = lg.QuerySampleResponse(qid, out.ctypes.data, out.nbytes)
+        lg.QuerySamplesComplete([response])
         self.bar.update(1)
 
     def _fail_all(self) -> None:
         """After an engine failure: answer every outstanding id (empty), start a clean scheduler."""
         for qid in list(self.pending):
-            self._complete(qid, np.zeros(0, dtype=np.int32))
+            self._complete(qid, np.zeros(0, dtype=np.uint8))
         self.scheduler = self.engine.scheduler()
 
     def close(self) -> None:

@@ -1,0 +1,151 @@
+"""The torch backend for text-to-image: an engine directory and the batcher that serves it.
+
+An engine directory holds the SDXL pipeline with the entry's UNet (fake-quantized INT8 or
+not), MLPerf's fixed initial latents and `engine.json`: sampling rules, batch limit, the
+DeepCache schedule and package versions. Requests are captions; answers are HWC uint8
+images, the bytes MLPerf's reference SUT returns.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .torch_llm import ENGINE_FILE, package_versions, resolve_device  # noqa: F401  (versions: the build's interface)
+
+UNET_DIR = "unet"
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    backend: str
+    benchmark: str
+    precision: str
+    dtype: str
+    max_batch_size: int
+    steps: int
+    guidance_scale: float
+    image_size: int
+    max_input_len: int
+    deepcache_interval: int
+    deepcache_branch: int
+    threads: int
+    versions: dict
+    device: str = "auto"
+    kind: str = "text-to-image"
+
+
+def build(pipeline_dir: Path, unet_dir: Path, latents: Path, spec: DiffusionSpec, out: Path) -> None:
+    """The pipeline's components as downloaded, the entry's UNet in place of the original."""
+    shutil.copytree(pipeline_dir, out / "pipeline", ignore=shutil.ignore_patterns(UNET_DIR))
+    shutil.copytree(unet_dir, out / "pipeline" / UNET_DIR)
+    shutil.copy2(latents, out / "latents.pt")
+    (out / ENGINE_FILE).write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
+
+
+def read_spec(engine_dir: Path) -> DiffusionSpec:
+    path = engine_dir / ENGINE_FILE
+    try:
+        return DiffusionSpec(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; {engine_dir} is not an engine directory") from None
+    except (json.JSONDecodeError, TypeError) as err:
+        raise InputError(f"{path}: not a valid text-to-image engine description ({err})") from None
+
+
+class TorchSDXL:
+    """The engine: the pipeline as built; `generate` renders captions, `scheduler()` serves LoadGen."""
+
+    def __init__(self, engine_dir: Path):
+        from ..diffusion.pipeline import load_latents, load_pipeline
+        from ..diffusion.quantize import load_unet
+
+        self.spec = read_spec(engine_dir)
+        if self.spec.backend != "torch":
+            raise InputError(f"{engine_dir}: built for backend {self.spec.backend}, not torch")
+        if self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        self.device = resolve_device(self.spec.device)
+        unet = load_unet(engine_dir / "pipeline" / UNET_DIR, self.spec.dtype)
+        self.pipe = load_pipeline(engine_dir / "pipeline", self.spec.dtype, unet=unet, device=str(self.device))
+        self.latents = load_latents(engine_dir / "latents.pt")
+        self.deepcache = None
+        if self.spec.deepcache_interval > 1:
+            from ..diffusion.deepcache import DeepCache
+
+            self.deepcache = DeepCache(self.pipe.unet, self.spec.deepcache_interval, self.spec.deepcache_branch).enable()
+        self.unet_calls = {"full": 0, "shallow": 0}  # UNet steps, summed over images
+        self.images = 0
+
+    def sample_ids(self, sample) -> str:
+        """What a request carries: the caption (the pipeline tokenizes it)."""
+        return sample.caption
+
+    def generate(self, captions: list[str]) -> np.ndarray:
+        """uint8 (N, H, W, 3) images, each from the fixed initial latent."""
+        from ..diffusion.pipeline import generate
+
+        s = self.spec
+        if self.deepcache is not None:
+            self.deepcache.reset()
+            before = (self.deepcache.full_steps, self.deepcache.shallow_steps)
+        images = generate(self.pipe, captions, self.latents, s.steps, s.guidance_scale)
+        n = len(captions)  # every image of a batch takes the same steps
+        if self.deepcache is not None:
+            self.unet_calls["full"] += n * (self.deepcache.full_steps - before[0])
+            self.unet_calls["shallow"] += n * (self.deepcache.shallow_steps - before[1])
+        else:
+            self.unet_calls["full"] += n * s.steps
+        self.images += n
+        return images
+
+    def scheduler(self, policy: str | None = None):
+        return ImageBatcher(self)
+
+
+@dataclass
+class _Done:
+    rid: int
+    kind: str
+    tokens: np.ndarray  # the image's bytes; named as the LLM schedulers' events are
+
+
+class ImageBatcher:
+    """Whatever has arrived, up to max_batch_size captions, in one pipeline call."""
+
+    def __init__(self, engine: TorchSDXL):
+        self.engine = engine
+        self.waiting: deque[tuple[int, str]] = deque()
+        self.busy_s = 0.0
+
+    def submit(self, rid: int, caption: str) -> None:
+        self.waiting.append((rid, caption))
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting
+
+    def step(self) -> list[_Done]:
+        batch = [self.waiting.popleft() for _ in range(min(len(self.waiting), self.engine.spec.max_batch_size))]
+        if not batch:
+            return []
+        start = time.perf_counter()
+        images = self.engine.generate([c for _, c in batch])
+        self.busy_s += time.perf_counter() - start
+        return [_Done(rid, "done", np.ascontiguousarray(img).reshape(-1)) for (rid, _), img in zip(batch, images)]
+
+
+def decode_image(data: np.ndarray, image_size: int) -> np.ndarray:
+    """A logged response back to its HWC image, as MLPerf's accuracy_coco.py reshapes it."""
+    expected = image_size * image_size * 3
+    if data.size != expected:
+        raise InputError(f"response of {data.size} bytes is not a {image_size}x{image_size} RGB image ({expected} bytes)")
+    return data.reshape(image_size, image_size, 3)

@@ -1,0 +1,1 @@
+"""Text-to-image (Stable Diffusion XL): pipeline, calibration window, UNet quantization, DeepCache."""
