@@ -22,8 +22,7 @@ def _build_image(ctx: StageContext, bench, source) -> dict:
     engine = TorchSDXL(ctx.out)
     loaded = time.perf_counter()
     captions = [s.caption for s in bench.load_samples(source / "dataset.json")[: spec.max_batch_size]]
-    engine.generate(captions[:1])  # warm-up
-    engine.unet_calls, engine.images = {"full": 0, "shallow": 0}, 0
+    engine.warmup()
     check = time.perf_counter()
     engine.generate(captions)
     done = time.perf_counter()

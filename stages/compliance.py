@@ -28,15 +28,16 @@ def _verify(ctx: StageContext, bench, test: str, scenario: str, run_dir) -> dict
     if test == "TEST01":
         accuracy = compliance.verify_test01_accuracy(ctx.input("accuracy") / scenario / ACCURACY, run_dir / ACCURACY,
                                                      bench.RESPONSE_DTYPE)
+    threshold = compliance.SMOKE_PERFORMANCE_THRESHOLD if ctx.params.round.smoke else compliance.PERFORMANCE_THRESHOLD
     performance = compliance.verify_performance(ctx.input("performance") / scenario / SUMMARY, run_dir / SUMMARY,
-                                                scenario, test)
+                                                scenario, test, threshold)
     compliance.write_audit(test, accuracy, performance, run_dir, ctx.out / scenario / test)
     failures = list((accuracy or {}).get("failures", []))
     if not performance["passed"]:
         failures.append(f"{performance['test_score']:.3f} samples/s against the performance run's "
                         f"{performance['reference_score']:.3f} (ratio {performance['ratio']:.3f})")
     return {"passed": (accuracy is None or accuracy["passed"]) and performance["passed"], "failures": failures,
-            "performance_ratio": performance["ratio"],
+            "performance_ratio": performance["ratio"], "performance_threshold": threshold,
             **({"identical": accuracy["identical"], "matched": accuracy["matched"]} if accuracy else {})}
 
 

@@ -107,6 +107,11 @@ class TorchSDXL:
         self.images += n
         return images
 
+    def warmup(self) -> None:
+        """One full batch, uncounted: first calls pay for allocations and kernel selection."""
+        self.generate(["warm-up"] * self.spec.max_batch_size)
+        self.unet_calls, self.images = {"full": 0, "shallow": 0}, 0
+
     def scheduler(self, policy: str | None = None):
         return ImageBatcher(self)
 

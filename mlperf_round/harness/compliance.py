@@ -48,6 +48,9 @@ AUDITS = {
     ),
 }
 PERFORMANCE_THRESHOLD = 0.10  # verify_performance.py, Offline and Server
+# A smoke round's runs last seconds, where warm-up and a busy core move throughput by 10%;
+# its audits still catch what TEST04 exists for (a cache answers many times faster).
+SMOKE_PERFORMANCE_THRESHOLD = 0.50
 _SCORE_LINE = {"Offline": "Samples per second", "Server": "Completed samples per second"}
 
 
@@ -130,12 +133,14 @@ def summary_score(summary: Path, scenario: str) -> float:
     return float(values[key])
 
 
-def verify_performance(reference: Path, audit: Path, scenario: str, test: str) -> dict:
-    """TEST01: within 10% either way; TEST04: not more than 10% faster."""
+def verify_performance(reference: Path, audit: Path, scenario: str, test: str,
+                       threshold: float = PERFORMANCE_THRESHOLD) -> dict:
+    """TEST01: within `threshold` either way; TEST04: not more than `threshold` faster."""
     ref, got = summary_score(reference, scenario), summary_score(audit, scenario)
-    upper = got < ref * (1 + PERFORMANCE_THRESHOLD)
-    passed = upper and (test == "TEST04" or got > ref * (1 - PERFORMANCE_THRESHOLD))
-    return {"passed": passed, "reference_score": ref, "test_score": got, "ratio": got / ref if ref else float("inf")}
+    upper = got < ref * (1 + threshold)
+    passed = upper and (test == "TEST04" or got > ref * (1 - threshold))
+    return {"passed": passed, "reference_score": ref, "test_score": got, "ratio": got / ref if ref else float("inf"),
+            "threshold": threshold}
 
 
 def write_audit(test: str, accuracy: dict | None, performance: dict, run_dir: Path, out: Path) -> None:
@@ -146,7 +151,8 @@ def write_audit(test: str, accuracy: dict | None, performance: dict, run_dir: Pa
         shutil.copy2(run_dir / name, perf_dir / name)
     verdict = "TEST PASS" if performance["passed"] else "TEST FAIL: Test score invalid"
     (out / "verify_performance.txt").write_text(
-        f"reference score = {performance['reference_score']}\ntest score = {performance['test_score']}\n{verdict}\n")
+        f"reference score = {performance['reference_score']}\ntest score = {performance['test_score']}\n"
+        f"threshold = {performance['threshold']}\n{verdict}\n")
     if accuracy is not None:
         (out / "accuracy").mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / "mlperf_log_accuracy.json", out / "accuracy" / "mlperf_log_accuracy.json")

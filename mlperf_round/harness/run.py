@@ -47,14 +47,13 @@ def _main(spec_file: str) -> int:
 
     from .. import benchmarks
     from .settings import test_settings
-    from .sut import LLMSystem
+    from .sut import System
 
     spec = json.loads(Path(spec_file).read_text())
     outdir = Path(spec["outdir"])
     bench = benchmarks.get(spec["benchmark"])
     samples = bench.load_samples(Path(spec["dataset"]))
-    engine = benchmarks.open_engine(bench, Path(spec["engine"]))
-    system = LLMSystem(engine, samples, bench.REPORT_FIRST_TOKEN, desc=f"{spec.get('label', spec['scenario'])} {spec['mode']}",
+    system = System(lambda: benchmarks.open_engine(bench, Path(spec["engine"])), samples, bench.REPORT_FIRST_TOKEN, desc=f"{spec.get('label', spec['scenario'])} {spec['mode']}",
                        token_counts=not benchmarks.is_image(bench))
     ts = test_settings(Path(spec["user_conf"]), bench.LOADGEN_MODEL, spec["scenario"], spec["mode"])
     log = lg.LogSettings()
@@ -69,6 +68,7 @@ def _main(spec_file: str) -> int:
         system.close()
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
+    engine = system.engine
     if hasattr(engine, "unet_calls"):  # what the UNet computed, for DeepCache's accounting
         (outdir / ENGINE_STATS).write_text(json.dumps({"images": engine.images, "unet_calls": engine.unet_calls}))
     if system.error:
