@@ -109,3 +109,54 @@ def test_llama_checkpoint_and_openorca_set_over_http(project: Path, tmp_path: Pa
     assert metrics["dataset_samples"] == 8 and metrics["calibration_samples"] == 4
     samples = llama2.load_samples(project / "artifacts/llama2-70b/download/source/dataset.json")
     assert samples[0].input_ids and samples[0].prompt.startswith("<s>[INST] <<SYS>>")
+
+
+def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: Path, tmp_path: Path):
+    """SDXL's real path: pipeline by pinned revision; latents, COCO captions (TSV), FID network, FID
+    statistics and the CLIP model by URL or revision, every file by sha256."""
+    import numpy as np
+    import torch
+
+    from mlperf_round.benchmarks import sdxl
+    from mlperf_round.diffusion import pipeline
+    from mlperf_round.metrics import clip_score, fid
+    from mlperf_round.params import TinySDXL
+
+    root = tmp_path / "hub"
+    pipe_files = root / "stabilityai/sdxl-tiny/resolve" / REV
+    clip_files = root / "laion/clip-tiny/resolve" / REV
+    pipeline.build_tiny_pipeline(TinySDXL(), pipe_files)
+    clip_score.build_tiny_clip(clip_files, seed=0)
+    data = root / "data"
+    data.mkdir()
+    torch.save(pipeline.make_latents(64, 3), data / "latents.pt")
+    fid.build_tiny_feature_net(data / "inception.pt", 8, 64, seed=0)
+    fid.save_statistics(data / "val2014.npz", np.zeros(8), np.eye(8))
+    header = "id\timage_id\tcaption\theight\twidth\tfile_name\tcoco_url\n"  # MLPerf's captions_source.tsv columns
+    for name, rows in (("captions.tsv", sdxl.generate_captions(6, 1)), ("calib.tsv", sdxl.generate_captions(2, 2))):
+        (data / name).write_text(header + "".join(f"{r['id']}\t{r['id']}\t{r['caption']}\t1024\t1024\tx.jpg\thttp://x\n"
+                                                  for r in rows))
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    tree = lambda d: {str(p.relative_to(d)): digest(p) for p in d.rglob("*") if p.is_file()}  # noqa: E731
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    file = lambda name: {"url": f"{url}/data/{name}", "sha256": digest(data / name)}  # noqa: E731
+    try:
+        edit_params(project, lambda d: d["benchmarks"]["stable-diffusion-xl"].update(
+            model={"source": "hf", "latents": file("latents.pt"),
+                   "hf": {"repo": "stabilityai/sdxl-tiny", "revision": REV, "endpoint": url, "files": tree(pipe_files)}},
+            dataset={"source": "url", "url": file("captions.tsv")["url"], "sha256": file("captions.tsv")["sha256"],
+                     "calibration_url": file("calib.tsv")["url"], "calibration_sha256": file("calib.tsv")["sha256"]},
+            evaluation={"source": "url", "inception": file("inception.pt"), "statistics": file("val2014.npz"),
+                        "clip": {"repo": "laion/clip-tiny", "revision": REV, "endpoint": url, "files": tree(clip_files)}}))
+        run([sys.executable, "-m", "stages.download", "stable-diffusion-xl"], project)
+    finally:
+        server.shutdown()
+    metrics = json.loads((project / "artifacts/stable-diffusion-xl/download/metrics.json").read_text())
+    assert metrics["dataset_samples"] == 6 and metrics["calibration_samples"] == 2 and metrics["evaluation"] == "url"
+    source = project / "artifacts/stable-diffusion-xl/download/source"
+    assert torch.equal(pipeline.load_latents(source / pipeline.LATENTS_FILE), pipeline.make_latents(64, 3))
+    assert sdxl.load_samples(source / "dataset.json")[0].caption == sdxl.generate_captions(6, 1)[0]["caption"]
+    pipeline.load_pipeline(source / "model")  # a whole, loadable pipeline

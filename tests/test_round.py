@@ -19,7 +19,8 @@ from .conftest import copy_project, edit_params, run
 
 pytestmark = pytest.mark.slow
 ENTRY, BENCH = "gptj-99", "gptj"
-LLAMA = ("llama2-70b-99", "llama2-70b-99p9", "llama2-70b-sparse")
+LLAMA = ("llama2-70b-99p9", "llama2-70b-sparse")  # closed, open
+SDXL, SDXL_BENCH, DEEPCACHE = "stable-diffusion-xl", "stable-diffusion-xl", "stable-diffusion-xl-deepcache"
 
 
 def ran(proc) -> set[str]:
@@ -49,8 +50,8 @@ def test_round_produces_every_declared_output(workspace: Path):
         stages = {s.name: s for s in repo.index.stages}
         per_entry = ("quantize", "build", "accuracy", "performance", "compliance")
         assert set(stages) == {
-            *(f"{s}@{b}" for s in ("download", "calibrate", "reference") for b in (BENCH, "llama2-70b")),
-            *(f"{s}@{e}" for s in per_entry for e in (ENTRY, *LLAMA)), "package",
+            *(f"{s}@{b}" for s in ("download", "calibrate", "reference") for b in (BENCH, "llama2-70b", SDXL_BENCH)),
+            *(f"{s}@{e}" for s in per_entry for e in (ENTRY, *LLAMA, SDXL, DEEPCACHE)), "package",
         }
         for stage in stages.values():
             for out in stage.outs:
@@ -83,10 +84,10 @@ def test_llama_entries_serve_in_flight_and_report_token_latencies(workspace: Pat
         engine = json.loads((workspace / layout.out_dir(key, "build") / "engine.json").read_text())
         assert engine["scheduler"] == "inflight" and engine["kv_pool_blocks"] == 128 and engine["kv_block_size"] == 8
         assert engine["report_first_token"] is True
-        fp8_kv = key != LLAMA[2]  # the closed recipes store the KV cache in FP8
+        fp8_kv = key != LLAMA[1]  # the closed recipes store the KV cache in FP8
         assert engine["kv_cache"] == ("fp8" if fp8_kv else "auto")
         assert (workspace / layout.out_dir(key, "build") / "kv_scales.json").is_file() == fp8_kv
-    for key in LLAMA[:2]:
+    for key in LLAMA[:1]:
         server = metrics(workspace, key, "performance")["Server"]
         assert server["valid"], server
         assert 0 < server["ttft_p99_ms"] < 2000 and 0 < server["tpot_p99_ms"] < 200
@@ -101,21 +102,21 @@ def test_llama_entries_serve_in_flight_and_report_token_latencies(workspace: Pat
 
 def test_test06_passes_for_closed_llama_entries_and_lands_in_the_tree(workspace: Path):
     tree = workspace / "submission/tree/closed/MLPerfRound/compliance/cpu-smoke"
-    for key in LLAMA[:2]:
+    for key in LLAMA[:1]:
         comp = metrics(workspace, key, "compliance")
         assert comp["tests"] == ["TEST06"]
         assert comp["Server.TEST06"]["passed"] and comp["Server.TEST06"]["first_token"] is True
         assert comp["Offline.TEST06"]["first_token"] == "Skipped" and comp["Offline.TEST06"]["samples"] >= 100
         for scenario in ("Offline", "Server"):
-            mlperf_id = {"llama2-70b-99": "llama2-70b-99", "llama2-70b-99p9": "llama2-70b-99.9"}[key]
+            mlperf_id = "llama2-70b-99.9"
             verify = (tree / mlperf_id / scenario / "TEST06/verify_accuracy.txt").read_text()
             assert "TEST06 verification complete" in verify and "False" not in verify
     assert metrics(workspace, ENTRY, "compliance")["tests"] == []  # the compliance README exempts gpt-j
-    assert metrics(workspace, LLAMA[2], "compliance")["tests"] == []  # open entries skip compliance
+    assert metrics(workspace, LLAMA[1], "compliance")["tests"] == []  # open entries skip compliance
 
 
 def test_sparse_entry_is_24_on_every_layer_and_packaged_open(workspace: Path):
-    q = metrics(workspace, LLAMA[2], "quantize")
+    q = metrics(workspace, LLAMA[1], "quantize")
     sp = q["sparsity"]
     assert sp["groups_24_share"] == 1.0 and sp["zero_fraction"] == 0.5 and sp["layers_fully_24"] == sp["layers"] == 14
     assert sp["checkpoint_bytes_24"] < sp["checkpoint_bytes_dense"]
@@ -123,6 +124,45 @@ def test_sparse_entry_is_24_on_every_layer_and_packaged_open(workspace: Path):
     assert (res / "results/cpu-smoke/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
     meas = json.loads(next((res / "measurements/cpu-smoke/llama2-70b-99.9/Offline").glob("*.json")).read_text())
     assert "2:4 structured sparsity" in meas["weight_transformations"]
+
+
+def test_sdxl_calibrates_on_the_first_8_steps_and_quantizes_the_recipe_layers(workspace: Path):
+    cal = json.loads((workspace / layout.out_dir(SDXL_BENCH, "calibrate") / "calibration.json").read_text())
+    assert cal["steps_collected"] == list(range(8)) and cal["total_steps"] == 20 and cal["steps_run"] == 20
+    assert cal["samples"] == 8
+    q = metrics(workspace, SDXL, "quantize")
+    assert q["quantized_layers"] > 0 and q["smoothed_layers"] < q["quantized_layers"]  # convs are not smoothed
+    layers = json.loads((workspace / layout.out_dir(SDXL, "quantize") / "layers.json").read_text())
+    assert all(".resnets." in l["layer"] or ".attn" in l["layer"] or ".ff." in l["layer"] for l in layers["quantized_layers"])
+    assert metrics(workspace, DEEPCACHE, "quantize")["quantized_layers"] == 0  # fp16: the unquantized recipe
+
+
+def test_sdxl_accuracy_performance_and_compliance(workspace: Path):
+    ref = metrics(workspace, SDXL_BENCH, "reference")
+    assert ref["FID_SCORE"] > 0 and ref["CLIP_SCORE"] != 0
+    acc = metrics(workspace, SDXL, "accuracy")
+    assert acc["passed"]
+    for scenario in ("Offline", "Server"):
+        assert acc["target"]["FID_SCORE"] <= acc[scenario]["FID_SCORE"] <= acc["upper_limit"]["FID_SCORE"]
+        assert acc[scenario]["unet_full_steps_per_image"] == 20
+    txt = (workspace / layout.out_dir(SDXL, "accuracy") / "Offline" / "accuracy.txt").read_text()
+    assert re.match(r"\{'FID_SCORE': \d+\.\d+, 'CLIP_SCORE': -?\d+\.\d+\}", txt), txt
+    dc = metrics(workspace, DEEPCACHE, "accuracy")["Offline"]
+    assert dc["unet_full_steps_per_image"] == 7 and dc["unet_shallow_steps_per_image"] == 13
+    assert metrics(workspace, DEEPCACHE, "build")["unet_full_steps_per_image"] < 20
+    perf = metrics(workspace, SDXL, "performance")
+    assert perf["Offline"]["valid"] and perf["Server"]["valid"] and perf["Server"]["latency_p99_ms"] < 20000
+    comp = metrics(workspace, SDXL, "compliance")
+    assert comp["tests"] == ["TEST01", "TEST04"]
+    for scenario in ("Offline", "Server"):
+        assert comp[f"{scenario}.TEST01"]["passed"] and comp[f"{scenario}.TEST01"]["matched"] > 0
+        assert comp[f"{scenario}.TEST04"]["passed"]
+    tree = workspace / "submission/tree/closed/MLPerfRound/compliance/cpu-smoke/stable-diffusion-xl"
+    assert "TEST PASS" in (tree / "Offline/TEST01/verify_accuracy.txt").read_text()
+    assert "TEST PASS" in (tree / "Server/TEST04/verify_performance.txt").read_text()
+    assert (tree / "Offline/TEST04/performance/run_1/mlperf_log_detail.txt").is_file()
+    assert metrics(workspace, DEEPCACHE, "compliance")["tests"] == []
+    assert (workspace / "submission/tree/open/MLPerfRound/results/cpu-smoke/stable-diffusion-xl/Offline").is_dir()
 
 
 def test_mlflow_holds_the_round_and_every_stage(workspace: Path):
@@ -154,15 +194,26 @@ def test_server_qps_change_reruns_only_performance_compliance_and_package(worksp
 
 
 def test_sparse_recipe_change_reruns_only_the_open_entry(workspace: Path):
-    edit_params(workspace, lambda d: d["entries"][LLAMA[2]]["recipe"].update(sparsity_method="sparse_magnitude"))
+    edit_params(workspace, lambda d: d["entries"][LLAMA[1]]["recipe"].update(sparsity_method="sparse_magnitude"))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
-    assert ran(proc) == {f"{s}@{LLAMA[2]}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {"package"}
+    assert ran(proc) == {f"{s}@{LLAMA[1]}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {"package"}
 
 
 def test_precision_change_reruns_from_quantize_not_download_or_calibrate(workspace: Path):
     edit_params(workspace, lambda d: d["entries"][ENTRY]["recipe"].update(precision="fp32"))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
     assert ran(proc) == {f"{s}@{ENTRY}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {"package"}
+
+
+def test_calibration_window_change_reruns_sdxl_from_calibrate_and_no_llm_stage(workspace: Path):
+    edit_params(workspace, lambda d: d["benchmarks"][SDXL_BENCH]["calibration"].update(steps_collected=7))
+    proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
+    stages = ran(proc)
+    assert {f"calibrate@{SDXL_BENCH}", "package"} | {f"{s}@{SDXL}" for s in ("quantize", "build", "accuracy")} <= stages
+    assert all(s == "package" or "stable-diffusion-xl" in s for s in stages), stages
+    assert f"download@{SDXL_BENCH}" not in stages and f"reference@{SDXL_BENCH}" not in stages
+    cal = json.loads((workspace / layout.out_dir(SDXL_BENCH, "calibrate") / "calibration.json").read_text())
+    assert cal["steps_collected"] == list(range(7))
 
 
 def test_recipe_that_ruins_accuracy_fails_the_accuracy_stage(workspace: Path):

@@ -94,12 +94,13 @@ class TorchSDXL:
         from ..diffusion.pipeline import generate
 
         s = self.spec
-        if self.deepcache is not None:
+        cached = self.deepcache is not None and self.deepcache.active
+        if cached:
             self.deepcache.reset()
             before = (self.deepcache.full_steps, self.deepcache.shallow_steps)
         images = generate(self.pipe, captions, self.latents, s.steps, s.guidance_scale)
         n = len(captions)  # every image of a batch takes the same steps
-        if self.deepcache is not None:
+        if cached:
             self.unet_calls["full"] += n * (self.deepcache.full_steps - before[0])
             self.unet_calls["shallow"] += n * (self.deepcache.shallow_steps - before[1])
         else:

@@ -40,7 +40,7 @@ REAL_LATENT_SEED_OFFSET = 7_919  # the tiny "real images" come from latents the 
 _SUBJECTS = "cat dog horse man woman child bus train plane boat bird bear giraffe zebra pizza cake clock vase".split()
 _COUNTS = "a one two three several a a a".split()
 _ADJECTIVES = "red small large old young white black wooden busy empty sunny snowy".split()
-_ACTIONS = "sitting on standing near walking along lying in parked by flying over looking at".split(" ")
+_ACTIONS = ("sitting on", "standing near", "walking along", "lying in", "parked by", "flying over", "looking at")
 _PLACES = "a table|a bench|the street|a field|a kitchen|the beach|a river|a building|the grass|a bed".split("|")
 
 
@@ -57,8 +57,7 @@ def generate_captions(size: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for i in range(size):
-        verb = rng.choice(["sitting on", "standing near", "walking along", "lying in", "parked by", "flying over",
-                           "looking at"])
+        verb = rng.choice(_ACTIONS)
         rows.append({"id": rng.randrange(100_000, 600_000),
                      "caption": f"{rng.choice(_COUNTS)} {rng.choice(_ADJECTIVES)} {rng.choice(_SUBJECTS)} {verb} "
                                 f"{rng.choice(_PLACES)}".replace("a a ", "a ")})

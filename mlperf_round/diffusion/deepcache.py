@@ -50,6 +50,10 @@ class DeepCache:
         else:
             self.full_steps += 1
 
+    @property
+    def active(self) -> bool:
+        return self.hook is not None
+
     def enable(self) -> DeepCache:
         for i, block in enumerate(self.skippable):
             self._wrap(i, block)

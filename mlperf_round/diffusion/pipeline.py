@@ -106,7 +106,7 @@ def load_pipeline(model_dir: Path, dtype: str = "float32", unet=None, device: st
 
     kwargs = {"unet": unet} if unet is not None else {}
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(model_dir, torch_dtype=getattr(torch, dtype),
+        pipe = StableDiffusionXLPipeline.from_pretrained(model_dir, dtype=getattr(torch, dtype),
                                                          local_files_only=True, add_watermarker=False, **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:
         raise InputError(f"{model_dir}: cannot load the SDXL pipeline ({str(err).splitlines()[0][:200]})") from None

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..errors import InputError, RoundError
-from ..optimization.quantization import MODELOPT_FILE, _smooth
+from ..errors import InputError
+from ..optimization.quantization import MODELOPT_FILE, set_ranges
 
 # every Linear and Conv2d input observed per channel; weights and everything else left alone
 _STATS_CFG = {
@@ -108,33 +108,14 @@ def quantize_unet(unet, stats: dict[str, torch.Tensor], alpha: float) -> tuple[t
     import fnmatch
 
     import modelopt.torch.quantization as mtq
-    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    def smooth(name: str, mod) -> bool:
+        return isinstance(mod, torch.nn.Linear) and any(fnmatch.fnmatch(name, p) and s for p, s in TARGETS)
 
     unet = mtq.quantize(unet, int8_config(), forward_loop=None)  # inserts quantizers, calibrates weights only
-    quantized, skipped = [], []
-    for name, mod in unet.named_modules():
-        if not isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
-            continue
-        inq = getattr(mod, "input_quantizer", None)
-        if inq is None or not inq.is_enabled:
-            skipped.append(name)
-            continue
-        if name not in stats:
-            raise InputError(f"calibration statistics have no entry for UNet layer {name}; re-run calibrate")
-        act = stats[name].to(mod.weight.device)
-        smooth = isinstance(mod, torch.nn.Linear) and any(fnmatch.fnmatch(name, p) and s for p, s in TARGETS)
-        if smooth:
-            inv = _smooth(mod, act, alpha)
-            inq.pre_quant_scale = inv
-            act = act * inv
-        inq.amax = act.max().float()
-        quantized.append({"layer": name, "kind": "Conv2d" if isinstance(mod, torch.nn.Conv2d) else "Linear",
-                          "smoothquant": smooth})
-    if not quantized:
-        raise RoundError("recipe int8_sq: no UNet layer was quantized")
-    missing = [n for n, m in unet.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled and m.amax is None]
-    if missing:
-        raise RoundError(f"recipe int8_sq: quantizers without statistics: {', '.join(missing[:3])}")
+    done, skipped = set_ranges(unet, stats, (torch.nn.Linear, torch.nn.Conv2d), alpha, smooth, "recipe int8_sq (UNet)")
+    kinds = {n: "Conv2d" if isinstance(m, torch.nn.Conv2d) else "Linear" for n, m in unet.named_modules()}
+    quantized = [{"layer": n, "kind": kinds[n], "smoothquant": s} for n, s in done]
     return unet, {"precision": "int8_sq", "smoothquant_alpha": alpha, "quantized_layers": quantized, "skipped_layers": skipped}
 
 
@@ -164,6 +145,6 @@ def load_unet(unet_dir: Path, dtype: str = "float32"):
             # weights stored already quantized, as an INT8 engine holds them: the same outputs, less work per step
             mtq.fold_weight(unet)
             return unet.to(dt).eval()
-        return UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dt).eval()
+        return UNet2DConditionModel.from_pretrained(unet_dir, dtype=dt).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise InputError(f"{unet_dir}: cannot load the UNet ({str(err).splitlines()[0][:200]})") from None

@@ -1,6 +1,6 @@
 """Quantization recipes on Model Optimizer, applied from the calibrate stage's statistics.
 
-fp32 / bf16 pass through. fp8 is the v4.0 LLM recipe: E4M3 weights and activations, per
+fp32 / fp16 / bf16 pass through. fp8 is the v4.0 LLM recipe: E4M3 weights and activations, per
 tensor. int8_sq is SmoothQuant: per-channel scales s = a^alpha / w^(1-alpha) migrate
 activation outliers into the weights, then INT8 weights per channel and activations per
 tensor. modelopt inserts and runs the quantizers; the amax values come from the stored
@@ -60,17 +60,31 @@ def quantize(model: torch.nn.Module, precision: str, stats: dict[str, torch.Tens
     """Return the (fake-)quantized model and a summary of what was quantized."""
     if precision == "fp32":
         return model.float(), {"precision": precision, "quantized_layers": [], "skipped_layers": []}
-    if precision == "bf16":
-        return model.to(torch.bfloat16), {"precision": precision, "quantized_layers": [], "skipped_layers": []}
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return model.to(dtype), {"precision": precision, "quantized_layers": [], "skipped_layers": []}
 
     import modelopt.torch.quantization as mtq
-    from modelopt.torch.quantization.nn import TensorQuantizer
 
     # forward_loop=None: modelopt inserts the quantizers and calibrates weights only
     model = mtq.quantize(model, _config(precision, quantize_lm_head), forward_loop=None)
+    quantized, skipped = set_ranges(model, stats, (torch.nn.Linear,), alpha, lambda name, mod: precision == "int8_sq",
+                                    f"recipe {precision}")
+    return model, {"precision": precision, "quantized_layers": [n for n, _ in quantized], "skipped_layers": skipped}
+
+
+def set_ranges(model: torch.nn.Module, stats: dict[str, torch.Tensor], layer_types: tuple, alpha: float, smooth,
+               what: str) -> tuple[list[tuple[str, bool]], list[str]]:
+    """Input ranges from stored statistics on every layer modelopt enabled; SmoothQuant where `smooth(name, module)`.
+
+    Returns (quantized layer, smoothed) pairs and the skipped layers; every enabled quantizer
+    must end with a range.
+    """
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
     quantized, skipped = [], []
     for name, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear):
+        if not isinstance(mod, layer_types):
             continue
         inq = getattr(mod, "input_quantizer", None)
         if inq is None or not inq.is_enabled:
@@ -79,18 +93,19 @@ def quantize(model: torch.nn.Module, precision: str, stats: dict[str, torch.Tens
         if name not in stats:
             raise InputError(f"calibration statistics have no entry for layer {name}; re-run calibrate")
         act = stats[name].to(mod.weight.device)
-        if precision == "int8_sq":
+        smoothed = bool(smooth(name, mod))
+        if smoothed:
             inv = _smooth(mod, act, alpha)
             inq.pre_quant_scale = inv
             act = act * inv
         inq.amax = act.max().float()
-        quantized.append(name)
+        quantized.append((name, smoothed))
     if not quantized:
-        raise RoundError(f"recipe {precision}: no layer was quantized")
+        raise RoundError(f"{what}: no layer was quantized")
     uncalibrated = [n for n, m in model.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled and m.amax is None]
     if uncalibrated:
-        raise RoundError(f"recipe {precision}: quantizers without statistics: {', '.join(uncalibrated[:3])}")
-    return model, {"precision": precision, "quantized_layers": quantized, "skipped_layers": skipped}
+        raise RoundError(f"{what}: quantizers without statistics: {', '.join(uncalibrated[:3])}")
+    return quantized, skipped
 
 
 def quantizer_summary(model: torch.nn.Module) -> dict[str, float]:

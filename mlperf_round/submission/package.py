@@ -15,7 +15,8 @@ from ..sources import verify_manifest
 from .system import describe
 from .tree import Layout, copy_accuracy, copy_compliance, copy_performance, write_json
 
-WEIGHT_TYPES = {"fp32": "fp32", "bf16": "bf16", "fp8": "fp8 (e4m3)", "int8_sq": "int8"}
+WEIGHT_TYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "fp8": "fp8 (e4m3)", "int8_sq": "int8"}
+SCORES = ("rouge1", "rouge2", "rougeL", "tokens_per_sample", "FID_SCORE", "CLIP_SCORE")
 HEADLINE = ("samples_per_s", "tokens_per_s", "latency_p99_ms", "ttft_p99_ms", "tpot_p99_ms", "valid")
 
 
@@ -67,12 +68,23 @@ def _gate(r: EntryResults, smoke: bool) -> list[str]:
 
 def _measurements(r: EntryResults, source: str) -> dict:
     precision, recipe = r.engine["precision"], r.entry.recipe
-    transforms = [] if precision == "fp32" else [f"post-training quantization to {WEIGHT_TYPES[precision]} (NVIDIA Model Optimizer)"]
+    image = r.engine.get("kind") == "text-to-image"
+    if precision in ("fp32", "fp16", "bf16"):
+        transforms = [] if precision == "fp32" else [f"weights cast to {precision}"]
+    elif image:
+        transforms = [f"post-training quantization of the UNet to {WEIGHT_TYPES[precision]} (NVIDIA Model Optimizer): ResBlock "
+                      "convolutions, attention Q/K/V and feed-forward linears, SmoothQuant on those linears, activation "
+                      "ranges from the first calibration denoising steps"]
+    else:
+        transforms = [f"post-training quantization to {WEIGHT_TYPES[precision]} (NVIDIA Model Optimizer)"]
+    if image and r.engine.get("deepcache_interval"):
+        transforms.append(f"DeepCache: a full UNet step every {r.engine['deepcache_interval']} steps, shallow steps reuse "
+                          f"cached deep features (branch {r.engine['deepcache_branch']}); no retraining")
     if recipe.sparsity != "none":
         transforms.insert(0, f"{recipe.sparsity} structured sparsity on every attention and MLP linear layer "
                              f"({recipe.sparsity_method}, NVIDIA Model Optimizer), post-training, no fine-tuning")
     return {
-        "input_data_types": "int32 (token ids)",
+        "input_data_types": "int32 (CLIP token ids), fp32 initial latents" if image else "int32 (token ids)",
         "retraining": "no",
         "starting_weights_filename": source,
         "weight_data_types": WEIGHT_TYPES[precision],
@@ -88,14 +100,19 @@ def _readme(r: EntryResults, scenario: str, smoke: bool) -> str:
         "build, accuracy, performance and package; `params.yaml` and `dvc.lock` pin every input.",
         "",
         f"- backend: {r.engine['backend']}, precision {r.engine['precision']}, dtype {r.engine['dtype']}, "
-        f"max batch {r.engine['max_batch_size']}, beam width {r.engine['beam_width']}",
+        f"max batch {r.engine['max_batch_size']}, "
+        + (f"{r.engine['steps']} denoising steps, guidance {r.engine['guidance_scale']}, {r.engine['image_size']} px"
+           if "steps" in r.engine else f"beam width {r.engine['beam_width']}"),
         f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(r.engine['versions'].items()))}",
     ]
     if r.engine.get("scheduler") == "inflight":
         lines.append(f"- in-flight batching, paged KV cache: {r.engine['kv_pool_blocks']} blocks of {r.engine['kv_block_size']} "
                      f"tokens, stored as {'fp8 (e4m3)' if r.engine.get('kv_cache') == 'fp8' else r.engine['dtype']}")
+    if r.engine.get("deepcache_interval"):
+        lines.append(f"- DeepCache: full UNet step every {r.engine['deepcache_interval']} steps, branch {r.engine['deepcache_branch']}")
     if r.engine["precision"] in ("fp8", "int8_sq"):
-        lines.append("- calibration: per-channel activation absmax over the benchmark's calibration list (calibrate stage)")
+        lines.append("- calibration: per-channel activation absmax over the benchmark's calibration list (calibrate stage"
+                     + (", the first denoising steps only)" if "steps" in r.engine else ")"))
     if "sparsity" in r.quantize:
         sp = r.quantize["sparsity"]
         lines.append(f"- 2:4 sparsity: {sp['groups_24_share']:.4f} of groups are 2:4 in {sp['layers']} layers; "
@@ -144,7 +161,7 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS)
                 for k in HEADLINE:
                     if k in perf:
                         headline[f"{r.key}/{scenario}/{k}"] = float(perf[k])
-                for k in ("rouge1", "rouge2", "rougeL", "tokens_per_sample"):
+                for k in SCORES:
                     if k in acc:
                         headline[f"{r.key}/{scenario}/{k}"] = float(acc[k])
             headline[f"{r.key}/accuracy_worst_ratio"] = float(r.accuracy["worst_ratio"])
