@@ -78,10 +78,13 @@ def copy_performance(run_dir: Path, dst: Path) -> None:
 
 
 def copy_compliance(test_dir: Path, dst: Path) -> None:
-    """A verified audit: verify_*.txt and its accuracy log (published truncated, like every accuracy log)."""
+    """A verified audit: verify_*.txt, its performance run (TEST01, TEST04) and its accuracy log
+    (published truncated, like every accuracy log)."""
     dst.mkdir(parents=True, exist_ok=True)
     for verify in sorted(test_dir.glob("verify_*.txt")):
         shutil.copy2(verify, dst / verify.name)
+    if (test_dir / "performance" / "run_1").is_dir():
+        shutil.copytree(test_dir / "performance" / "run_1", dst / "performance" / "run_1", dirs_exist_ok=True)
     if (test_dir / "accuracy").is_dir():
         (dst / "accuracy").mkdir(exist_ok=True)
         truncate_accuracy_log(test_dir / "accuracy" / "mlperf_log_accuracy.json", dst / "accuracy")
