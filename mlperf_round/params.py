@@ -346,7 +346,7 @@ class RecipeParams(Strict):
     sparsity_method: Literal["sparsegpt", "sparse_magnitude"] = Field(
         "sparsegpt", description="mask selection: sparsegpt (Hessian saliency on the calibration list) or sparse_magnitude (no data)"
     )
-    deepcache: DeepCacheParams = Field(default_factory=lambda: DeepCacheParams(), description="DeepCache (text-to-image, open division only)")
+    deepcache: DeepCacheParams = Field(default_factory=DeepCacheParams, description="DeepCache (text-to-image, open division only)")
 
 
 class BuildParams(Strict):

@@ -42,7 +42,8 @@ def run_test(spec: dict, timeout_s: float) -> None:
     outdir.mkdir(parents=True, exist_ok=True)  # a missing outdir aborts LoadGen
     spec_file = outdir / "test_spec.json"
     spec_file.write_text(json.dumps(spec, indent=1))
-    proc = _fork_server(spec["benchmark"]).Process(target=_child, args=(str(spec_file),), name=f"loadgen {spec['scenario']} {spec['mode']}")
+    proc = _fork_server(spec["benchmark"]).Process(target=_child, args=(str(spec_file),),
+                                                   name=f"loadgen {spec['scenario']} {spec['mode']}")
     proc.start()
     try:
         proc.join(timeout_s)
@@ -74,8 +75,8 @@ def _main(spec_file: str) -> int:
     outdir = Path(spec["outdir"])
     bench = benchmarks.get(spec["benchmark"])
     samples = bench.load_samples(Path(spec["dataset"]))
-    system = System(lambda: benchmarks.open_engine(bench, Path(spec["engine"])), samples, bench.REPORT_FIRST_TOKEN, desc=f"{spec.get('label', spec['scenario'])} {spec['mode']}",
-                       token_counts=not benchmarks.is_image(bench))
+    system = System(lambda: benchmarks.open_engine(bench, Path(spec["engine"])), samples, bench.REPORT_FIRST_TOKEN,
+                    desc=f"{spec.get('label', spec['scenario'])} {spec['mode']}", token_counts=not benchmarks.is_image(bench))
     ts = test_settings(Path(spec["user_conf"]), bench.LOADGEN_MODEL, spec["scenario"], spec["mode"])
     log = lg.LogSettings()
     log.log_output.outdir = str(outdir)
