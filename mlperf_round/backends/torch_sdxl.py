@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,20 +116,12 @@ class TorchSDXL:
         return ImageBatcher(self)
 
 
-@dataclass
-class _Done:
-    rid: int
-    kind: str
-    tokens: np.ndarray  # the image's bytes; named as the LLM schedulers' events are
-
-
 class ImageBatcher:
     """Whatever has arrived, up to max_batch_size captions, in one pipeline call."""
 
     def __init__(self, engine: TorchSDXL):
         self.engine = engine
         self.waiting: deque[tuple[int, str]] = deque()
-        self.busy_s = 0.0
 
     def submit(self, rid: int, caption: str) -> None:
         self.waiting.append((rid, caption))
@@ -139,14 +130,15 @@ class ImageBatcher:
     def idle(self) -> bool:
         return not self.waiting
 
-    def step(self) -> list[_Done]:
+    def step(self) -> list:
+        """The LLM schedulers' event interface: one "done" event per image, its bytes as the payload."""
+        from .paged import Event
+
         batch = [self.waiting.popleft() for _ in range(min(len(self.waiting), self.engine.spec.max_batch_size))]
         if not batch:
             return []
-        start = time.perf_counter()
         images = self.engine.generate([c for _, c in batch])
-        self.busy_s += time.perf_counter() - start
-        return [_Done(rid, "done", np.ascontiguousarray(img).reshape(-1)) for (rid, _), img in zip(batch, images)]
+        return [Event(rid, "done", np.ascontiguousarray(img).reshape(-1)) for (rid, _), img in zip(batch, images)]
 
 
 def decode_image(data: np.ndarray, image_size: int) -> np.ndarray:

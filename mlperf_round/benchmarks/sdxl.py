@@ -48,8 +48,7 @@ _PLACES = "a table|a bench|the street|a field|a kitchen|the beach|a river|a buil
 @dataclass(frozen=True)
 class Sample:
     id: int
-    caption: str
-    reference: str = ""  # text-to-image has no reference answer; FID compares sets
+    caption: str  # no reference answer: FID compares the set of images with the real images' statistics
 
 
 def generate_captions(size: int, seed: int) -> list[dict]:
