@@ -85,6 +85,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
+def open_spec(spec, engine_dir: Path) -> torch.device:
+    """What every torch engine does on load: refuse another backend's build, set threads, pick the device."""
+    if spec.backend != "torch":
+        raise InputError(f"{engine_dir}: built for backend {spec.backend}, not torch")
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    return resolve_device(spec.device)
+
+
 class TorchLLM:
     """The engine: model, tokenizer and limits as built; `scheduler()` serves requests."""
 
@@ -93,11 +102,7 @@ class TorchLLM:
         from ..optimization.quantization import load
 
         self.spec = read_spec(engine_dir)
-        if self.spec.backend != "torch":
-            raise InputError(f"{engine_dir}: built for backend {self.spec.backend}, not torch")
-        if self.spec.threads:
-            torch.set_num_threads(self.spec.threads)
-        self.device = resolve_device(self.spec.device)
+        self.device = open_spec(self.spec, engine_dir)
         self.model = load(engine_dir / "model", self.spec.dtype).to(self.device)
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
         self.kv_scales = None

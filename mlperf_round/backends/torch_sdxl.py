@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import InputError
-from .torch_llm import ENGINE_FILE, package_versions, resolve_device  # noqa: F401  (versions: the build's interface)
+from .torch_llm import ENGINE_FILE, open_spec, package_versions  # noqa: F401  (versions: the build's interface)
 
 UNET_DIR = "unet"
 
@@ -68,11 +67,7 @@ class TorchSDXL:
         from ..diffusion.quantize import load_unet
 
         self.spec = read_spec(engine_dir)
-        if self.spec.backend != "torch":
-            raise InputError(f"{engine_dir}: built for backend {self.spec.backend}, not torch")
-        if self.spec.threads:
-            torch.set_num_threads(self.spec.threads)
-        self.device = resolve_device(self.spec.device)
+        self.device = open_spec(self.spec, engine_dir)
         unet = load_unet(engine_dir / "pipeline" / UNET_DIR, self.spec.dtype)
         self.pipe = load_pipeline(engine_dir / "pipeline", self.spec.dtype, unet=unet, device=str(self.device))
         self.latents = load_latents(engine_dir / "latents.pt")
