@@ -67,14 +67,15 @@ def build(model_dir: Path, tokenizer_dir: Path, spec: EngineSpec, out: Path) -> 
     (out / ENGINE_FILE).write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
 
 
-def read_spec(engine_dir: Path) -> EngineSpec:
+def read_spec(engine_dir: Path, spec_type: type = EngineSpec):
+    """engine.json as the backend's spec dataclass; a missing or foreign one is an InputError."""
     path = engine_dir / ENGINE_FILE
     try:
-        return EngineSpec(**json.loads(path.read_text()))
+        return spec_type(**json.loads(path.read_text()))
     except FileNotFoundError:
         raise InputError(f"{path}: missing; {engine_dir} is not an engine directory") from None
     except (json.JSONDecodeError, TypeError) as err:
-        raise InputError(f"{path}: not a valid engine description ({err})") from None
+        raise InputError(f"{path}: not a valid {spec_type.__name__} engine description ({err})") from None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -175,16 +176,16 @@ class StaticBatcher:
         return not self.waiting
 
     def step(self) -> list:
-        from .paged import Event
-
         batch = [self.waiting.popleft() for _ in range(min(len(self.waiting), self.engine.spec.max_batch_size))]
         if not batch:
             return []
         outputs = self.engine.generate([x for _, x in batch])
-        events = []
-        for (rid, _), out in zip(batch, outputs):
-            events += [Event(rid, "first", out[:1]), Event(rid, "done", out)]
-        return events
+        return [ev for (rid, _), out in zip(batch, outputs) for ev in self._events(rid, out)]
+
+    def _events(self, rid: int, out: np.ndarray) -> list:
+        from .paged import Event
+
+        return [Event(rid, "first", out[:1]), Event(rid, "done", out)]
 
 
 def generate_all(scheduler, prompts: list[np.ndarray]) -> list[np.ndarray]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from . import torch_llm
 from .torch_llm import ENGINE_FILE, open_spec, package_versions  # noqa: F401  (versions: the build's interface)
 
 UNET_DIR = "unet"
@@ -50,13 +50,7 @@ def build(pipeline_dir: Path, unet_dir: Path, latents: Path, spec: DiffusionSpec
 
 
 def read_spec(engine_dir: Path) -> DiffusionSpec:
-    path = engine_dir / ENGINE_FILE
-    try:
-        return DiffusionSpec(**json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing; {engine_dir} is not an engine directory") from None
-    except (json.JSONDecodeError, TypeError) as err:
-        raise InputError(f"{path}: not a valid text-to-image engine description ({err})") from None
+    return torch_llm.read_spec(engine_dir, DiffusionSpec)
 
 
 class TorchSDXL:
@@ -111,29 +105,17 @@ class TorchSDXL:
         return ImageBatcher(self)
 
 
-class ImageBatcher:
-    """Whatever has arrived, up to max_batch_size captions, in one pipeline call."""
-
-    def __init__(self, engine: TorchSDXL):
-        self.engine = engine
-        self.waiting: deque[tuple[int, str]] = deque()
+class ImageBatcher(torch_llm.StaticBatcher):
+    """Whatever has arrived, up to max_batch_size captions, in one pipeline call; one "done" event
+    per image, its bytes as the payload."""
 
     def submit(self, rid: int, caption: str) -> None:
         self.waiting.append((rid, caption))
 
-    @property
-    def idle(self) -> bool:
-        return not self.waiting
-
-    def step(self) -> list:
-        """The LLM schedulers' event interface: one "done" event per image, its bytes as the payload."""
+    def _events(self, rid: int, image: np.ndarray) -> list:
         from .paged import Event
 
-        batch = [self.waiting.popleft() for _ in range(min(len(self.waiting), self.engine.spec.max_batch_size))]
-        if not batch:
-            return []
-        images = self.engine.generate([c for _, c in batch])
-        return [Event(rid, "done", np.ascontiguousarray(img).reshape(-1)) for (rid, _), img in zip(batch, images)]
+        return [Event(rid, "done", np.ascontiguousarray(image).reshape(-1))]
 
 
 def decode_image(data: np.ndarray, image_size: int) -> np.ndarray:
