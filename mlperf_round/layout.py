@@ -33,5 +33,5 @@ def metrics_path(key: str, stage: str, root: Path = ARTIFACTS) -> Path:
 
 # beside artifacts/, not in it: package depends on the whole of artifacts/, which holds every entry
 SUBMISSION_DIR = Path("submission")
-SUBMISSION_TREE = SUBMISSION_DIR / "tree"
+SUBMISSION_OUT = SUBMISSION_DIR / "package"  # tree/ (the MLPerf root), results tables, check findings, tarball
 SUBMISSION_METRICS = SUBMISSION_DIR / "metrics.json"

@@ -14,21 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from .errors import ParamsError
+from .versions import VERSIONS, scenarios_for, where_available
 
 PARAMS_FILE = "params.yaml"
 
 Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8_sq"]
-Scenario = Literal["Offline", "Server"]
+Scenario = Literal["SingleStream", "Offline", "Server"]
 
-# MLPerf versions this project can lay out, the submission ids each has, and the LoadGen
-# releases that carry its RNG seeds (MLPERF.md).
-VERSIONS: dict[str, dict] = {
-    "v5.0": {"ids": {"gptj-99", "gptj-99.9", "llama2-70b-99", "llama2-70b-99.9", "stable-diffusion-xl"},
-             "loadgen": ("5.0.9", "5.0.21")},
-    "v5.1": {"ids": {"llama2-70b-99", "llama2-70b-99.9", "stable-diffusion-xl"}, "loadgen": ("5.0.22", "6.0.4")},
-    "v6.0": {"ids": {"llama2-70b-99.9", "stable-diffusion-xl"}, "loadgen": ("6.0.5", "6.0.15")},
-    "v6.1": {"ids": {"llama2-70b-99.9", "stable-diffusion-xl"}, "loadgen": ("6.0.16", "6.0.17")},
-}
 # MLPerf's Server latency bounds (mlperf.conf), per benchmark; smoke rounds may scale them
 SERVER_BOUNDS: dict[str, dict[str, int]] = {
     "gptj": {"target_latency_ms": 20000},
@@ -71,12 +63,18 @@ class RoundSection(Strict):
     smoke: bool = Field(True, description="shortened LoadGen runs: results are measured but not submittable")
     test_timeout_s: int = Field(3600, ge=10, description="watchdog on each LoadGen test: a hung SUT fails the stage")
     system: SystemParams = Field(default_factory=SystemParams, description="the system under test")
+    mlcommons_inference: str = Field(
+        "", description="a local clone of mlcommons/inference: package then also runs MLCommons' submission checker")
 
     @model_validator(mode="after")
     def _names(self) -> RoundSection:
         for key, value in (("name", self.name), ("submitter", self.submitter), ("system.name", self.system.name)):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
                 raise ValueError(f"{key}: {value!r} must be letters, digits, '.', '_' or '-'")
+        tools = Path(self.mlcommons_inference) / "tools" / "submission"
+        if self.mlcommons_inference and not tools.is_dir():
+            raise ValueError(f"mlcommons_inference: {self.mlcommons_inference} is not a clone of mlcommons/inference "
+                             "(no tools/submission)")
         return self
 
 
@@ -373,6 +371,12 @@ class OfflineParams(Strict):
     min_duration_ms: int = Field(0, ge=0, description="min_duration in ms (smoke rounds only; MLPerf: 600000)")
 
 
+class SingleStreamParams(Strict):
+    expected_latency_ms: float = Field(100.0, gt=0, description="single_stream_expected_latency: sizes the run (one query in flight)")
+    min_query_count: int = Field(64, ge=1, description="min_query_count (smoke rounds only; MLPerf: 1024)")
+    min_duration_ms: int = Field(0, ge=0, description="min_duration in ms (smoke rounds only; MLPerf: 600000)")
+
+
 class ServerParams(Strict):
     target_qps: float = Field(10.0, gt=0, description="server_target_qps: the Poisson arrival rate")
     target_latency_ms: int | None = Field(None, ge=1, description="p99 latency bound (GPT-J: 20000 ms; unset: MLPerf's)")
@@ -385,6 +389,7 @@ class ServerParams(Strict):
 class LoadGenParams(Strict):
     """Performance-run knobs only: accuracy runs do not read them, so changing one re-runs performance alone."""
 
+    SingleStream: SingleStreamParams = Field(default_factory=SingleStreamParams, description="SingleStream settings (edge)")
     Offline: OfflineParams = Field(default_factory=OfflineParams, description="Offline settings")
     Server: ServerParams = Field(default_factory=ServerParams, description="Server settings")
 
@@ -435,7 +440,7 @@ class RoundParams(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RoundParams:
-        version_ids = VERSIONS[self.round.version]["ids"]
+        version_ids = VERSIONS[self.round.version].ids
         seen_ids: dict[tuple[str, str], str] = {}
         for key, entry in self.entries.items():
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", key):  # DVC splits params paths at dots
@@ -444,6 +449,7 @@ class RoundParams(Strict):
                 raise ValueError(f"entries.{key}.benchmark: {entry.benchmark!r} has no section under benchmarks")
             if entry.mlperf_id not in version_ids:
                 raise ValueError(f"entries.{key}: {entry.mlperf_id} is not a benchmark of MLPerf Inference {self.round.version}")
+            self._check_scenarios(key, entry)
             if not isinstance(self.benchmarks[entry.benchmark], BENCHMARK_SCHEMAS[entry.benchmark]):
                 raise ValueError(f"benchmarks.{entry.benchmark}: not validated as {entry.benchmark}")
             self._check_bounds(key, entry)
@@ -453,6 +459,18 @@ class RoundParams(Strict):
             seen_ids[slot] = key
         return self
 
+    def _check_scenarios(self, key: str, entry: EntryParams) -> None:
+        """A closed result needs the scenarios its version and system type require (open ones may omit some)."""
+        version, system_type = self.round.version, self.round.system.system_type
+        need = scenarios_for(version, system_type, entry.mlperf_id)
+        if need is None:
+            raise ValueError(f"entries.{key}: {entry.mlperf_id} is not a {system_type} benchmark of MLPerf Inference "
+                             f"{version} (it is one for: {', '.join(where_available(version, entry.mlperf_id))}; "
+                             f"set round.system.system_type)")
+        missing = need.missing(set(entry.scenarios))
+        if entry.division == "closed" and missing:
+            raise ValueError(f"entries.{key}.scenarios: {version} {system_type} needs {', '.join(missing)} for "
+                             f"{entry.mlperf_id} (have: {', '.join(entry.scenarios)})")
 
     def _check_bounds(self, key: str, entry: EntryParams) -> None:
         """Server latency bounds: the benchmark's kinds only; MLPerf's values unless the round is a smoke round."""
@@ -541,7 +559,7 @@ def check_loadgen(version: str) -> None:
         have = installed("mlcommons-loadgen")
     except PackageNotFoundError:
         raise ParamsError("round.version: mlcommons-loadgen is not installed") from None
-    low, high = VERSIONS[version]["loadgen"]
+    low, high = VERSIONS[version].loadgen
     if not _version_tuple(low) <= _version_tuple(have) <= _version_tuple(high):
         raise ParamsError(
             f"round.version: {version} needs mlcommons-loadgen {low}..{high} for its RNG seeds, "

@@ -110,7 +110,8 @@ def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], ar
                 raise ParamsError(f"{args.params}: {scope}s.{key}: no such {scope} (have: {', '.join(known) or 'none'})")
         return _execute(stage, scope, key, params, body)
     except RoundError as err:
-        print(f"error: {stage}@{key}: {err}", file=sys.stderr)
+        for line in str(err).splitlines() or [type(err).__name__]:  # one line per problem, each attributed
+            print(f"error: {stage}@{key}: {line}", file=sys.stderr)
         return err.exit_code
 
 
@@ -118,7 +119,7 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
     from . import tracking
 
     if scope == "round":
-        final, metrics_file = layout.SUBMISSION_TREE, layout.SUBMISSION_METRICS
+        final, metrics_file = layout.SUBMISSION_OUT, layout.SUBMISSION_METRICS
     else:
         final, metrics_file = layout.out_dir(key, stage), layout.metrics_path(key, stage)
     partial = final.with_name(final.name + ".partial")
@@ -145,6 +146,7 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
             tracker.log_params(stage_params(params, scope, key))
             ctx = StageContext(params=params, key=key, stage=stage, out=partial, tracker=tracker)
             metrics = body(ctx) or {}
+            metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "git_commit": round_tags["git.commit"]}
             write_manifest(partial)
             partial.replace(final)
             _write_json_atomic(metrics_file, metrics)

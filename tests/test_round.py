@@ -15,7 +15,7 @@ import pytest
 
 from mlperf_round import layout
 
-from .conftest import copy_project, edit_params, run
+from .conftest import ROOT, copy_project, edit_params, run
 
 pytestmark = pytest.mark.slow
 ENTRY, BENCH = "gptj-99", "gptj"
@@ -65,14 +65,14 @@ def test_round_produces_every_declared_output(workspace: Path):
     assert acc["passed"] and acc["Offline"]["rouge1"] >= acc["target"]["rouge1"]
     txt = (workspace / layout.out_dir(ENTRY, "accuracy") / "Offline" / "accuracy.txt").read_text()
     assert re.match(r"\{'rouge1': \d+\.\d+, 'rouge2': ", txt), txt
-    tree = workspace / "submission/tree/closed/MLPerfRound"
+    tree = workspace / "submission/package/tree/closed/MLPerfRound"
     assert (tree / "systems/cpu-smoke.json").is_file()
     for scenario in ("Offline", "Server"):
         res = tree / "results/cpu-smoke/gptj-99" / scenario
         assert (res / "performance/run_1/mlperf_log_detail.txt").is_file()
         assert "hash=" in (res / "accuracy/accuracy.txt").read_text()
         assert (tree / "measurements/cpu-smoke/gptj-99" / scenario / "user.conf").is_file()
-    assert "Not submittable" in (workspace / "submission/tree/results.md").read_text()
+    assert "Not submittable" in (workspace / "submission/package/results.md").read_text()
 
 
 def metrics(ws: Path, key: str, stage: str) -> dict:
@@ -101,7 +101,7 @@ def test_llama_entries_serve_in_flight_and_report_token_latencies(workspace: Pat
 
 
 def test_test06_passes_for_closed_llama_entries_and_lands_in_the_tree(workspace: Path):
-    tree = workspace / "submission/tree/closed/MLPerfRound/compliance/cpu-smoke"
+    tree = workspace / "submission/package/tree/closed/MLPerfRound/compliance/cpu-smoke"
     for key in LLAMA[:1]:
         comp = metrics(workspace, key, "compliance")
         assert comp["tests"] == ["TEST06"]
@@ -120,7 +120,7 @@ def test_sparse_entry_is_24_on_every_layer_and_packaged_open(workspace: Path):
     sp = q["sparsity"]
     assert sp["groups_24_share"] == 1.0 and sp["zero_fraction"] == 0.5 and sp["layers_fully_24"] == sp["layers"] == 14
     assert sp["checkpoint_bytes_24"] < sp["checkpoint_bytes_dense"]
-    res = workspace / "submission/tree/open/MLPerfRound"
+    res = workspace / "submission/package/tree/open/MLPerfRound"
     assert (res / "results/cpu-smoke/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
     meas = json.loads(next((res / "measurements/cpu-smoke/llama2-70b-99.9/Offline").glob("*.json")).read_text())
     assert "2:4 structured sparsity" in meas["weight_transformations"]
@@ -157,12 +157,161 @@ def test_sdxl_accuracy_performance_and_compliance(workspace: Path):
     for scenario in ("Offline", "Server"):
         assert comp[f"{scenario}.TEST01"]["passed"] and comp[f"{scenario}.TEST01"]["matched"] > 0
         assert comp[f"{scenario}.TEST04"]["passed"]
-    tree = workspace / "submission/tree/closed/MLPerfRound/compliance/cpu-smoke/stable-diffusion-xl"
+    tree = workspace / "submission/package/tree/closed/MLPerfRound/compliance/cpu-smoke/stable-diffusion-xl"
     assert "TEST PASS" in (tree / "Offline/TEST01/verify_accuracy.txt").read_text()
     assert "TEST PASS" in (tree / "Server/TEST04/verify_performance.txt").read_text()
     assert (tree / "Offline/TEST04/performance/run_1/mlperf_log_detail.txt").is_file()
     assert metrics(workspace, DEEPCACHE, "compliance")["tests"] == []
-    assert (workspace / "submission/tree/open/MLPerfRound/results/cpu-smoke/stable-diffusion-xl/Offline").is_dir()
+    assert (workspace / "submission/package/tree/open/MLPerfRound/results/cpu-smoke/stable-diffusion-xl/Offline").is_dir()
+
+
+TREE_V50 = "submission/package/tree"
+SYSTEM = "cpu-smoke"
+
+
+def required_files_v50(tree: Path, division: str, mlperf_id: str, scenario: str, tests: tuple[str, ...]) -> list[Path]:
+    """What MLCommons' v5.0 checker opens for one result (MLPERF.md, the checker's source)."""
+    org = tree / division / "MLPerfRound"
+    res, meas = org / "results" / SYSTEM / mlperf_id / scenario, org / "measurements" / SYSTEM / mlperf_id / scenario
+    files = [org / "systems" / f"{SYSTEM}.json", org / "code" / mlperf_id / "README.md",
+             *(res / "performance/run_1" / f for f in ("mlperf_log_summary.txt", "mlperf_log_detail.txt")),
+             *(res / "accuracy" / f for f in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "accuracy.txt",
+                                              "mlperf_log_accuracy.json")),
+             meas / "user.conf", meas / "README.md", meas / "mlperf.conf", meas / f"{SYSTEM}_torch_{scenario}.json"]
+    comp = org / "compliance" / SYSTEM / mlperf_id / scenario
+    for test in tests:
+        files += [comp / test / "verify_accuracy.txt"] if test in ("TEST01", "TEST06") else []
+        files += [comp / test / "verify_performance.txt", comp / test / "performance/run_1/mlperf_log_detail.txt"] \
+            if test in ("TEST01", "TEST04") else []
+        files += [comp / test / "accuracy/accuracy.txt", comp / test / "accuracy/mlperf_log_accuracy.json"] \
+            if test == "TEST01" else []
+    return files
+
+
+def test_v50_tree_has_every_required_file_and_check_finds_only_smoke_rules(workspace: Path):
+    tree = workspace / TREE_V50
+    expected = [("closed", "gptj-99", ()), ("closed", "llama2-70b-99.9", ("TEST06",)),
+                ("closed", "stable-diffusion-xl", ("TEST01", "TEST04")), ("open", "llama2-70b-99.9", ()),
+                ("open", "stable-diffusion-xl", ())]
+    for division, mlperf_id, tests in expected:
+        for scenario in (("Offline",) if division == "open" else ("Offline", "Server")):
+            for f in required_files_v50(tree, division, mlperf_id, scenario, tests):
+                assert f.is_file() and f.stat().st_size > 0, f
+    assert (tree / "closed/MLPerfRound/calibration.md").read_text().count("## ") == 3  # three quantized closed entries
+    assert sorted(p.name for p in tree.iterdir()) == ["closed", "open"]  # the checker allows nothing else at the root
+    check = (workspace / "submission/package/check.txt").read_text()
+    assert check.splitlines()[-1].endswith("0 are defects"), check[-500:]
+    assert "[min_duration]" in check and "[dataset_size]" in check and "[performance_sample_count]" in check
+    # the CLI, with MLPerf's published targets: the tiny models' scores are findings too, and it exits 1
+    proc = run([sys.executable, "-m", "mlperf_round.submission.check", str(tree), "--version", "v5.0"], workspace, check=False)
+    assert proc.returncode == 1 and "rouge1" in proc.stdout and "[accuracy]" in proc.stdout
+
+
+def test_results_table_lists_unmet_rules_and_provenance_traces_each_result(workspace: Path):
+    import csv
+    import tarfile
+
+    import yaml
+
+    rows = list(csv.DictReader((workspace / "submission/package/results.csv").open()))
+    assert len(rows) == 8 and not any(r["submittable"] == "True" for r in rows)
+    assert all({"min_duration", "performance_sample_count", "dataset_size", "reference"} <= set(r["unmet_rules"].split())
+               for r in rows)
+    md = (workspace / "submission/package/results.md").read_text()
+    assert "`min_duration`: runs shorter than MLPerf's 600 s minimum" in md
+    with tarfile.open(next((workspace / "submission/package").glob("*.tar.gz"))) as tar:
+        assert any(n.endswith(f"closed/MLPerfRound/systems/{SYSTEM}.json") for n in tar.getnames())
+    readme = (workspace / TREE_V50 / f"closed/MLPerfRound/measurements/{SYSTEM}/gptj-99/Offline/README.md").read_text()
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    perf_md5 = lock[f"performance@{ENTRY}"]["outs"][0]["md5"]
+    line = next(l for l in readme.splitlines() if l.startswith(f"| performance@{ENTRY} "))
+    assert perf_md5 in line
+    run_id = re.search(r"\| `([0-9a-f]{32})` \|", line).group(1)
+    by_id = {r.info.run_id: r for r in mlflow_runs(workspace)}
+    assert by_id[run_id].data.tags["dvc.stage"] == f"performance@{ENTRY}"
+    package = next(r for r in by_id.values() if r.data.tags.get("dvc.stage") == "package")
+    assert "min_duration" in package.data.tags["mlperf.unmet_rules"] and package.data.tags["mlperf.submittable"] == "false"
+    assert package.data.metrics["findings"] > 0 and package.data.metrics["defects"] == 0
+
+
+@pytest.fixture
+def artifacts_copy(workspace: Path, tmp_path: Path):
+    """The round's measured artifacts, copied so a test can break them; the round's params."""
+    import shutil
+
+    from mlperf_round.params import load_params
+
+    shutil.copytree(workspace / "artifacts", tmp_path / "artifacts")
+    return tmp_path / "artifacts", load_params(workspace / "params.yaml")
+
+
+def _package(artifacts: Path, params, out: Path):
+    from mlperf_round.submission.package import package_round
+
+    out.mkdir(parents=True, exist_ok=True)
+    return package_round(params, out, artifacts, lock=Path("no-dvc.lock"))
+
+
+def _edit_metrics(artifacts: Path, key: str, stage: str, edit) -> None:
+    path = layout.metrics_path(key, stage, artifacts)
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("accuracy", r"^gptj-99: gptj-99 missed its accuracy target"),
+    ("invalid", r"^gptj-99 Offline: the performance run is INVALID \(min duration not met\)"),
+    ("compliance", r"^stable-diffusion-xl Server: compliance TEST04 did not pass"),
+    ("scenario", r"^llama2-70b-99p9: required scenario Server has no performance result"),
+    ("size", r"^check: closed/MLPerfRound/results/cpu-smoke/gptj-99/Offline/performance/run_1/mlperf_log_detail.txt: "
+             r"5\d\.\d MB is over the 50 MB file limit \[size\]"),
+])
+def test_package_refuses_what_the_checker_would_reject(artifacts_copy, tmp_path: Path, case: str, expected: str):
+    from mlperf_round.sources import write_manifest
+    from mlperf_round.submission.package import PackagingError
+
+    artifacts, params = artifacts_copy
+    if case == "accuracy":
+        _edit_metrics(artifacts, ENTRY, "accuracy", lambda d: d.update(passed=False))
+    elif case == "invalid":  # outside a smoke round an INVALID run is refused (a smoke round only warns)
+        params.round.smoke = False
+        _edit_metrics(artifacts, ENTRY, "performance",
+                      lambda d: d["Offline"].update(valid=False, invalid_reason="min duration not met"))
+    elif case == "compliance":
+        _edit_metrics(artifacts, SDXL, "compliance", lambda d: d["Server.TEST04"].update(passed=False))
+    elif case == "scenario":
+        _edit_metrics(artifacts, LLAMA[0], "performance", lambda d: d.pop("Server"))
+    elif case == "size":
+        logs = layout.out_dir(ENTRY, "performance", artifacts)
+        with open(logs / "Offline/mlperf_log_detail.txt", "a") as f:
+            f.write("\n" * (51 * 2**20))
+        (logs / "manifest.json").unlink()
+        write_manifest(logs)
+    with pytest.raises(PackagingError) as err:
+        _package(artifacts, params, tmp_path / "out")
+    assert any(re.match(expected, line) for line in err.value.problems), err.value.problems
+
+
+def test_check_finds_a_removed_file_an_emptied_system_field_and_an_invalid_log(artifacts_copy, tmp_path: Path):
+    artifacts, params = artifacts_copy
+    _package(artifacts, params, tmp_path / "out")
+    tree = tmp_path / "out/tree"
+    org = tree / "closed/MLPerfRound"
+    (org / f"measurements/{SYSTEM}/gptj-99/Server/user.conf").unlink()
+    system = json.loads((org / f"systems/{SYSTEM}.json").read_text())
+    system["host_memory_capacity"] = ""
+    (org / f"systems/{SYSTEM}.json").write_text(json.dumps(system))
+    detail = org / f"results/{SYSTEM}/stable-diffusion-xl/Offline/performance/run_1/mlperf_log_detail.txt"
+    detail.write_text(detail.read_text().replace('"value": "VALID"', '"value": "INVALID"'))
+    proc = run([sys.executable, "-m", "mlperf_round.submission.check", str(tree), "--version", "v5.0", "--smoke"],
+               ROOT, check=False)
+    out = proc.stdout.splitlines()
+    assert proc.returncode == 1
+    assert f"closed/MLPerfRound/measurements/{SYSTEM}/gptj-99/Server/user.conf: missing or empty [missing-file]" in out
+    assert f"closed/MLPerfRound/systems/{SYSTEM}.json: host_memory_capacity: must not be empty [system]" in out
+    assert f"{detail.relative_to(tree)}: LoadGen says INVALID [invalid-run]" in out
+    assert re.match(r"check: 8 results, \d+ findings .*; \d+ are what a smoke round cannot meet, \d+ are defects", out[-1])
 
 
 def test_mlflow_holds_the_round_and_every_stage(workspace: Path):

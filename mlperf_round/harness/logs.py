@@ -83,6 +83,12 @@ def performance_metrics(run_dir: Path, scenario: str) -> dict[str, float | str |
     if scenario == "Offline":
         m["samples_per_s"] = float(d.get("result_samples_per_second", 0.0))
         tps = d.get("result_tokens_per_second", d.get("result_inferred_tokens_per_second"))
+    elif scenario == "SingleStream":  # the metric is the 90th percentile latency of one query at a time
+        m["latency_p90_ms"] = float(d.get("result_90.00_percentile_latency_ns", 0)) / 1e6
+        m["latency_p99_ms"] = float(d.get("result_99.00_percentile_latency_ns", 0)) / 1e6
+        mean = float(d.get("result_mean_latency_ns", 0) or 0)
+        m["samples_per_s"] = 1e9 / mean if mean else 0.0
+        tps = None
     else:
         m["samples_per_s"] = float(d.get("result_completed_samples_per_sec", 0.0))
         m["scheduled_samples_per_s"] = float(d.get("result_scheduled_samples_per_sec", 0.0))

@@ -13,8 +13,11 @@ _BOUND_KEYS = {"target_latency_ms": "target_latency", "ttft_latency_ms": "ttft_l
 def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int) -> str:
     """The user.conf of one entry. Outside smoke rounds only the QPS hints are set."""
     lines = [f"# written by mlperf-round for {entry.mlperf_id}" + (" (smoke: NOT submittable)" if smoke else "")]
+    single = entry.loadgen.SingleStream if "SingleStream" in entry.scenarios else None
     off = entry.loadgen.Offline if "Offline" in entry.scenarios else None
     srv = entry.loadgen.Server if "Server" in entry.scenarios else None
+    if single is not None:
+        lines.append(f"{model}.SingleStream.target_latency = {single.expected_latency_ms:g}")
     if off is not None:
         lines.append(f"{model}.Offline.target_qps = {off.expected_qps}")
     if srv is not None:
@@ -25,6 +28,9 @@ def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int) -> str
             lines.append(f"{model}.Server.{_BOUND_KEYS[key]} = {value}")
     if smoke:
         lines.append(f"{model}.*.performance_sample_count_override = {qsl_size}")
+        if single is not None:
+            lines += [f"{model}.SingleStream.min_duration = {single.min_duration_ms}",
+                      f"{model}.SingleStream.min_query_count = {single.min_query_count}"]
         if off is not None:
             lines += [f"{model}.Offline.min_duration = {off.min_duration_ms}", f"{model}.Offline.min_query_count = {off.min_query_count}"]
         if srv is not None:

@@ -5,19 +5,27 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import layout
-from ..errors import AccuracyError, ComplianceError, RoundError
+from ..errors import RoundError
+from ..harness import mlperf_conf
+from ..harness.logs import DETAIL, read_detail
 from ..params import EntryParams, RoundParams
 from ..sources import verify_manifest
+from ..versions import scenarios_for
+from .check import SMOKE_RULES, Finding, check_tree, summarize
+from .provenance import Provenance, markdown
 from .system import describe
 from .tree import Layout, copy_accuracy, copy_compliance, copy_performance, write_json
 
+TREE = "tree"  # the MLPerf root inside the stage's output: closed/ and open/ only
+
 WEIGHT_TYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "fp8": "fp8 (e4m3)", "int8_sq": "int8"}
 SCORES = ("rouge1", "rouge2", "rougeL", "tokens_per_sample", "FID_SCORE", "CLIP_SCORE")
-HEADLINE = ("samples_per_s", "tokens_per_s", "latency_p99_ms", "ttft_p99_ms", "tpot_p99_ms", "valid")
+HEADLINE = ("samples_per_s", "tokens_per_s", "latency_p90_ms", "latency_p99_ms", "ttft_p99_ms", "tpot_p99_ms", "valid")
 
 
 @dataclass
@@ -46,24 +54,38 @@ def _load(key: str, entry: EntryParams, root: Path) -> EntryResults:
     )
 
 
-def _gate(r: EntryResults, smoke: bool) -> list[str]:
-    """Refuse what the checker would reject; return warnings a smoke round carries instead."""
-    warnings = []
+class PackagingError(RoundError):
+    """Results the checker would reject: one line per problem."""
+
+    def __init__(self, problems: list[str], limit: int = 25):
+        shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+        super().__init__("\n".join(shown))
+        self.problems = problems
+
+
+def _refusals(r: EntryResults, params: RoundParams) -> tuple[list[str], list[str]]:
+    """What the checker would reject (problems), and what a smoke round carries instead (warnings)."""
+    problems, warnings, smoke = [], [], params.round.smoke
     if r.entry.division == "closed" and not r.accuracy.get("passed"):
-        raise AccuracyError(f"{r.key}: {r.entry.mlperf_id} missed its accuracy target; a closed result is not packaged")
+        problems.append(f"{r.key}: {r.entry.mlperf_id} missed its accuracy target (worst ratio to the reference "
+                        f"{r.accuracy.get('worst_ratio', 0):.4f})")
+    measured = [s for s in r.entry.scenarios if s in r.performance]
+    need = scenarios_for(params.round.version, params.round.system.system_type, r.entry.mlperf_id)
+    missing = need.missing(set(measured)) if need and r.entry.division == "closed" else []
+    missing += [s for s in r.entry.scenarios if s not in r.performance and s not in missing]
+    if missing:
+        problems.append(f"{r.key}: required scenario {', '.join(missing)} has no performance result")
     for test in r.compliance.get("tests", []):
-        for scenario in r.entry.scenarios:
+        for scenario in measured:
             if not r.compliance.get(f"{scenario}.{test}", {}).get("passed"):
-                raise ComplianceError(f"{r.key} {scenario}: {test} did not pass; not packaged")
-    for scenario in r.entry.scenarios:
+                problems.append(f"{r.key} {scenario}: compliance {test} did not pass")
+    for scenario in measured:
         perf = r.performance[scenario]
         if perf["valid"]:
             continue
         why = perf["invalid_reason"] or (f"{perf['errors']} LoadGen errors" if perf["errors"] else "INVALID")
-        if not smoke:
-            raise RoundError(f"{r.key} {scenario}: the performance run is not valid ({why}); not packaged")
-        warnings.append(f"{r.key} {scenario}: INVALID ({why})")
-    return warnings
+        (warnings if smoke else problems).append(f"{r.key} {scenario}: the performance run is INVALID ({why})")
+    return problems, warnings
 
 
 def _measurements(r: EntryResults, source: str) -> dict:
@@ -92,12 +114,12 @@ def _measurements(r: EntryResults, source: str) -> dict:
     }
 
 
-def _readme(r: EntryResults, scenario: str, smoke: bool) -> str:
+def _readme(r: EntryResults, scenario: str, smoke: bool, provenance: list[dict[str, str]]) -> str:
     lines = [
         f"# {r.entry.mlperf_id} {scenario}",
         "",
         f"Produced by the mlperf-round pipeline, entry `{r.key}`: `dvc repro` runs download, calibrate, quantize,",
-        "build, accuracy, performance and package; `params.yaml` and `dvc.lock` pin every input.",
+        "build, accuracy, performance, compliance and package; `params.yaml` and `dvc.lock` pin every input.",
         "",
         f"- backend: {r.engine['backend']}, precision {r.engine['precision']}, dtype {r.engine['dtype']}, "
         f"max batch {r.engine['max_batch_size']}, "
@@ -111,27 +133,72 @@ def _readme(r: EntryResults, scenario: str, smoke: bool) -> str:
     if r.engine.get("deepcache_interval"):
         lines.append(f"- DeepCache: full UNet step every {r.engine['deepcache_interval']} steps, branch {r.engine['deepcache_branch']}")
     if r.engine["precision"] in ("fp8", "int8_sq"):
-        lines.append("- calibration: per-channel activation absmax over the benchmark's calibration list (calibrate stage"
-                     + (", the first denoising steps only)" if "steps" in r.engine else ")"))
+        lines.append("- calibration: see calibration.md in the submitter folder")
     if "sparsity" in r.quantize:
         sp = r.quantize["sparsity"]
         lines.append(f"- 2:4 sparsity: {sp['groups_24_share']:.4f} of groups are 2:4 in {sp['layers']} layers; "
                      f"compressed checkpoint {sp['checkpoint_bytes_24']} bytes vs {sp['checkpoint_bytes_dense']} dense")
     if smoke:
         lines += ["", "**Smoke round: shortened LoadGen runs. NOT submittable.**"]
+    lines += [""] + markdown(provenance)
     return "\n".join(lines) + "\n"
 
 
-def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS) -> dict:
+def _calibration_md(results: list[EntryResults], params: RoundParams, root: Path) -> str:
+    """How each quantized entry was calibrated (the checker requires this document from v5.1)."""
+    lines = ["# Calibration", ""]
+    for r in results:
+        if r.engine["precision"] not in ("fp8", "int8_sq"):
+            continue
+        bp, bench = params.benchmarks[r.entry.benchmark], r.entry.benchmark
+        stats = json.loads(layout.metrics_path(bench, "calibrate", root).read_text())
+        lines += [f"## {r.entry.mlperf_id} ({r.key}): {r.engine['precision']}", "",
+                  f"- calibration set: {bp.dataset.calibration_size} samples of the benchmark's calibration list "
+                  f"({'MLPerf' if bp.dataset.source == 'url' else 'generated'}), disjoint from the accuracy set",
+                  f"- statistics: per-channel absolute maxima of the inputs of {stats.get('layers')} layers "
+                  f"(NVIDIA Model Optimizer max calibration), {stats.get('samples')} samples"]
+        if "steps_collected" in stats:
+            lines.append(f"- denoising steps: collected on the first {stats['steps_collected']} of {stats['total_steps']} "
+                         f"steps ({stats.get('unet_calls_collected')} UNet calls)")
+        if r.engine["precision"] == "int8_sq":
+            lines.append(f"- SmoothQuant, alpha {r.entry.recipe.smoothquant_alpha}; INT8 weights per channel, "
+                         "activations per tensor")
+        else:
+            lines.append("- FP8 (E4M3) weights and activations, per-tensor scales from the maxima"
+                         + ("; FP8 KV cache with per-layer K and V scales" if r.engine.get("kv_cache") == "fp8" else ""))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _round_targets(results: list[EntryResults], params: RoundParams) -> dict[tuple[str, str], tuple[dict, dict]]:
+    """The targets this round measured: a tiny round's reference is its own unoptimized model."""
+    return {(r.entry.division, r.entry.mlperf_id): (r.accuracy["target"], r.accuracy.get("upper_limit", {}))
+            for r in results if params.benchmarks[r.entry.benchmark].reference.source == "measured"}
+
+
+def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS, lock: Path = Path("dvc.lock")) -> dict:
     smoke, rnd = params.round.smoke, params.round
     results = [_load(k, e, root) for k, e in params.entries.items()]
-    warnings = [w for r in results for w in _gate(r, smoke)]
+    problems, warnings = [], []
+    for r in results:
+        p, w = _refusals(r, params)
+        problems += p
+        warnings += w
+    if problems:
+        raise PackagingError(problems)
+    provenance = Provenance.load(lock)
     versions = results[0].engine["versions"] if results else {}
-    rows, headline = [], {}
+    tree_root = out / TREE
+    conf_text, conf_sha1 = mlperf_conf.embedded()
+    rows, headline, records = [], {}, {}
     for division in sorted({r.entry.division for r in results}):
-        tree = Layout(rnd.version, out / division / rnd.submitter, rnd.system.name)
+        org = tree_root / division / rnd.submitter
+        tree = Layout(rnd.version, org, rnd.system.name)
         write_json(tree.systems(), describe(params, division, versions))
-        for r in (r for r in results if r.entry.division == division):
+        in_division = [r for r in results if r.entry.division == division]
+        if division == "closed":
+            (org / "calibration.md").write_text(_calibration_md(in_division, params, root))
+        for r in in_division:
             bench, bp = r.entry.mlperf_id, params.benchmarks[r.entry.benchmark]
             source = f"{bp.model.hf.repo}@{bp.model.hf.revision}" if bp.model.source == "hf" else "tiny model built from params (seeded)"
             code = tree.code(bench)
@@ -139,7 +206,9 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS)
             (code / "README.md").write_text(
                 f"# {bench}\n\nReproduce with the mlperf-round pipeline: set `params.yaml` as in this round and run `dvc repro`.\n"
             )
+            records[r.key] = provenance.entry(r.key, r.entry.benchmark, root)
             for scenario in r.entry.scenarios:
+                _check_conf_used(r.performance_dir / scenario, conf_sha1)
                 res = tree.results(bench, scenario)
                 copy_performance(r.performance_dir / scenario, res / "performance" / "run_1")
                 copy_accuracy(r.accuracy_dir / scenario, res / "accuracy")
@@ -148,29 +217,74 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS)
                 meas = tree.measurements(bench, scenario)
                 meas.mkdir(parents=True, exist_ok=True)
                 (meas / "user.conf").write_text((r.performance_dir / "user.conf").read_text())
-                (meas / "README.md").write_text(_readme(r, scenario, smoke))
+                (meas / "mlperf.conf").write_text(conf_text)  # LoadGen's compiled-in copy, sha1-checked
+                (meas / "README.md").write_text(_readme(r, scenario, smoke, records[r.key]))
                 write_json(tree.measurements_json(bench, scenario, r.engine["backend"]), _measurements(r, source))
-                perf, acc = r.performance[scenario], r.accuracy[scenario]
-                row = {"division": division, "entry": r.key, "benchmark": bench, "scenario": scenario,
-                       "samples_per_s": perf["samples_per_s"], "tokens_per_s": perf.get("tokens_per_s", ""),
-                       "latency_p99_ms": perf.get("latency_p99_ms", ""), "ttft_p99_ms": perf.get("ttft_p99_ms", ""),
-                       "tpot_p99_ms": perf.get("tpot_p99_ms", ""), "valid": perf["valid"],
-                       "accuracy_worst_ratio": round(r.accuracy["worst_ratio"], 4), "accuracy_passed": r.accuracy["passed"],
-                       "submittable": bool(perf["valid"] and not smoke)}
-                rows.append(row)
-                for k in HEADLINE:
-                    if k in perf:
-                        headline[f"{r.key}/{scenario}/{k}"] = float(perf[k])
-                for k in SCORES:
-                    if k in acc:
-                        headline[f"{r.key}/{scenario}/{k}"] = float(acc[k])
+                rows.append(_row(division, r, scenario, smoke))
+                _headline(headline, r, scenario)
             headline[f"{r.key}/accuracy_worst_ratio"] = float(r.accuracy["worst_ratio"])
-    _write_tables(out, rows, smoke, warnings)
-    return {"entries": len(results), "rows": len(rows), "submittable": not smoke and not warnings,
-            "warnings": warnings, "headline": headline}
+    findings, n_results = check_tree(tree_root, rnd.version, _round_targets(results, params))
+    unmet = _unmet_rules(findings, results, params)
+    defects = [f for f in findings if not (smoke and f.rule in SMOKE_RULES)]
+    (out / "check.txt").write_text("".join(f"{f}\n" for f in findings) + summarize(findings, n_results) + "\n")
+    if defects:
+        raise PackagingError([f"check: {f}" for f in defects])
+    for row in rows:
+        row["unmet_rules"] = " ".join(sorted(unmet.get((row["division"], row["benchmark"], row["scenario"]), ())))
+        row["submittable"] = bool(row["valid"] and not smoke and not row["unmet_rules"])
+    _write_tables(out, rows, smoke, warnings, sorted({r for rules in unmet.values() for r in rules}))
+    with tarfile.open(out / f"{rnd.submitter}-{rnd.name}-{rnd.version}.tar.gz", "w:gz") as tar:
+        tar.add(tree_root, arcname=f"{rnd.submitter}-{rnd.version}")
+    return {"entries": len(results), "rows": len(rows), "submittable": not smoke and not warnings and not findings,
+            "warnings": warnings, "headline": headline, "findings": len(findings), "defects": len(defects),
+            "unmet_rules": sorted({r for rules in unmet.values() for r in rules}),
+            "mlperf_conf_sha1": conf_sha1, "provenance": records}
 
 
-def _write_tables(out: Path, rows: list[dict], smoke: bool, warnings: list[str]) -> None:
+def _check_conf_used(run_dir: Path, sha1: str) -> None:
+    """The mlperf.conf packaged is the one the run used: LoadGen logs the sha1 of its compiled-in copy."""
+    used = read_detail(run_dir / DETAIL).get("loadgen_file_sha1", {})
+    if isinstance(used, dict) and used.get("/mlperf.conf", sha1) != sha1:
+        raise PackagingError([f"{run_dir / DETAIL}: ran with mlperf.conf {used['/mlperf.conf']}, the installed LoadGen "
+                              f"has {sha1}; re-run the performance stage with this LoadGen"])
+
+
+def _row(division: str, r: EntryResults, scenario: str, smoke: bool) -> dict:
+    perf = r.performance[scenario]
+    return {"division": division, "entry": r.key, "benchmark": r.entry.mlperf_id, "scenario": scenario,
+            "samples_per_s": perf["samples_per_s"], "tokens_per_s": perf.get("tokens_per_s", ""),
+            "latency_p90_ms": perf.get("latency_p90_ms", ""), "latency_p99_ms": perf.get("latency_p99_ms", ""),
+            "ttft_p99_ms": perf.get("ttft_p99_ms", ""), "tpot_p99_ms": perf.get("tpot_p99_ms", ""), "valid": perf["valid"],
+            "accuracy_worst_ratio": round(r.accuracy["worst_ratio"], 4), "accuracy_passed": r.accuracy["passed"],
+            "submittable": False, "unmet_rules": ""}
+
+
+def _headline(headline: dict, r: EntryResults, scenario: str) -> None:
+    perf, acc = r.performance[scenario], r.accuracy[scenario]
+    for k in HEADLINE:
+        if k in perf:
+            headline[f"{r.key}/{scenario}/{k}"] = float(perf[k])
+    for k in SCORES:
+        if k in acc:
+            headline[f"{r.key}/{scenario}/{k}"] = float(acc[k])
+
+
+def _unmet_rules(findings: list[Finding], results: list[EntryResults], params: RoundParams) -> dict[tuple, set[str]]:
+    """(division, benchmark, scenario) -> the smoke rules its results do not meet."""
+    out: dict[tuple, set[str]] = {}
+    for f in findings:
+        parts = Path(f.path).parts
+        if f.rule in SMOKE_RULES and len(parts) > 5:
+            # <division>/<org>/results|measurements|compliance/<system>/<benchmark>/<scenario>/...
+            out.setdefault((parts[0], parts[4], parts[5]), set()).add(f.rule)
+    for r in results:
+        if params.benchmarks[r.entry.benchmark].reference.source == "measured":
+            for scenario in r.entry.scenarios:
+                out.setdefault((r.entry.division, r.entry.mlperf_id, scenario), set()).add("reference")
+    return out
+
+
+def _write_tables(out: Path, rows: list[dict], smoke: bool, warnings: list[str], unmet: list[str]) -> None:
     if not rows:
         return
     buf = io.StringIO()
@@ -183,5 +297,8 @@ def _write_tables(out: Path, rows: list[dict], smoke: bool, warnings: list[str])
     md += ["| " + " | ".join(fmt(v) for v in row.values()) + " |" for row in rows]
     if smoke:
         md += ["", "Smoke round: LoadGen durations and query counts were shortened. **Not submittable.**"]
+    if unmet:
+        md += ["", "Rules this round does not meet (see check.txt for every finding):"]
+        md += [f"- `{rule}`: {SMOKE_RULES[rule]}" for rule in unmet]
     md += [f"- {w}" for w in warnings]
     (out / "results.md").write_text("\n".join(md) + "\n")

@@ -20,7 +20,10 @@ REQUIRED = (
     "framework", "operating_system", "other_software_stack", "system_type", "system_type_detail", "hw_notes",
     "sw_notes",
 )
-MAY_BE_EMPTY = {"hw_notes", "sw_notes"}
+# the checker's "may be empty" fields; every other one must be truthy (so 0 is empty: see accelerators_per_node)
+MAY_BE_EMPTY = {"host_processor_frequency", "host_processor_caches", "host_processor_interconnect", "accelerator_frequency",
+                "accelerator_interconnect_topology", "accelerator_on-chip_memories", "hw_notes", "sw_notes",
+                "system_type_detail"}
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -84,7 +87,8 @@ def describe(params: RoundParams, division: str, versions: dict[str, str]) -> di
         "host_networking": s.host_networking,
         "host_networking_topology": "N/A",
         "host_network_card_count": "N/A",
-        "accelerators_per_node": n_acc or s.accelerators_per_node,
+        # a CPU-only system writes "0": the checker reads a numeric 0 as an empty field
+        "accelerators_per_node": (n_acc or s.accelerators_per_node) or "0",
         "accelerator_model_name": acc_name or s.accelerator_model_name,
         "accelerator_memory_capacity": acc_mem or "N/A",
         "accelerator_memory_configuration": "N/A",
