@@ -29,3 +29,12 @@ class ComplianceError(RoundError):
     """A compliance audit (TEST01, TEST04, TEST06) failed its verification."""
 
     exit_code = 5
+
+
+class TransientError(RoundError):
+    """The network or a remote service failed (timeout, refused, 5xx): trying again may succeed.
+
+    The exit code is EX_TEMPFAIL, the one orchestrators (the Prefect flow) retry on.
+    """
+
+    exit_code = 75

@@ -441,6 +441,9 @@ class RoundParams(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> RoundParams:
         version_ids = VERSIONS[self.round.version].ids
+        for name in self.benchmarks:
+            if not any(i == name or i.startswith(f"{name}-99") for i in version_ids):
+                raise ValueError(f"benchmarks.{name}: {name} is not a benchmark of MLPerf Inference {self.round.version}")
         seen_ids: dict[tuple[str, str], str] = {}
         for key, entry in self.entries.items():
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", key):  # DVC splits params paths at dots

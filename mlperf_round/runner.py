@@ -128,15 +128,7 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
     metrics_file.unlink(missing_ok=True)
     partial.mkdir(parents=True)
 
-    rnd = params.round
-    round_tags = {
-        "mlperf.round": rnd.name,
-        "mlperf.version": rnd.version,
-        "mlperf.system": rnd.system.name,
-        "mlperf.submitter": rnd.submitter,
-        "mlperf.smoke": str(rnd.smoke).lower(),
-        "git.commit": tracking.git_commit(),
-    }
+    round_tags = tracking.round_tags(params)
     dvc_stage = stage if scope == "round" else f"{stage}@{key}"
     tags = {"dvc.stage": dvc_stage}
     if scope == "entry":

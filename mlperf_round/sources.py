@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import InputError
+from .errors import InputError, TransientError
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
@@ -37,10 +37,17 @@ def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> None:
                     f.write(chunk)
                     h.update(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
+    except urllib.error.HTTPError as err:  # the server answered: only its own trouble is worth a retry
+        partial.unlink(missing_ok=True)
+        kind = TransientError if err.code >= 500 or err.code == 429 else InputError
+        raise kind(f"{url}: download failed (HTTP {err.code} {err.reason})") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         partial.unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
-        raise InputError(f"{url}: download failed ({reason})") from None
+        raise TransientError(f"{url}: download failed ({reason}); a retry may succeed") from None
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise InputError(f"{dest}: cannot write the download ({err})") from None
     if h.hexdigest() != sha256:
         partial.unlink(missing_ok=True)
         raise InputError(f"{url}: sha256 {h.hexdigest()} does not match the pinned {sha256}")

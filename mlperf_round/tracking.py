@@ -27,12 +27,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 
 
-def _client():
+def _client(uri: str | None = None):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -52,17 +52,20 @@ def _lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _experiment_id(client) -> str:
+def _experiment_id(client, uri: str | None = None) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri().startswith("sqlite:"):
+    if (uri or tracking_uri()).startswith("sqlite:"):
         location = ARTIFACT_ROOT.resolve().as_uri()
     return client.create_experiment(EXPERIMENT, artifact_location=location)
 
 
 def git_commit() -> str:
+    """HEAD of the project (with -dirty); an orchestrator running stages in copies passes the source's on."""
+    if os.environ.get("MLPERF_ROUND_GIT_COMMIT"):
+        return os.environ["MLPERF_ROUND_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip() if out.returncode == 0 else "none"
@@ -70,6 +73,27 @@ def git_commit() -> str:
         return commit + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return "none"
+
+
+def round_tags(params, commit: str | None = None) -> dict[str, str]:
+    rnd = params.round
+    return {
+        "mlperf.round": rnd.name,
+        "mlperf.version": rnd.version,
+        "mlperf.system": rnd.system.name,
+        "mlperf.submitter": rnd.submitter,
+        "mlperf.smoke": str(rnd.smoke).lower(),
+        "git.commit": commit or git_commit(),
+    }
+
+
+def open_round(params_file: Path, uri: str, commit: str) -> str:
+    """The experiment and the round's parent run, created once before parallel workers look them up."""
+    from .params import load_params
+
+    client = _client(uri)
+    exp_id = _experiment_id(client, uri)
+    return round_run_id(client, exp_id, round_tags(load_params(params_file), commit))
 
 
 def round_run_id(client, exp_id: str, round_tags: dict[str, str]) -> str:

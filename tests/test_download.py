@@ -65,6 +65,23 @@ def test_checksum_mismatch_fails_before_anything_is_kept(project: Path, hub):
     assert not (stage_dir / "metrics.json").exists()
 
 
+def test_unreachable_hub_is_transient_and_a_missing_file_is_not(project: Path, hub):
+    """Exit 75 (retry may help) when nothing answers; exit 3 (bad input) when the hub says 404."""
+    import socket
+
+    endpoint, sums = hub
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    _point_at(project, dead, sums)
+    proc = run([sys.executable, "-m", "stages.download", "gptj"], project, check=False)
+    assert proc.returncode == 75 and "a retry may succeed" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    _point_at(project, endpoint, dict(sums, **{"missing.bin": "0" * 64}))
+    proc = run([sys.executable, "-m", "stages.download", "gptj"], project, check=False)
+    assert proc.returncode == 3 and "HTTP 404" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not (project / "artifacts/gptj/download/source").exists()
+
+
 def test_corrupted_input_is_refused_by_the_next_stage(project: Path):
     edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"]["tiny"].update(train_steps=0))
     run([sys.executable, "-m", "stages.download", "gptj"], project)

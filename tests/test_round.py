@@ -7,6 +7,7 @@ change one knob each and check what DVC re-runs.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -30,7 +31,6 @@ def ran(proc) -> set[str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     ws = copy_project(tmp_path_factory.mktemp("round") / "project")
-    run(["git", "init", "-q"], ws)
     run([sys.executable, "-m", "dvc", "repro"], ws)
     return ws
 
@@ -312,6 +312,23 @@ def test_check_finds_a_removed_file_an_emptied_system_field_and_an_invalid_log(a
     assert f"closed/MLPerfRound/systems/{SYSTEM}.json: host_memory_capacity: must not be empty [system]" in out
     assert f"{detail.relative_to(tree)}: LoadGen says INVALID [invalid-run]" in out
     assert re.match(r"check: 8 results, \d+ findings .*; \d+ are what a smoke round cannot meet, \d+ are defects", out[-1])
+
+
+# what MLCommons' checker says of a smoke tree, beyond the rules a smoke round cannot meet: nothing
+_SMOKE_ERRORS = re.compile(r"Test duration less than 600s|performance_sample_count, found|minimum samples per query|"
+                           r"accuracy not met|has issues|accuracy not valid|NoResults|SUMMARY|does not have all required "
+                           r"scenarios, missing \{'(Offline|Server)', '(Offline|Server)'\}")
+
+
+@pytest.mark.skipif(not os.environ.get("MLPERF_INFERENCE_REPO"),
+                    reason="MLCommons' checker needs a local clone of mlcommons/inference (MLPERF_INFERENCE_REPO)")
+def test_mlcommons_checker_finds_nothing_but_smoke_rules(workspace: Path, tmp_path: Path):
+    from mlperf_round.submission.mlcommons import run_checker
+
+    verdict = run_checker(Path(os.environ["MLPERF_INFERENCE_REPO"]), workspace / TREE_V50, "v5.0", tmp_path)
+    errors = [l for l in (tmp_path / "mlcommons_checker.log").read_text().splitlines() if " ERROR] " in l]
+    assert not verdict["passed"] and errors  # a smoke round is not submittable
+    assert [l for l in errors if not _SMOKE_ERRORS.search(l)] == []
 
 
 def test_mlflow_holds_the_round_and_every_stage(workspace: Path):

@@ -41,7 +41,6 @@ def workspace(tmp_path_factory) -> Path:
                     "mlcommons-loadgen==6.0.17"], check=True, capture_output=True, timeout=600)
     ws = copy_project(base / "project")
     edit_params(ws, v61)
-    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
     e = env()
     e["PYTHONPATH"] = os.pathsep.join([".", str(loadgen)])
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=e, capture_output=True, text=True, timeout=1800)

@@ -1,0 +1,171 @@
+"""The round as Prefect flows: `mlperf-round` fans the benchmark branches out, `mlperf-round-branch` runs one.
+
+Each task runs one DVC stage (`dvc repro --single-item`), so DVC's lock file and run-cache
+decide what runs: a stage already computed for the same inputs, here or on another worker,
+is restored, never computed again. Branches run in their own workspaces (no DVC lock is
+shared) and meet through a DVC remote; `package` runs in the round's workspace after
+everything is fetched from it. Every stage logs to one MLflow tracking URI.
+
+Retries: a stage that exits with EX_TEMPFAIL (75: a download timed out), was killed, or found
+DVC's lock busy is retried with backoff; bad params (2), bad input (3), a missed accuracy
+target (4) or a failed audit (5) fail at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.tasks import exponential_backoff
+
+from flows.dag import load_dag
+from mlperf_round import workspace as workspaces
+
+REMOTE = "round-remote"  # the DVC remote's name in every workspace (a --local setting)
+TRANSIENT_EXIT_CODES = {75, -9, -15, 137, 143}  # EX_TEMPFAIL, and a stage killed under us
+_LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy, it is being blocked by")
+_EXITED = re.compile(r"exited with (-?\d+)")
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, code: int, reason: str, transient: bool):
+        super().__init__(f"{stage}: exit {code}: {reason}")
+        self.stage, self.code, self.reason, self.transient = stage, code, reason, transient
+
+    def __reduce__(self):  # Prefect pickles task exceptions into their states
+        return (StageFailed, (self.stage, self.code, self.reason, self.transient))
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except StageFailed as err:
+        return err.transient
+    except Exception:  # an error of the orchestration itself (a worker lost): worth another try
+        return True
+    return False
+
+
+def _dvc(ws: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} in {ws} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return proc
+
+
+def _failure(stage: str, proc: subprocess.CompletedProcess) -> StageFailed:
+    text = proc.stdout + proc.stderr
+    codes = [int(c) for c in _EXITED.findall(text)]
+    code = codes[-1] if codes else proc.returncode
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]  # the stage's one-line reasons
+    reason = "; ".join(ln.split(": ", 2)[-1] for ln in ours) or (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return StageFailed(stage, code, reason, code in TRANSIENT_EXIT_CODES or bool(_LOCK_BUSY.search(text)))
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.2,
+      retry_condition_fn=_retry_transient, task_run_name="{stage}")
+def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
+    """One DVC stage in its workspace; its outputs and run-cache entry pushed for the other workers."""
+    logger = get_run_logger()
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=ws, env=env,
+                          capture_output=True, text=True)
+    ran = bool(re.search(r"Running stage '", proc.stdout))
+    restored = "is cached - skipping run" in proc.stdout
+    if proc.returncode != 0:
+        raise _failure(stage, proc)
+    if push:
+        _dvc(Path(ws), "push", "--run-cache", "-r", REMOTE, stage, env=env)
+    logger.info("%s: %s", stage, "ran" if ran else "restored from the run-cache" if restored else "up to date")
+    return {"stage": stage, "ran": ran, "restored": restored}
+
+
+def _resolve(workspace_root: str, dvc_remote: str, mlflow_tracking_uri: str) -> tuple[Path, Path, str, str]:
+    """Where this worker keeps workspaces, the shared remote and tracking URI: params, then environment, then defaults."""
+    source = Path.cwd()
+    root = Path(workspace_root or os.environ.get("MLPERF_ROUND_WORKSPACES") or source / ".workspaces").resolve()
+    remote = dvc_remote or os.environ.get("MLPERF_ROUND_DVC_REMOTE") or str(root / "dvc-remote")
+    uri = (mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+           or f"sqlite:///{(source / 'mlruns' / 'mlflow.db').resolve()}")
+    return source, root, remote, uri
+
+
+def _workspace(source: Path, ws: Path, remote: str, overrides: dict | None, benchmarks: list[str] | None) -> Path:
+    workspaces.sync(source, ws)
+    workspaces.write_params(ws, overrides, benchmarks)
+    if "://" not in remote:
+        Path(remote).mkdir(parents=True, exist_ok=True)
+    _dvc(ws, "remote", "add", "--local", "--force", "--default", REMOTE, remote)
+    return ws
+
+
+def _stage_env(uri: str, commit: str) -> dict[str, str]:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLPERF_ROUND_GIT_COMMIT=commit, DVC_NO_ANALYTICS="1",
+               MLFLOW_DISABLE_TELEMETRY="true")
+    env.pop("PYTHONPATH", None)  # stages import the workspace's own code
+    return env
+
+
+@flow(name="mlperf-round-branch", flow_run_name="{branch}")
+def branch_flow(branch: str, benchmarks: list[str] | None = None, params_overrides: dict | None = None,
+                dvc_remote: str = "", mlflow_tracking_uri: str = "", workspace_root: str = "", git_commit: str = "") -> dict:
+    """One benchmark's stages, in order, in this worker's workspace for that branch."""
+    from mlperf_round import tracking
+
+    source, root, remote, uri = _resolve(workspace_root, dvc_remote, mlflow_tracking_uri)
+    ws = _workspace(source, root / branch, remote, params_overrides, benchmarks)
+    env = _stage_env(uri, git_commit or tracking.git_commit())
+    _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)  # what other workers already computed
+    stages = load_dag(ws).branches[branch]
+    results = [run_stage(str(ws), stage, env, push=True) for stage in stages]
+    return {"branch": branch, "workspace": str(ws), "ran": [r["stage"] for r in results if r["ran"]],
+            "restored": [r["stage"] for r in results if r["restored"]]}
+
+
+@flow(name="mlperf-round")
+async def round_flow(benchmarks: list[str] | None = None, params_overrides: dict | None = None, dvc_remote: str = "",
+                     mlflow_tracking_uri: str = "", workspace_root: str = "",
+                     branch_deployment: str = "mlperf-round-branch/default") -> dict:
+    """The whole round: branches in parallel (as deployment runs when `branch_deployment` names one), then `package`."""
+    from mlperf_round import tracking
+
+    logger = get_run_logger()
+    source, root, remote, uri = _resolve(workspace_root, dvc_remote, mlflow_tracking_uri)
+    ws = _workspace(source, root / "round", remote, params_overrides, benchmarks)
+    commit = tracking.git_commit()
+    env = _stage_env(uri, commit)
+    tracking.open_round(ws / "params.yaml", uri, commit)  # one parent run, before branches race to create it
+    dag = load_dag(ws)
+    shared = {"benchmarks": benchmarks, "params_overrides": params_overrides, "dvc_remote": dvc_remote or remote,
+              "mlflow_tracking_uri": uri, "git_commit": commit}
+    logger.info("branches %s, then %s", ", ".join(dag.branches), ", ".join(dag.joins))
+    if branch_deployment:
+        from prefect.deployments import arun_deployment
+
+        runs = await asyncio.gather(*(arun_deployment(branch_deployment, parameters={"branch": b, **shared}, timeout=None)
+                                      for b in dag.branches))
+        failed = [f"{b} ({r.state.name})" for b, r in zip(dag.branches, runs) if not r.state.is_completed()]
+    else:
+        async def local(b: str):
+            try:
+                await asyncio.to_thread(branch_flow, branch=b, workspace_root=str(root), **shared)
+                return None
+            except Exception as err:  # noqa: BLE001 - reported per branch below
+                return f"{b} ({err})"
+        failed = [f for f in await asyncio.gather(*(local(b) for b in dag.branches)) if f]
+    if failed:
+        raise RuntimeError(f"branches failed: {'; '.join(failed)}; nothing was packaged (re-run to resume)")
+    _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)
+    proc = _dvc(ws, "repro", *dag.joins, env=env, check=False)  # restores every branch stage, runs the joins
+    if proc.returncode != 0:
+        raise _failure(" ".join(dag.joins), proc)
+    ran = re.findall(r"Running stage '([^']+)'", proc.stdout)
+    recomputed = [s for s in ran if s not in dag.joins]
+    if recomputed:
+        logger.warning("recomputed where results meet (not in the remote's run-cache): %s", ", ".join(recomputed))
+    return {"workspace": str(ws), "branches": list(dag.branches), "joins_ran": [s for s in ran if s in dag.joins],
+            "recomputed": recomputed}

@@ -1,0 +1,70 @@
+"""Workspaces: a copy of the project where one `dvc repro` at a time runs.
+
+DVC holds a repository lock while it plans and records a stage, so two branches of a round
+running at once each need their own workspace; they meet through a shared DVC remote. A
+workspace is refreshed in place (code and params), keeping its dvc.lock, outputs and cache,
+so DVC decides what is stale exactly as in the source project.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "stages", "mlperf_round", ".dvc/config", ".dvcignore")
+
+
+def sync(source: Path, dest: Path) -> Path:
+    """Make `dest` a workspace with `source`'s code and params (a git repository, which DVC wants)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src, dst = source / name, dest / name
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    if not (dest / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Deep-merge params overrides: mappings merge key by key, anything else replaces; None deletes."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def select_benchmarks(params: dict, benchmarks: list[str]) -> dict:
+    """Keep only these benchmarks and the entries that submit them."""
+    unknown = sorted(set(benchmarks) - set(params.get("benchmarks", {})))
+    if unknown:
+        from .errors import ParamsError
+
+        raise ParamsError(f"benchmarks: {', '.join(unknown)} not in params.yaml (have: {', '.join(params['benchmarks'])})")
+    return {**params, "benchmarks": {k: v for k, v in params["benchmarks"].items() if k in benchmarks},
+            "entries": {k: v for k, v in params["entries"].items() if v.get("benchmark") in benchmarks}}
+
+
+def write_params(dest: Path, overrides: dict | None = None, benchmarks: list[str] | None = None) -> None:
+    """Apply a round's overrides and benchmark selection to the workspace's params.yaml, validated."""
+    from .params import parse_params
+
+    path = dest / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    data = merge(data, overrides or {})
+    if benchmarks:
+        data = select_benchmarks(data, benchmarks)
+    parse_params(data, str(path))  # one line naming the bad key, before any work
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
