@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test ui dag clean
+.PHONY: setup repro test ui dag clean prefect-up prefect-down
 
 setup: $(STAMP)
 
@@ -31,5 +31,11 @@ ui: $(STAMP)
 dag: $(STAMP)
 	$(BIN)/dvc dag
 
+prefect-up: $(STAMP)
+	$(BIN)/python -m flows.local up --workers 2
+
+prefect-down: $(STAMP)
+	$(BIN)/python -m flows.local down
+
 clean:
-	rm -rf artifacts submission mlruns .dvc/cache .dvc/tmp
+	rm -rf artifacts submission mlruns .dvc/cache .dvc/tmp .prefect .workspaces

@@ -103,9 +103,16 @@ def _workspace(source: Path, ws: Path, remote: str, overrides: dict | None, benc
     return ws
 
 
+def _round_name(ws: Path) -> str:
+    from mlperf_round.params import load_params
+
+    return load_params(ws / "params.yaml").round.name
+
+
 def _stage_env(uri: str, commit: str) -> dict[str, str]:
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLPERF_ROUND_GIT_COMMIT=commit, DVC_NO_ANALYTICS="1",
                MLFLOW_DISABLE_TELEMETRY="true")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # dvc.yaml's `python` is ours
     env.pop("PYTHONPATH", None)  # stages import the workspace's own code
     return env
 
@@ -158,6 +165,11 @@ async def round_flow(benchmarks: list[str] | None = None, params_overrides: dict
                 return f"{b} ({err})"
         failed = [f for f in await asyncio.gather(*(local(b) for b in dag.branches)) if f]
     if failed:
+        lost = {b for b, r in zip(dag.branches, runs) if r.state.is_crashed()} if branch_deployment else set()
+        if lost:  # their worker died mid-stage: MLflow must not keep those stages RUNNING
+            keys = {s.split("@", 1)[-1] for b in lost for s in dag.branches[b]}
+            closed = tracking.close_lost_runs(uri, _round_name(ws), keys, "its worker was lost (flow run crashed)")
+            logger.error("closed as KILLED in MLflow: %s", ", ".join(closed) or "none")
         raise RuntimeError(f"branches failed: {'; '.join(failed)}; nothing was packaged (re-run to resume)")
     _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)
     proc = _dvc(ws, "repro", *dag.joins, env=env, check=False)  # restores every branch stage, runs the joins

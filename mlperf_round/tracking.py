@@ -142,6 +142,23 @@ def close_stale_runs(client, exp_id: str, parent_id: str, key: str, stage: str) 
     return closed
 
 
+def close_lost_runs(uri: str, round_name: str, keys: set[str], reason: str) -> list[str]:
+    """Stage runs of these keys left RUNNING by a worker that died: KILLED, with the orchestrator's reason."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`mlperf.round` = '{round_name}' and tags.`mlperf.kind` = 'stage' and attributes.status = 'RUNNING'"))
+    closed = []
+    for r in runs:
+        if r.data.tags.get("mlperf.key") in keys:
+            client.set_tag(r.info.run_id, "mlperf.error", reason)
+            client.set_terminated(r.info.run_id, "KILLED")
+            closed.append(r.data.tags.get("dvc.stage", r.info.run_name))
+    return closed
+
+
 class StageRun:
     """A child run: what a stage logs goes through here."""
 
@@ -172,6 +189,10 @@ class StageRun:
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         elif path.is_file():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_round_artifact(self, path: Path) -> None:
+        """A file on the round's parent run (the results table), beside the round's headline metrics."""
+        self.client.log_artifact(self.parent_id, str(path))
 
     def log_dict(self, data: dict, name: str) -> None:
         self.client.log_text(self.run_id, json.dumps(data, indent=1, sort_keys=True, default=str), name)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "stages", "mlperf_round", ".dvc/config", ".dvcignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "stages", "mlperf_round", "flows", ".dvc/config", ".dvcignore")
 
 
 def sync(source: Path, dest: Path) -> Path:

@@ -15,6 +15,8 @@ def body(ctx: StageContext) -> dict:
     ctx.tracker.log_round_metrics(report["headline"])
     for name in ("results.md", "results.csv", "check.txt"):
         ctx.tracker.log_artifact(ctx.out / name)
+    for name in ("results.md", "results.csv"):
+        ctx.tracker.log_round_artifact(ctx.out / name)
     ctx.tracker.log_dict(report["provenance"], "provenance.json")
     ctx.tracker.set_tag("mlperf.unmet_rules", " ".join(report["unmet_rules"]) or "none")
     ctx.tracker.set_tag("mlperf.submittable", str(report["submittable"]).lower())

@@ -1,0 +1,80 @@
+"""Wall time of the round through Prefect with one worker vs two, and the Prefect path's overhead on a no-op round.
+
+    python benchmarks/prefect_workers.py [--benchmarks gptj llama2-70b stable-diffusion-xl] [--out DIR]
+
+Everything in one process, on a throwaway copy of the project: a Prefect server on a free
+port, the deployments, then for N in (1, 2) fresh workers, a fresh DVC remote and MLflow
+store, and one `prefect deployment run` of the round, timed. Then the no-op case: a second
+deployment run (every stage restored or up to date) against `dvc repro` in a workspace where
+the round is complete. Prints a table and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flows import local  # noqa: E402
+from mlperf_round.workspace import sync  # noqa: E402
+
+
+def deployment_run(home: Path, port: int, project: Path, params: dict) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([str(Path(sys.executable).with_name("prefect")), "deployment", "run", local.ROUND_DEPLOYMENT,
+                           "--params", json.dumps(params), "--watch", "--watch-interval", "1"],
+                          env=local.prefect_env(home, port), cwd=project, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"deployment run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--benchmarks", nargs="*", default=None, help="a subset of the round (default: all)")
+    parser.add_argument("--out", type=Path, default=None, help="keep the scratch directory here")
+    args = parser.parse_args()
+    base = args.out or Path(tempfile.mkdtemp(prefix="prefect-bench-"))
+    project = sync(ROOT, base / "project")
+    home = base / "prefect"
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [local.start_server(home, port, project, ui=False).pid]
+    results: dict[str, float] = {}
+    try:
+        local.deploy(home, port, project)
+        for n in (1, 2):
+            run_dir = base / f"workers-{n}"
+            workers = [local.start_worker(home, port, project, f"bench{n}-{i}", run_dir / f"w{i}").pid for i in range(n)]
+            params = {"benchmarks": args.benchmarks, "dvc_remote": str(run_dir / "remote"),
+                      "mlflow_tracking_uri": f"sqlite:///{run_dir}/mlflow.db"}
+            results[f"round, {n} worker(s)"] = deployment_run(home, port, project, params)
+            if n == 2:
+                results["no-op round, Prefect (2 workers)"] = deployment_run(home, port, project, params)
+            local.stop(workers)
+        ws = next((base / "workers-2").glob("w*/round"))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, check=True, capture_output=True)
+        results["no-op round, dvc repro"] = time.perf_counter() - start
+    finally:
+        local.stop(procs)
+    for name, seconds in results.items():
+        print(f"{name:36s} {seconds:8.1f} s")
+    print(f"two workers vs one: {results['round, 1 worker(s)'] / results['round, 2 worker(s)']:.2f}x faster")
+    print(f"no-op overhead of the Prefect path: {results['no-op round, Prefect (2 workers)'] / results['no-op round, dvc repro']:.1f}x "
+          f"(+{results['no-op round, Prefect (2 workers)'] - results['no-op round, dvc repro']:.1f} s)")
+    if args.out is None:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""One command for a local Prefect setup: server, process work pool, workers and the round's deployments.
+
+    python -m flows.local up --workers 2      # server on 127.0.0.1:4200, pool, 2 workers, deployments
+    python -m flows.local run                 # prefect deployment run 'mlperf-round/default' --watch
+    python -m flows.local down                # stops what `up` started
+
+State (Prefect's database, logs, pids) lives in .prefect/ beside the project; each worker gets
+its own workspace root (.workspaces/<worker>/), so branches never share a DVC lock. Workers on
+other machines join with `prefect worker start --pool mlperf-round` and PREFECT_API_URL set to
+this server (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+POOL = "mlperf-round"
+ROUND_DEPLOYMENT = "mlperf-round/default"
+BRANCH_DEPLOYMENT = "mlperf-round-branch/default"
+
+
+def prefect_env(home: Path, port: int) -> dict[str, str]:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # workers run this venv's python
+    return dict(os.environ, PATH=path, PREFECT_HOME=str(home / "home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_STATIC_DIRECTORY=str(home / "ui"),
+                DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
+                PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
+
+
+def _prefect() -> list[str]:
+    return [str(Path(sys.executable).with_name("prefect"))]
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:  # its own session: `down` (or a test) stops the whole process group
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_http(url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def start_server(home: Path, port: int, project: Path, ui: bool = True) -> subprocess.Popen:
+    env = prefect_env(home, port)
+    proc = _spawn([*_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--ui" if ui else "--no-ui"],
+                  env, home / "logs" / "server.log", project)
+    wait_http(f"http://127.0.0.1:{port}/api/health")
+    return proc
+
+
+def start_worker(home: Path, port: int, project: Path, name: str, workspaces: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    env = prefect_env(home, port) | {"MLPERF_ROUND_WORKSPACES": str(workspaces)} | (extra_env or {})
+    return _spawn([*_prefect(), "worker", "start", "--pool", POOL, "--name", name, "--type", "process"], env,
+                  home / "logs" / f"{name}.log", project)
+
+
+def deploy(home: Path, port: int, project: Path) -> None:
+    """The process pool and both deployments, pulled from `project` (a set_working_directory step)."""
+    env = prefect_env(home, port)
+    subprocess.run([*_prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env=env, cwd=project,
+                   check=True, capture_output=True)
+    code = (
+        "from flows.round import branch_flow, round_flow\n"
+        "for f, entry in ((round_flow, 'round_flow'), (branch_flow, 'branch_flow')):\n"
+        f"    f.from_source(source={str(project)!r}, entrypoint='flows/round.py:' + entry).deploy(\n"
+        f"        name='default', work_pool_name={POOL!r}, print_next_steps=False)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env | {"PYTHONPATH": str(project)}, cwd=project, check=True,
+                   capture_output=True)
+
+
+CRASH_AUTOMATION = "mlperf-round: crash flow runs whose heartbeats stop"
+
+
+def crash_lost_runs_automation(home: Path, port: int, project: Path, within_s: int = 90) -> None:
+    """Prefect's zombie detection: a flow run without a heartbeat for `within_s` (its worker died) becomes
+    Crashed, so the round waiting on it fails instead of waiting forever, and can be re-run."""
+    code = (
+        "from datetime import timedelta\n"
+        "from prefect.automations import Automation\n"
+        "from prefect.client.schemas.objects import StateType\n"
+        "from prefect.events.actions import ChangeFlowRunState\n"
+        "from prefect.events.schemas.automations import EventTrigger, Posture\n"
+        "from prefect.events.schemas.events import ResourceSpecification\n"
+        f"name = {CRASH_AUTOMATION!r}\n"
+        "try:\n"
+        "    Automation.read(name=name)\n"
+        "except Exception:\n"
+        "    Automation(name=name, trigger=EventTrigger(\n"
+        "        after={'prefect.flow-run.heartbeat'},\n"
+        "        expect={'prefect.flow-run.heartbeat', 'prefect.flow-run.Completed', 'prefect.flow-run.Failed',\n"
+        "                'prefect.flow-run.Cancelled', 'prefect.flow-run.Crashed'},\n"
+        "        match=ResourceSpecification({'prefect.resource.id': ['prefect.flow-run.*']}),\n"
+        "        for_each={'prefect.resource.id'}, posture=Posture.Proactive, threshold=1,\n"
+        f"        within=timedelta(seconds={within_s})),\n"
+        "        actions=[ChangeFlowRunState(state=StateType.CRASHED, message='no heartbeat: its worker was lost')]).create()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=prefect_env(home, port), cwd=project, check=True, capture_output=True)
+
+
+def stop(procs: list[int]) -> None:
+    """TERM each process group, then KILL what is left (a worker needs a second signal when SIGINT is ignored)."""
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in procs:
+            try:
+                os.killpg(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return
+        time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.local", description="a local Prefect setup for the round")
+    parser.add_argument("command", choices=("up", "run", "down"))
+    parser.add_argument("--workers", type=int, default=1, help="process workers to start (up)")
+    parser.add_argument("--port", type=int, default=4200, help="the Prefect server's port on 127.0.0.1")
+    parser.add_argument("--home", type=Path, default=Path(".prefect"), help="server database, logs and pids")
+    args = parser.parse_args(argv)
+    project, home = Path.cwd(), args.home.resolve()
+    pids_file = home / "pids.json"
+    if args.command == "up":
+        pids = [start_server(home, args.port, project).pid]
+        deploy(home, args.port, project)
+        crash_lost_runs_automation(home, args.port, project)
+        pids += [start_worker(home, args.port, project, f"worker-{i}", project / ".workspaces" / f"worker-{i}").pid
+                 for i in range(1, args.workers + 1)]
+        pids_file.write_text(json.dumps(pids))
+        print(f"Prefect on http://127.0.0.1:{args.port} with {args.workers} worker(s) in pool {POOL}; deployments "
+              f"{ROUND_DEPLOYMENT} and {BRANCH_DEPLOYMENT}.\nexport PREFECT_API_URL=http://127.0.0.1:{args.port}/api")
+    elif args.command == "run":
+        return subprocess.run([*_prefect(), "deployment", "run", ROUND_DEPLOYMENT, "--watch", "--watch-interval", "2"],
+                              env=prefect_env(home, args.port)).returncode
+    else:
+        stop(json.loads(pids_file.read_text()) if pids_file.exists() else [])
+        pids_file.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

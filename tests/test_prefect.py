@@ -1,0 +1,223 @@
+"""The round as a Prefect deployment: a real server, a process pool, two workers with their own
+workspaces, a local-directory DVC remote and a real MLflow server, all on 127.0.0.1.
+
+The round is cut to two open Offline entries (GPT-J, Llama) with shorter training, so three
+deployment runs fit in minutes: the first computes, the second restores, the third loses a
+worker mid-stage and a fourth resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import local
+
+from .conftest import copy_project, env
+
+pytestmark = pytest.mark.slow
+BENCHMARKS = ["gptj", "llama2-70b"]
+OVERRIDES = {
+    "benchmarks": {"gptj": {"model": {"tiny": {"train_steps": 100}}}, "llama2-70b": {"model": {"tiny": {"train_steps": 100}}}},
+    "entries": {"gptj-99": {"division": "open", "scenarios": ["Offline"]},
+                "llama2-70b-99p9": {"division": "open", "scenarios": ["Offline"]}, "llama2-70b-sparse": None},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    def __init__(self, base: Path):
+        self.base, self.project = base, copy_project(base / "project")
+        self.home, self.port, self.mlflow_port = base / "prefect", free_port(), free_port()
+        self.remote = base / "dvc-remote"
+        self.roots = {f"w{i}": base / "workspaces" / f"w{i}" for i in (1, 2)}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def start(self) -> None:
+        e = env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with open(self.base / "mlflow.log", "wb") as log:
+            self.procs["mlflow"] = subprocess.Popen(
+                [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
+                 str(self.mlflow_port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.base}/mlflow.db",
+                 "--artifacts-destination", str(self.base / "mlflow-artifacts")],
+                env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs["server"] = local.start_server(self.home, self.port, self.project, ui=False)
+        local.deploy(self.home, self.port, self.project)
+        local.crash_lost_runs_automation(self.home, self.port, self.project, within_s=60)
+        for name in self.roots:
+            self.start_worker(name)
+        local.wait_http(f"{self.mlflow_uri}/health")
+
+    def start_worker(self, name: str) -> None:
+        self.procs[name] = local.start_worker(self.home, self.port, self.project, name, self.roots[name])
+
+    def stop(self) -> None:
+        local.stop([p.pid for p in self.procs.values()])
+
+    def deployment_run(self, timeout: float = 1200) -> subprocess.CompletedProcess:
+        params = {"benchmarks": BENCHMARKS, "params_overrides": OVERRIDES, "dvc_remote": str(self.remote),
+                  "mlflow_tracking_uri": self.mlflow_uri}
+        return subprocess.run([str(Path(sys.executable).with_name("prefect")), "deployment", "run", local.ROUND_DEPLOYMENT,
+                               "--params", json.dumps(params), "--watch", "--watch-interval", "2"],
+                              env=local.prefect_env(self.home, self.port), cwd=self.project, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def stage_runs(self):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.mlflow_uri)
+        exp = client.get_experiment_by_name("mlperf-round")
+        return client.search_runs([exp.experiment_id], "tags.`mlperf.kind` = 'stage'", max_results=2000) if exp else []
+
+    def flow_runs(self, flow_name: str) -> list:
+        code = ("import asyncio, json\nfrom prefect.client.orchestration import get_client\n"
+                "from prefect.client.schemas.filters import FlowFilter, FlowFilterName\n"
+                "async def main():\n    async with get_client() as c:\n"
+                f"        runs = await c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[{flow_name!r}])))\n"
+                "        print(json.dumps([{'name': r.name, 'state': r.state.type.value, 'pid': r.infrastructure_pid,\n"
+                "            'start': r.start_time.timestamp() if r.start_time else None,\n"
+                "            'end': r.end_time.timestamp() if r.end_time else None} for r in runs]))\n"
+                "asyncio.run(main())\n")
+        out = subprocess.run([sys.executable, "-c", code], env=local.prefect_env(self.home, self.port), cwd=self.project,
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("prefect"))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def finished(runs, stage: str) -> int:
+    return sum(1 for r in runs if r.data.tags.get("dvc.stage") == stage and r.info.status == "FINISHED")
+
+
+def test_deployment_run_computes_the_round_with_branches_in_parallel(stack: Stack):
+    proc = stack.deployment_run()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trees = [p for root in stack.roots.values() for p in root.glob("round/submission/package/tree/open/MLPerfRound")]
+    assert len(trees) == 1 and (trees[0] / "results/cpu-smoke/gptj-99/Offline/performance/run_1").is_dir()
+    assert (trees[0] / "results/cpu-smoke/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
+    runs = stack.stage_runs()
+    for stage in ("download@gptj", "performance@gptj-99", "download@llama2-70b", "performance@llama2-70b-99p9", "package"):
+        assert finished(runs, stage) == 1, stage  # each stage computed exactly once, on whichever worker
+    branches = {r["name"]: r for r in stack.flow_runs("mlperf-round-branch")}
+    assert set(branches) == set(BENCHMARKS) and all(r["state"] == "COMPLETED" for r in branches.values())
+    g, ll = branches["gptj"], branches["llama2-70b"]
+    assert g["start"] < ll["end"] and ll["start"] < g["end"], "the branches did not overlap"
+    assert any((stack.remote / "runs").rglob("*")), "no run-cache entries in the shared DVC remote"
+
+
+def test_second_deployment_run_recomputes_nothing(stack: Stack):
+    before = len(stack.stage_runs())
+    proc = stack.deployment_run()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(stack.stage_runs()) == before
+
+
+def _wait_for_running(stack: Stack, stage: str, timeout: float = 600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [r for r in stack.stage_runs() if r.data.tags.get("dvc.stage") == stage and r.info.status == "RUNNING"]
+        if running:
+            return running[0]
+        time.sleep(0.5)
+    raise AssertionError(f"{stage} never started")
+
+
+def _ancestors(pid: int) -> set[int]:
+    out = set()
+    while pid > 1:
+        out.add(pid)
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def test_a_worker_lost_mid_stage_fails_the_run_and_a_rerun_resumes(stack: Stack):
+    OVERRIDES["benchmarks"]["gptj"]["model"]["tiny"]["train_steps"] = 120  # GPT-J's branch has work again
+    downloads_before = finished(stack.stage_runs(), "download@gptj")
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(proc=stack.deployment_run()))
+    thread.start()
+    lost = _wait_for_running(stack, "calibrate@gptj")  # download@gptj has finished and is in the remote
+    branch = next(r for r in stack.flow_runs("mlperf-round-branch") if r["name"] == "gptj" and r["state"] == "RUNNING")
+    flow_pid = int(branch["pid"].rsplit(":", 1)[-1])
+    worker = next(n for n in stack.roots if stack.procs[n].pid in _ancestors(flow_pid))
+    for pgid in {os.getpgid(flow_pid), stack.procs[worker].pid}:  # the worker, its flow run, DVC and the stage
+        os.killpg(pgid, signal.SIGKILL)
+    thread.join(timeout=900)
+    proc = result["proc"]
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "CRASHED" in [r["state"] for r in stack.flow_runs("mlperf-round-branch") if r["name"] == "gptj"]
+    rounds = [r["state"] for r in stack.flow_runs("mlperf-round")]
+    assert rounds.count("COMPLETED") == 2 and len(rounds) == 3  # the third failed (or crashed, with its worker)
+    assert finished(stack.stage_runs(), "download@gptj") == downloads_before + 1
+
+    stack.start_worker(worker)
+    proc = stack.deployment_run()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = stack.stage_runs()
+    assert finished(runs, "download@gptj") == downloads_before + 1  # finished before the loss: not run again
+    assert finished(runs, "calibrate@gptj") >= 2 and finished(runs, "download@llama2-70b") == 1
+    killed = next(r for r in runs if r.info.run_id == lost.info.run_id)  # MLflow agrees: that stage was killed
+    assert killed.info.status == "KILLED", killed.info.status
+    assert "worker was lost" in killed.data.tags["mlperf.error"] or "process died" in killed.data.tags["mlperf.error"]
+
+
+def test_stage_tasks_retry_transient_failures_only(stack: Stack, tmp_path: Path):
+    """An unreachable hub (exit 75) is retried; a 404, bad input (exit 3), fails at the first attempt."""
+    import http.server
+
+    from .conftest import edit_params
+
+    ws = copy_project(tmp_path / "ws")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dead = free_port()
+    code = (  # one stage task in a flow, with the deployment's retry policy minus the waiting
+        "import asyncio, json, os, sys\n"
+        "from prefect import flow\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from flows.round import run_stage\n"
+        "@flow\n"
+        "def probe(ws: str):\n"
+        "    run_stage.with_options(retry_delay_seconds=0, retries=2)(ws, 'download@gptj', dict(os.environ), False,\n"
+        "                                                            return_state=True)\n"
+        "probe(sys.argv[1])\n"
+        "async def attempts():\n"
+        "    async with get_client() as c:\n"
+        "        return max(await c.read_task_runs(), key=lambda r: r.created).run_count\n"
+        "print(json.dumps({'attempts': asyncio.run(attempts())}))\n"
+    )
+    attempts = {}
+    for case, endpoint in (("unreachable", f"http://127.0.0.1:{dead}"), ("missing", f"http://127.0.0.1:{server.server_address[1]}")):
+        edit_params(ws, lambda d: d["benchmarks"]["gptj"]["model"].update(
+            source="hf", hf={"repo": "x/y", "revision": "0" * 40, "files": {"config.json": "0" * 64}, "endpoint": endpoint}))
+        out = subprocess.run([sys.executable, "-c", code, str(ws)], env=local.prefect_env(stack.home, stack.port),
+                             cwd=stack.project, capture_output=True, text=True, timeout=600)
+        attempts[case] = json.loads(out.stdout.strip().splitlines()[-1])["attempts"]
+    server.shutdown()
+    assert attempts == {"unreachable": 3, "missing": 1}
