@@ -28,7 +28,7 @@ def load_dag(workspace: Path) -> RoundDAG:
 
     with Repo(str(workspace)) as repo:
         graph = repo.index.graph  # edges point downstream -> upstream
-        names = {stage: stage.addressing for stage in graph.nodes}
+        names = {stage: stage.name for stage in graph.nodes}  # one dvc.yaml: names are what `dvc repro` takes
         order = [names[s] for s in reversed(list(nx.topological_sort(graph)))]
         sources = {names[s] for s in graph.nodes if graph.out_degree(s) == 0}
         roots = {names[s]: {names[u] for u in nx.descendants(graph, s) | {s}} & sources for s in graph.nodes}

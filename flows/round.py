@@ -72,8 +72,8 @@ def _failure(stage: str, proc: subprocess.CompletedProcess) -> StageFailed:
 def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
     """One DVC stage in its workspace; its outputs and run-cache entry pushed for the other workers."""
     logger = get_run_logger()
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=ws, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--pull", "--single-item", stage], cwd=ws, env=env,
+                          capture_output=True, text=True)  # --pull: a run-cache hit brings its outputs from the remote
     ran = bool(re.search(r"Running stage '", proc.stdout))
     restored = "is cached - skipping run" in proc.stdout
     if proc.returncode != 0:
@@ -172,9 +172,10 @@ async def round_flow(benchmarks: list[str] | None = None, params_overrides: dict
             logger.error("closed as KILLED in MLflow: %s", ", ".join(closed) or "none")
         raise RuntimeError(f"branches failed: {'; '.join(failed)}; nothing was packaged (re-run to resume)")
     _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)
-    proc = _dvc(ws, "repro", *dag.joins, env=env, check=False)  # restores every branch stage, runs the joins
+    proc = _dvc(ws, "repro", "--pull", *dag.joins, env=env, check=False)  # restores every branch stage, runs the joins
     if proc.returncode != 0:
         raise _failure(" ".join(dag.joins), proc)
+    _dvc(ws, "push", "--run-cache", "-r", REMOTE, *dag.joins, env=env)  # the next round, on any worker, restores it
     ran = re.findall(r"Running stage '([^']+)'", proc.stdout)
     recomputed = [s for s in ran if s not in dag.joins]
     if recomputed:
