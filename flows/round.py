@@ -14,22 +14,25 @@ target (4) or a failed audit (5) fail at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from flows.dag import load_dag
 from mlperf_round import workspace as workspaces
+from mlperf_round.runner import REPORT_ENV
 
 REMOTE = "round-remote"  # the DVC remote's name in every workspace (a --local setting)
 TRANSIENT_EXIT_CODES = {75, -9, -15, 137, 143}  # EX_TEMPFAIL, and a stage killed under us
 _LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy, it is being blocked by")
-_EXITED = re.compile(r"exited with (-?\d+)")
 
 
 class StageFailed(Exception):
@@ -58,26 +61,58 @@ def _dvc(ws: Path, *args: str, env: dict[str, str] | None = None, check: bool = 
     return proc
 
 
-def _failure(stage: str, proc: subprocess.CompletedProcess) -> StageFailed:
-    text = proc.stdout + proc.stderr
-    codes = [int(c) for c in _EXITED.findall(text)]
-    code = codes[-1] if codes else proc.returncode
-    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]  # the stage's one-line reasons
-    reason = "; ".join(ln.split(": ", 2)[-1] for ln in ours) or (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return StageFailed(stage, code, reason, code in TRANSIENT_EXIT_CODES or bool(_LOCK_BUSY.search(text)))
+def _reports(path: Path) -> dict[str, dict]:
+    """What the stages themselves reported (mlperf_round.runner): stage -> its start and end records."""
+    out: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            out.setdefault(rec["stage"], {})[rec["event"]] = rec
+    return out
+
+
+def _failure(stage: str, proc: subprocess.CompletedProcess, reports: dict[str, dict]) -> StageFailed:
+    """Why `dvc repro` failed: from the stage's own report; a start with no end is a killed stage; no report
+    at all is DVC itself (its repository lock busy is worth a retry, anything else is not)."""
+    for name, rec in reports.items():
+        end = rec.get("end")
+        if end is None:
+            return StageFailed(name, -9, "killed before it ended", True)
+        if end["exit_code"] != 0:
+            code = end["exit_code"]
+            return StageFailed(name, code, "; ".join(end["errors"]) or f"exit {code}", code in TRANSIENT_EXIT_CODES)
+    reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return StageFailed(stage, proc.returncode, f"dvc: {reason}", bool(_LOCK_BUSY.search(proc.stdout + proc.stderr)))
+
+
+def _lock_entry(ws: Path, stage: str) -> object:
+    lock = ws / "dvc.lock"
+    return yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) if lock.exists() else None
+
+
+def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`dvc repro` with the stages reporting to a file of their own (so retries never read a stale report)."""
+    with tempfile.TemporaryDirectory(prefix="stage-report-") as tmp:
+        report = Path(tmp) / "report.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--pull", *flags, *targets], cwd=ws,
+                              env={**env, REPORT_ENV: str(report)}, capture_output=True, text=True)
+        return proc, _reports(report)
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.2,
       retry_condition_fn=_retry_transient, task_run_name="{stage}")
 def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
-    """One DVC stage in its workspace; its outputs and run-cache entry pushed for the other workers."""
+    """One DVC stage in its workspace; its outputs and run-cache entry pushed for the other workers.
+
+    --pull: a run-cache hit brings its outputs from the remote. Whether the stage ran comes from
+    its own report; whether it was restored, from its dvc.lock entry changing without a run."""
     logger = get_run_logger()
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--pull", "--single-item", stage], cwd=ws, env=env,
-                          capture_output=True, text=True)  # --pull: a run-cache hit brings its outputs from the remote
-    ran = bool(re.search(r"Running stage '", proc.stdout))
-    restored = "is cached - skipping run" in proc.stdout
+    before = _lock_entry(Path(ws), stage)
+    proc, reports = _repro(Path(ws), [stage], env, "--single-item")
     if proc.returncode != 0:
-        raise _failure(stage, proc)
+        raise _failure(stage, proc, reports)
+    ran = stage in reports
+    restored = not ran and _lock_entry(Path(ws), stage) != before
     if push:
         _dvc(Path(ws), "push", "--run-cache", "-r", REMOTE, stage, env=env)
     logger.info("%s: %s", stage, "ran" if ran else "restored from the run-cache" if restored else "up to date")
@@ -172,11 +207,11 @@ async def round_flow(benchmarks: list[str] | None = None, params_overrides: dict
             logger.error("closed as KILLED in MLflow: %s", ", ".join(closed) or "none")
         raise RuntimeError(f"branches failed: {'; '.join(failed)}; nothing was packaged (re-run to resume)")
     _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)
-    proc = _dvc(ws, "repro", "--pull", *dag.joins, env=env, check=False)  # restores every branch stage, runs the joins
+    proc, reports = _repro(ws, dag.joins, env)  # restores every branch stage, runs the joins
     if proc.returncode != 0:
-        raise _failure(" ".join(dag.joins), proc)
+        raise _failure(" ".join(dag.joins), proc, reports)
     _dvc(ws, "push", "--run-cache", "-r", REMOTE, *dag.joins, env=env)  # the next round, on any worker, restores it
-    ran = re.findall(r"Running stage '([^']+)'", proc.stdout)
+    ran = list(reports)
     recomputed = [s for s in ran if s not in dag.joins]
     if recomputed:
         logger.warning("recomputed where results meet (not in the remote's run-cache): %s", ", ".join(recomputed))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -95,9 +96,36 @@ def _parse(stage: str, scope: Scope, argv: list[str] | None) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
+REPORT_ENV = "MLPERF_ROUND_STAGE_REPORT"
+
+
+def _report(record: dict) -> None:
+    """One JSON line per stage start and end, for an orchestrator that must know what ran and why it failed
+    without parsing DVC's console text. A start with no end means the stage was killed."""
+    path = os.environ.get(REPORT_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], argv: list[str] | None = None) -> int:
     """Run one stage; return its exit code. Stages call `sys.exit(run_stage(...))`."""
     signal.signal(signal.SIGTERM, _terminate)
+    args = sys.argv[1:] if argv is None else argv
+    positional = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "--params")]
+    name = stage if scope == "round" else f"{stage}@{positional[0] if positional else '?'}"
+    _report({"stage": name, "event": "start", "pid": os.getpid()})
+    errors: list[str] = []
+    code = 1
+    try:
+        code = _run_stage(stage, scope, body, argv, errors)
+    finally:
+        _report({"stage": name, "event": "end", "exit_code": code, "errors": errors})
+    return code
+
+
+def _run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], argv: list[str] | None,
+               errors: list[str]) -> int:
     key = "round"
     try:
         args = _parse(stage, scope, argv)
@@ -108,14 +136,16 @@ def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], ar
             known = params.entries if scope == "entry" else params.benchmarks
             if key not in known:
                 raise ParamsError(f"{args.params}: {scope}s.{key}: no such {scope} (have: {', '.join(known) or 'none'})")
-        return _execute(stage, scope, key, params, body)
+        return _execute(stage, scope, key, params, body, errors)
     except RoundError as err:
         for line in str(err).splitlines() or [type(err).__name__]:  # one line per problem, each attributed
+            errors.append(line)
             print(f"error: {stage}@{key}: {line}", file=sys.stderr)
         return err.exit_code
 
 
-def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Callable[[StageContext], dict]) -> int:
+def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Callable[[StageContext], dict],
+             errors: list[str]) -> int:
     from . import tracking
 
     if scope == "round":
@@ -150,11 +180,13 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
         raise
     except (KeyboardInterrupt, SystemExit) as err:
         shutil.rmtree(partial, ignore_errors=True)
+        errors.append("interrupted")
         print(f"error: {stage}@{key}: interrupted", file=sys.stderr)
         return err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 130
     except Exception as err:  # a bug, not bad input: keep the traceback, end with one line
         shutil.rmtree(partial, ignore_errors=True)
         traceback.print_exc()
-        print(f"error: {stage}@{key}: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+        errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
+        print(f"error: {stage}@{key}: {errors[-1]}", file=sys.stderr)
         return 1
 

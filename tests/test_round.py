@@ -304,6 +304,8 @@ def test_check_finds_a_removed_file_an_emptied_system_field_and_an_invalid_log(a
     (org / f"systems/{SYSTEM}.json").write_text(json.dumps(system))
     detail = org / f"results/{SYSTEM}/stable-diffusion-xl/Offline/performance/run_1/mlperf_log_detail.txt"
     detail.write_text(detail.read_text().replace('"value": "VALID"', '"value": "INVALID"'))
+    gptj = org / f"results/{SYSTEM}/gptj-99/Offline/performance/run_1/mlperf_log_detail.txt"
+    gptj.write_text(re.sub(r'"/mlperf\.conf":"[0-9a-f]{40}"', '"/mlperf.conf":"' + "0" * 40 + '"', gptj.read_text()))
     proc = run([sys.executable, "-m", "mlperf_round.submission.check", str(tree), "--version", "v5.0", "--smoke"],
                ROOT, check=False)
     out = proc.stdout.splitlines()
@@ -311,6 +313,8 @@ def test_check_finds_a_removed_file_an_emptied_system_field_and_an_invalid_log(a
     assert f"closed/MLPerfRound/measurements/{SYSTEM}/gptj-99/Server/user.conf: missing or empty [missing-file]" in out
     assert f"closed/MLPerfRound/systems/{SYSTEM}.json: host_memory_capacity: must not be empty [system]" in out
     assert f"{detail.relative_to(tree)}: LoadGen says INVALID [invalid-run]" in out
+    assert any(line.startswith(f"{gptj.relative_to(tree)}: ran with mlperf.conf {'0' * 40}, the installed LoadGen has ")
+               and line.endswith("[mlperf-conf]") for line in out), out
     assert re.match(r"check: 8 results, \d+ findings .*; \d+ are what a smoke round cannot meet, \d+ are defects", out[-1])
 
 

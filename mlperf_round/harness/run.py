@@ -9,12 +9,14 @@ pay again. The fork server runs no torch work, so no thread pool is forked half-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import sys
 from pathlib import Path
 
 from ..errors import RoundError
+from .timing_lock import timed_run
 
 ENGINE_STATS = "engine_stats.json"
 PRELOAD = ["torch", "transformers", "modelopt.torch.opt", "modelopt.torch.quantization", "mlperf_round.benchmarks"]
@@ -42,8 +44,15 @@ def run_test(spec: dict, timeout_s: float) -> None:
     outdir.mkdir(parents=True, exist_ok=True)  # a missing outdir aborts LoadGen
     spec_file = outdir / "test_spec.json"
     spec_file.write_text(json.dumps(spec, indent=1))
-    proc = _fork_server(spec["benchmark"]).Process(target=_child, args=(str(spec_file),),
-                                                   name=f"loadgen {spec['scenario']} {spec['mode']}")
+    name = f"{spec['benchmark']} {spec.get('label', spec['scenario'])} {spec['mode']}"
+    timed = timed_run(name) if spec["mode"] == "PerformanceOnly" else contextlib.nullcontext()
+    with timed:
+        _supervise(spec, spec_file, name, timeout_s)
+
+
+def _supervise(spec: dict, spec_file: Path, name: str, timeout_s: float) -> None:
+    outdir = Path(spec["outdir"])
+    proc = _fork_server(spec["benchmark"]).Process(target=_child, args=(str(spec_file),), name=f"loadgen {name}")
     proc.start()
     try:
         proc.join(timeout_s)

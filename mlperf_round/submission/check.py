@@ -227,6 +227,11 @@ class Checker:
             if found is not None and int(found) != want:
                 self.add(path, "seeds", f"{name}_rng_seed {found} is not {self.version}'s {want} "
                                         f"(install mlcommons-loadgen=={VERSIONS[self.version].loadgen[1]})")
+        used = d.get("loadgen_file_sha1", {})
+        conf_sha1 = mlperf_conf.embedded()[1]
+        if isinstance(used, dict) and used.get("/mlperf.conf", conf_sha1) != conf_sha1:
+            self.add(path, "mlperf-conf", f"ran with mlperf.conf {used['/mlperf.conf']}, the installed LoadGen has "
+                                          f"{conf_sha1}; re-run the performance stage with this LoadGen")
         model = benchmarks.get(benchmark_of(mlperf_id)).LOADGEN_MODEL
         rules = mlperf_conf.settings(model, scenario)
         min_ms = int(rules.get("min_duration", 600000))
