@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test ui dag clean prefect-up prefect-down
+.PHONY: setup browser repro test ui dag plots clean prefect-up prefect-down
 
 setup: $(STAMP)
 
@@ -17,12 +17,19 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first, alone: a looser requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# `dvc plots show` offline: Vega inlined into .dvc/plots_template.html (pinned, sha512-checked, from npm's registry)
+	$(BIN)/python -m mlperf_round.vega_template
 	touch $(STAMP)
+
+# Debian's Chromium for the MLflow UI test (Playwright drives it; no browser is downloaded)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: no chromium (apt-get install chromium); the MLflow UI test will skip"
 
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest -q
 
 ui: $(STAMP)
@@ -30,6 +37,9 @@ ui: $(STAMP)
 
 dag: $(STAMP)
 	$(BIN)/dvc dag
+
+plots: $(STAMP)
+	$(BIN)/dvc plots show -o submission/dvc_plots
 
 prefect-up: $(STAMP)
 	$(BIN)/python -m flows.local up --workers 2

@@ -31,7 +31,13 @@ def metrics_path(key: str, stage: str, root: Path = ARTIFACTS) -> Path:
     return stage_dir(key, stage, root) / "metrics.json"
 
 
+def plots_dir(key: str, stage: str, root: Path = ARTIFACTS) -> Path:
+    """A stage's DVC plots (CSV files), an output of its own so `dvc plots` finds them by stage."""
+    return stage_dir(key, stage, root) / "plots"
+
+
 # beside artifacts/, not in it: package depends on the whole of artifacts/, which holds every entry
 SUBMISSION_DIR = Path("submission")
 SUBMISSION_OUT = SUBMISSION_DIR / "package"  # tree/ (the MLPerf root), results tables, check findings, tarball
 SUBMISSION_METRICS = SUBMISSION_DIR / "metrics.json"
+SUBMISSION_PLOTS = SUBMISSION_DIR / "plots"

@@ -33,6 +33,7 @@ class StageContext:
     key: str
     stage: str
     out: Path
+    plots: Path = None  # CSV files for `dvc plots`, published with out
     tracker: object = None
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -149,14 +150,16 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
     from . import tracking
 
     if scope == "round":
-        final, metrics_file = layout.SUBMISSION_OUT, layout.SUBMISSION_METRICS
+        final, metrics_file, plots = layout.SUBMISSION_OUT, layout.SUBMISSION_METRICS, layout.SUBMISSION_PLOTS
     else:
-        final, metrics_file = layout.out_dir(key, stage), layout.metrics_path(key, stage)
+        final, metrics_file, plots = layout.out_dir(key, stage), layout.metrics_path(key, stage), layout.plots_dir(key, stage)
     partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(final, ignore_errors=True)
+    plots_partial = plots.with_name(plots.name + ".partial")
+    for path in (partial, final, plots_partial, plots):
+        shutil.rmtree(path, ignore_errors=True)
     metrics_file.unlink(missing_ok=True)
     partial.mkdir(parents=True)
+    plots_partial.mkdir(parents=True)
 
     round_tags = tracking.round_tags(params)
     dvc_stage = stage if scope == "round" else f"{stage}@{key}"
@@ -166,27 +169,37 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
     try:
         with tracking.stage_run(round_tags, key, stage, tags) as tracker:
             tracker.log_params(stage_params(params, scope, key))
-            ctx = StageContext(params=params, key=key, stage=stage, out=partial, tracker=tracker)
+            ctx = StageContext(params=params, key=key, stage=stage, out=partial, plots=plots_partial, tracker=tracker)
             metrics = body(ctx) or {}
             metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "git_commit": round_tags["git.commit"]}
             write_manifest(partial)
+            if any(plots_partial.iterdir()):
+                tracker.log_artifact(plots_partial, "plots")
+                plots_partial.replace(plots)
             partial.replace(final)
             _write_json_atomic(metrics_file, metrics)
             tracker.log_metrics(_flatten("", metrics, {}))
             tracker.log_artifact(metrics_file)
         return 0
     except RoundError:
-        shutil.rmtree(partial, ignore_errors=True)
+        _discard(partial, plots_partial)
         raise
     except (KeyboardInterrupt, SystemExit) as err:
-        shutil.rmtree(partial, ignore_errors=True)
+        _discard(partial, plots_partial)
         errors.append("interrupted")
         print(f"error: {stage}@{key}: interrupted", file=sys.stderr)
         return err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 130
     except Exception as err:  # a bug, not bad input: keep the traceback, end with one line
-        shutil.rmtree(partial, ignore_errors=True)
+        _discard(partial, plots_partial)
         traceback.print_exc()
         errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
         print(f"error: {stage}@{key}: {errors[-1]}", file=sys.stderr)
         return 1
+    finally:
+        shutil.rmtree(plots_partial, ignore_errors=True)  # a stage that wrote no plots
+
+
+def _discard(*paths: Path) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 

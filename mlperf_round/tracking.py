@@ -76,9 +76,13 @@ def git_commit() -> str:
 
 
 def round_tags(params, commit: str | None = None) -> dict[str, str]:
+    """The round's identity. Under `dvc exp run` each experiment is a round of its own, `<name>@<experiment>`,
+    so a sweep's points compare side by side in MLflow and in `mlperf-round compare`."""
     rnd = params.round
+    exp = os.environ.get("DVC_EXP_NAME", "")
     return {
-        "mlperf.round": rnd.name,
+        "mlperf.round": f"{rnd.name}@{exp}" if exp else rnd.name,
+        **({"dvc.exp": exp} if exp else {}),
         "mlperf.version": rnd.version,
         "mlperf.system": rnd.system.name,
         "mlperf.submitter": rnd.submitter,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "stages", "mlperf_round", "flows", ".dvc/config", ".dvcignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "stages", "mlperf_round", "flows", ".dvc/config", ".dvcignore",
+                 ".gitignore", ".dvc/plots_template.html")
 
 
 def sync(source: Path, dest: Path) -> Path:

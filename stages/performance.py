@@ -3,7 +3,8 @@
 import sys
 
 from mlperf_round import benchmarks
-from mlperf_round.harness.logs import performance_metrics
+from mlperf_round.harness.logs import latency_distribution, performance_metrics
+from mlperf_round.plots import write_csv
 from mlperf_round.harness.run import run_test
 from mlperf_round.harness.settings import user_conf
 from mlperf_round.runner import StageContext, run_stage
@@ -22,6 +23,7 @@ def body(ctx: StageContext) -> dict:
         run_test({"engine": str(engine), "benchmark": ctx.benchmark_name, "dataset": str(dataset), "scenario": scenario,
                   "mode": "PerformanceOnly", "user_conf": str(conf), "outdir": str(run_dir)}, ctx.params.round.test_timeout_s)
         metrics[scenario] = performance_metrics(run_dir, scenario)
+        write_csv(ctx.plots / f"latency_{scenario}.csv", latency_distribution(run_dir))
         ctx.tracker.log_artifact(run_dir / "mlperf_log_summary.txt", scenario)
     return metrics
 

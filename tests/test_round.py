@@ -397,3 +397,117 @@ def test_recipe_that_ruins_accuracy_fails_the_accuracy_stage(workspace: Path):
     failed = [r for r in mlflow_runs(workspace) if r.data.tags.get("dvc.stage") == f"accuracy@{ENTRY}" and r.info.status == "FAILED"]
     assert failed and "missed its accuracy target" in failed[0].data.tags["mlperf.error"]
     assert not any(r.info.status == "RUNNING" for r in mlflow_runs(workspace))
+
+
+# Comparing rounds. These run last: they reuse what the knob tests above left in DVC's run-cache,
+# so each round below only re-runs `package` (two rounds cost seconds, not a round each).
+
+def _round_metrics(ws: Path, name: str) -> dict[str, float]:
+    parents = [r for r in mlflow_runs(ws) if r.data.tags.get("mlperf.kind") == "round" and r.data.tags.get("mlperf.round") == name]
+    assert len(parents) == 1, name
+    return parents[0].data.metrics
+
+
+def _compare(ws: Path, *args: str, check: bool = True):
+    return run([sys.executable, "-m", "mlperf_round", "compare", *args], ws, check=check)
+
+
+def test_compare_shows_two_recipes_side_by_side_and_fails_on_a_planted_regression(workspace: Path):
+    edit_params(workspace, lambda d: d["entries"][ENTRY]["recipe"].update(precision="fp8"))
+    run([sys.executable, "-m", "dvc", "repro"], workspace)  # round "smoke", FP8
+    edit_params(workspace, lambda d: (d["round"].update(name="smoke-fp32"), d["entries"][ENTRY]["recipe"].update(precision="fp32")))
+    proc = run([sys.executable, "-m", "dvc", "repro"], workspace)  # round "smoke-fp32": the same but GPT-J unquantized
+    assert ran(proc) == {"package"}, proc.stdout
+    fp8, fp32 = _round_metrics(workspace, "smoke"), _round_metrics(workspace, "smoke-fp32")
+    perf = json.loads(layout.metrics_path(ENTRY, "performance", workspace / "artifacts").read_text())
+
+    table = json.loads(_compare(workspace, "smoke", "smoke-fp32", "--format", "json").stdout)
+    assert [r["name"] for r in table["rounds"]] == ["smoke", "smoke-fp32"]
+    rows = {(r["entry"], r["scenario"], r["metric"]): r for r in table["rows"]}
+    assert len(rows) == len(set(fp8) & set(fp32))
+    tput = rows[(ENTRY, "Offline", "samples_per_s")]
+    assert tput["values"] == [fp8[f"{ENTRY}/Offline/samples_per_s"], perf["Offline"]["samples_per_s"]]
+    assert tput["ratios"][0] == pytest.approx(tput["values"][1] / tput["values"][0], rel=1e-12)
+    assert tput["deltas"][0] == pytest.approx(tput["values"][1] - tput["values"][0], rel=1e-12)
+    assert tput["values"][0] != tput["values"][1]  # FP8 and FP32 engines measured apart
+    untouched = rows[(LLAMA[0], "Server", "ttft_p99_ms")]  # Llama's stages were restored, not re-measured
+    assert untouched["ratios"] == [1.0] and untouched["deltas"] == [0.0]
+    assert (ENTRY, "-", "accuracy_worst_ratio") in rows and (SDXL, "Offline", "FID_SCORE") in rows
+
+    md = _compare(workspace, "smoke", "smoke-fp32").stdout.splitlines()
+    assert md[0] == "| entry | scenario | metric | smoke | smoke-fp32 | smoke-fp32/smoke | smoke-fp32-smoke |"
+    assert any(line.startswith(f"| {ENTRY} | Offline | samples_per_s | ") for line in md)
+    csv_head = _compare(workspace, "smoke", "smoke-fp32", "--format", "csv").stdout.splitlines()[0]
+    assert csv_head == "entry,scenario,metric,smoke,smoke-fp32,smoke-fp32/smoke,smoke-fp32-smoke"
+
+    # a planted regression: round smoke-fp32 again, with GPT-J's Offline throughput cut by 40% and its p99 latency up 25%
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workspace}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("mlperf-round")
+    planted = client.create_run(exp.experiment_id, run_name="planted", tags={"mlperf.kind": "round", "mlperf.round": "planted"})
+    for name, value in fp32.items():
+        scale = 0.6 if name == f"{ENTRY}/Offline/samples_per_s" else 1.25 if name == f"{ENTRY}/Server/latency_p99_ms" else 1.0
+        client.log_metric(planted.info.run_id, name, value * scale)
+    client.set_terminated(planted.info.run_id)
+    bad = _compare(workspace, "smoke-fp32", planted.info.run_id, "--fail-on-regression", "10", check=False)
+    assert bad.returncode == 1, bad.stderr
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("regression:")]
+    assert len(lines) == 2, bad.stderr
+    assert re.match(rf"regression: planted: {ENTRY} Offline samples_per_s \S+ -> \S+ \(40\.0% worse than smoke-fp32, over 10%\)",
+                    lines[0]), lines
+    assert re.match(rf"regression: planted: {ENTRY} Server latency_p99_ms \S+ -> \S+ \(25\.0% worse", lines[1]), lines
+    assert _compare(workspace, "smoke-fp32", "planted", "--fail-on-regression", "45").returncode == 0
+    missing = _compare(workspace, "smoke", "nope", check=False)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[-1].startswith("error: nope: no such round in sqlite:///mlruns/mlflow.db (have: ")
+
+
+def test_mlflow_ui_compares_two_rounds_in_chromium(workspace: Path):
+    from .browser import CHROMIUM, mlflow_compare_screenshot
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
+    runs = {r.data.tags["mlperf.round"]: r for r in mlflow_runs(workspace)
+            if r.data.tags.get("mlperf.kind") == "round" and r.data.tags["mlperf.round"] in ("smoke", "smoke-fp32")}
+    metric = f"{ENTRY}/Offline/samples_per_s"
+    shot = Path(os.environ.get("MLPERF_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "mlflow_compare.png"
+    text = mlflow_compare_screenshot(workspace, [runs["smoke"].info.run_id, runs["smoke-fp32"].info.run_id],
+                                     runs["smoke"].info.experiment_id, metric, shot)
+    assert metric in text and "smoke-fp32" in text
+    for name in ("smoke", "smoke-fp32"):  # the UI rounds to a few significant digits
+        value = runs[name].data.metrics[metric]
+        assert f"{value:.3g}"[:4] in text or f"{value:.4g}" in text, (name, value)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+def test_dvc_plots_show_latency_throughput_and_accuracy_offline(workspace: Path, tmp_path: Path):
+    run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], workspace)
+    page = (tmp_path / "plots/index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vega-embed" in page  # the offline template, Vega inlined
+    for name in ("latency_ms", "samples_per_s", "accuracy_ratio", f"{SDXL} Offline", f"{LLAMA[0]} query latency"):
+        assert name in page, name
+    report = (workspace / layout.SUBMISSION_OUT / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3 and "smoke-fp32" in report and "<table>" in report
+
+
+def test_sweep_gives_one_experiment_per_value_in_dvc_and_mlflow(workspace: Path, tmp_path: Path):
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run([*git, "add", "-A"], workspace)
+    run([*git, "commit", "-qm", "baseline"], workspace)
+    for bs in (4, 2):  # batch size: re-runs GPT-J's build, accuracy, performance, compliance and package
+        run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"entries.{ENTRY}.build.max_batch_size={bs}", "-n", f"bs{bs}"],
+            workspace)
+    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace).stdout)
+    exps = {e["name"]: e["revs"][0]["data"] for b in shown for e in (b.get("experiments") or [])}
+    assert set(exps) >= {"bs4", "bs2"}, list(exps)
+    for bs in (4, 2):
+        data = exps[f"bs{bs}"]
+        assert data["params"]["params.yaml"]["data"]["entries"][ENTRY]["build"]["max_batch_size"] == bs
+        assert data["metrics"]["submission/metrics.json"]["data"]["entries"] == 5
+    table = json.loads(_compare(workspace, "smoke-fp32@bs4", "smoke-fp32@bs2", "--format", "json").stdout)
+    assert any(r["entry"] == ENTRY and r["metric"] == "samples_per_s" for r in table["rows"])
+    run([sys.executable, "-m", "dvc", "plots", "diff", "bs4", "bs2", "-o", str(tmp_path / "diff")], workspace)
+    page = (tmp_path / "diff/index.html").read_text()
+    assert "bs4" in page and "bs2" in page

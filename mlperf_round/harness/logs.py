@@ -102,3 +102,19 @@ def performance_metrics(run_dir: Path, scenario: str) -> dict[str, float | str |
         m["tokens_per_s"] = float(tps)
     m["qsl_rng_seed"] = str(d.get("effective_qsl_rng_seed", ""))
     return m
+
+
+PERCENTILES = (("min", 0.0), ("50.00", 50.0), ("90.00", 90.0), ("95.00", 95.0), ("97.00", 97.0), ("99.00", 99.0),
+               ("99.90", 99.9), ("max", 100.0))
+
+
+def latency_distribution(run_dir: Path) -> list[dict[str, float]]:
+    """The query latency distribution LoadGen logs (min, the percentiles it reports, max), in ms:
+    the one latency picture every scenario has, the trace being off."""
+    d = read_detail(run_dir / DETAIL)
+    rows = []
+    for name, pct in PERCENTILES:
+        key = f"result_{name}_latency_ns" if name in ("min", "max") else f"result_{name}_percentile_latency_ns"
+        if key in d:
+            rows.append({"percentile": pct, "latency_ms": float(d[key]) / 1e6})
+    return rows

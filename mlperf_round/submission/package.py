@@ -87,6 +87,16 @@ def _refusals(r: EntryResults, params: RoundParams) -> tuple[list[str], list[str
     return problems, warnings
 
 
+def recipe_label(r: EntryResults) -> str:
+    """The recipe in a few words, for plots and the report: precision, sparsity, DeepCache."""
+    parts = [r.engine["precision"]]
+    if r.entry.recipe.sparsity != "none":
+        parts.append(f"{r.entry.recipe.sparsity} {r.entry.recipe.sparsity_method}")
+    if r.engine.get("deepcache_interval"):
+        parts.append(f"DeepCache/{r.engine['deepcache_interval']}")
+    return " + ".join(parts)
+
+
 def _measurements(r: EntryResults, source: str) -> dict:
     precision, recipe = r.engine["precision"], r.entry.recipe
     image = r.engine.get("kind") == "text-to-image"
@@ -233,7 +243,10 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
     _write_tables(out, rows, smoke, warnings, sorted({r for rules in unmet.values() for r in rules}))
     with tarfile.open(out / f"{rnd.submitter}-{rnd.name}-{rnd.version}.tar.gz", "w:gz") as tar:
         tar.add(tree_root, arcname=f"{rnd.submitter}-{rnd.version}")
-    return {"entries": len(results), "rows": len(rows), "submittable": not smoke and not warnings and not findings,
+    accuracy = [{"entry": r.key, "recipe": recipe_label(r), "accuracy_ratio": round(float(r.accuracy["worst_ratio"]), 4),
+                 "target_ratio": r.entry.accuracy_target if isinstance(r.entry.accuracy_target, float) else "",
+                 "passed": r.accuracy["passed"]} for r in results]
+    return {"entries": len(results), "rows": len(rows), "table": rows, "accuracy": accuracy, "submittable": not smoke and not warnings and not findings,
             "warnings": warnings, "headline": headline, "findings": len(findings), "defects": len(defects),
             "unmet_rules": sorted({r for rules in unmet.values() for r in rules}),
             "mlperf_conf_sha1": conf_sha1, "provenance": records}

@@ -1,0 +1,60 @@
+"""`mlperf-round`: the project's commands. `compare` puts rounds side by side; `check` checks a submission tree."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ParamsError, RoundError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every bad-input error of the project
+        raise ParamsError(f"{self.prog}: {message}")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from . import compare, tracking
+
+    if args.fail_on_regression is not None and args.fail_on_regression < 0:
+        raise ParamsError(f"--fail-on-regression: {args.fail_on_regression} is negative; give a percentage >= 0")
+    rounds = compare.load_rounds(args.rounds, args.tracking_uri or tracking.tracking_uri())
+    rows = compare.compare(rounds)
+    if not rows:
+        raise ParamsError(f"{', '.join(args.rounds)}: these rounds share no metric (different entries or scenarios)")
+    sys.stdout.write(compare.render(rounds, rows, args.format))
+    if args.fail_on_regression is None:
+        return 0
+    found = compare.regressions(rounds, rows, args.fail_on_regression)
+    for line in found:
+        print(f"regression: {line}", file=sys.stderr)
+    return 1 if found else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="mlperf-round", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    cmp = sub.add_parser("compare", help="rounds side by side, from MLflow (the first is the baseline)")
+    cmp.add_argument("rounds", nargs="+", metavar="ROUND", help="a round's name or its parent run's id; two or more")
+    cmp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    cmp.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    cmp.add_argument("--fail-on-regression", type=float, metavar="PCT",
+                     help="exit 1 when a throughput drops, or a latency or accuracy worsens, by more than PCT percent")
+    chk = sub.add_parser("check", help="check a submission tree as MLCommons' checker would", add_help=False)
+    chk.add_argument("args", nargs=argparse.REMAINDER)
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "check":
+            from .submission.check import main as check_main
+
+            return check_main(args.args)
+        if len(args.rounds) < 2:
+            raise ParamsError("mlperf-round compare: give two or more rounds")
+        return _compare(args)
+    except RoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
