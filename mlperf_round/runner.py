@@ -21,6 +21,7 @@ from typing import Callable, Literal
 
 from . import layout
 from .errors import ParamsError, RoundError
+from .harness import timing_lock
 from .params import BenchmarkParams, EntryParams, RoundParams, check_loadgen, load_params
 from .sources import verify_manifest, write_manifest
 
@@ -137,7 +138,8 @@ def _run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], a
             known = params.entries if scope == "entry" else params.benchmarks
             if key not in known:
                 raise ParamsError(f"{args.params}: {scope}s.{key}: no such {scope} (have: {', '.join(known) or 'none'})")
-        return _execute(stage, scope, key, params, body, errors)
+        with timing_lock.stage(f"{stage}@{key}"):
+            return _execute(stage, scope, key, params, body, errors)
     except RoundError as err:
         for line in str(err).splitlines() or [type(err).__name__]:  # one line per problem, each attributed
             errors.append(line)

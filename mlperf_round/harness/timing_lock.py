@@ -1,10 +1,13 @@
-"""One timed LoadGen run per host at a time.
+"""A timed LoadGen run has the host to itself.
 
-A performance run measures the machine: two of them at once (two Prefect branches, two
-`dvc repro` in separate workspaces) each time a share of the cores, and a compliance audit
-timed alone then fails its ratio against a performance run timed under contention. Timed
-tests therefore take a host-wide advisory lock; accuracy runs and every other stage stay
-parallel. The lock dies with its holder, so a killed run never leaves it held.
+A performance run measures the machine: anything else running on it (another branch's
+accuracy run, a second `dvc repro` in another workspace, two Prefect branches) takes a share
+of the cores, and a compliance audit timed alone then fails its ratio against a performance
+run timed under contention. So the host has one readers-writer lock: every stage holds it
+shared while it runs, and a timed test holds it exclusive, after the stages that were running
+finish and before any new one starts (a turnstile lock keeps new stages from starving it).
+A stage that runs timed tests gives its shared hold back while it waits, so two of them never
+deadlock. flock locks die with their holder: a killed stage never leaves one held.
 """
 
 from __future__ import annotations
@@ -18,38 +21,92 @@ import time
 from pathlib import Path
 
 ENV = "MLPERF_ROUND_TIMING_LOCK"
+_held: dict[str, object] = {}  # this process's shared hold, if any: {"file": f}
 
 
 def lock_path() -> Path:
-    """$MLPERF_ROUND_TIMING_LOCK, else one file per user in the temp dir; "off" disables it."""
+    """$MLPERF_ROUND_TIMING_LOCK, else one file per user in the temp dir; "off" disables the lock."""
     return Path(os.environ.get(ENV) or Path(tempfile.gettempdir()) / f"mlperf-round-{os.getuid()}.timing.lock")
+
+
+def _off() -> bool:
+    return os.environ.get(ENV, "").lower() == "off"
+
+
+def _open(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a+")
+
+
+def _flock(f, mode: int, label: str, what: str, holder_file=None) -> None:
+    try:
+        fcntl.flock(f, mode | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    holder = ""
+    if holder_file is not None:
+        holder_file.seek(0)
+        holder = holder_file.read().strip()
+    print(f"{label}: waiting for {what}" + (f" (held by {holder})" if holder else ""), file=sys.stderr, flush=True)
+    start = time.monotonic()
+    fcntl.flock(f, mode)
+    print(f"{label}: waited {time.monotonic() - start:.0f} s for {what}", file=sys.stderr, flush=True)
+
+
+def _acquire_shared(main, gate, label: str) -> None:
+    _flock(gate, fcntl.LOCK_EX, label, "a timed run to finish", main)  # queue behind a waiting timed run
+    try:
+        _flock(main, fcntl.LOCK_SH, label, "a timed run to finish", main)
+    finally:
+        fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def stage(label: str):
+    """Held shared for a whole stage: no timed run starts while the stage computes."""
+    if _off() or _held:
+        yield
+        return
+    path = lock_path()
+    with _open(path) as main, _open(path.with_name(path.name + ".gate")) as gate:
+        _acquire_shared(main, gate, label)
+        _held.update(main=main, gate=gate)
+        try:
+            yield
+        finally:
+            _held.clear()
+            fcntl.flock(main, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
 def timed_run(label: str):
-    if os.environ.get(ENV, "").lower() == "off":
+    """Held exclusive for one timed test; this process's shared hold is given back meanwhile."""
+    if _off():
         yield
         return
     path = lock_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    shared = bool(_held)
+    with contextlib.ExitStack() as stack:
+        main = _held["main"] if shared else stack.enter_context(_open(path))
+        gate = _held["gate"] if shared else stack.enter_context(_open(path.with_name(path.name + ".gate")))
+        if shared:
+            fcntl.flock(main, fcntl.LOCK_UN)
+        _flock(gate, fcntl.LOCK_EX, label, "the host's timing lock", main)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            print(f"{label}: waiting for the timing lock {path} (held by {holder})", file=sys.stderr, flush=True)
-            start = time.monotonic()
-            fcntl.flock(f, fcntl.LOCK_EX)
-            print(f"{label}: got the timing lock after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+            _flock(main, fcntl.LOCK_EX, label, "the stages running now to finish", main)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()}: {label}\n")
-            f.flush()
+            main.seek(0)
+            main.truncate()
+            main.write(f"pid {os.getpid()}: {label}\n")
+            main.flush()
             yield
         finally:
-            f.seek(0)
-            f.truncate()
-            f.flush()
-            fcntl.flock(f, fcntl.LOCK_UN)
+            main.seek(0)
+            main.truncate()
+            main.flush()
+            fcntl.flock(main, fcntl.LOCK_UN)
+            if shared:
+                _acquire_shared(main, gate, label)
