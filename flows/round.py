@@ -20,6 +20,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -28,6 +30,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.dag import load_dag
 from mlperf_round import workspace as workspaces
+from mlperf_round.harness import timing_lock
 from mlperf_round.runner import REPORT_ENV
 
 REMOTE = "round-remote"  # the DVC remote's name in every workspace (a --local setting)
@@ -55,7 +58,13 @@ def _retry_transient(task, task_run, state) -> bool:
 
 
 def _dvc(ws: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, env=env, capture_output=True, text=True)
+    """A DVC command (push, fetch, remote) under the host's shared timing lock, like a stage."""
+    hold = timing_lock.SharedHold(f"dvc {args[0]}")  # per call: tasks of a flow run in threads
+    try:
+        hold.acquire()
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, env=env, capture_output=True, text=True)
+    finally:
+        hold.close()
     if check and proc.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} in {ws} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
     return proc
@@ -91,12 +100,37 @@ def _lock_entry(ws: Path, stage: str) -> object:
 
 
 def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """`dvc repro` with the stages reporting to a file of their own (so retries never read a stale report)."""
+    """`dvc repro` with the stages reporting to a file of their own (so retries never read a stale report).
+
+    DVC's own work (hashing dependencies before a stage, committing outputs after) holds the
+    host's timing lock shared, so no timed LoadGen run on this host overlaps it; while a stage
+    runs, the stage holds its own share and this one is given back, or the stage's timed runs
+    could never have the host alone."""
+    hold = timing_lock.SharedHold(f"dvc repro {' '.join(targets)}")
     with tempfile.TemporaryDirectory(prefix="stage-report-") as tmp:
         report = Path(tmp) / "report.jsonl"
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--pull", *flags, *targets], cwd=ws,
-                              env={**env, REPORT_ENV: str(report)}, capture_output=True, text=True)
-        return proc, _reports(report)
+        try:
+            hold.acquire()
+            proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--pull", *flags, *targets], cwd=ws,
+                                    env={**env, REPORT_ENV: str(report)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            out: dict[str, str] = {}
+            readers = [threading.Thread(target=lambda k, f: out.__setitem__(k, f.read()), args=(k, f), daemon=True)
+                       for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+            for t in readers:
+                t.start()
+            while proc.poll() is None:
+                time.sleep(0.2)
+                if any("end" not in r for r in _reports(report).values()):
+                    hold.release()  # a stage is running: it holds its own share
+                else:
+                    hold.acquire()
+            for t in readers:
+                t.join()
+        finally:
+            hold.close()
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out.get("stdout", ""), out.get("stderr", ""))
+        return done, _reports(report)
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.2,

@@ -336,6 +336,24 @@ class DeepCacheParams(Strict):
     branch: int = Field(0, ge=0, description="how shallow: the shallow step runs UNet levels 0..branch and reuses the cached rest")
 
 
+class PruneParams(Strict):
+    layers_kept: int = Field(0, ge=0, description="decoder layers kept, the most important by block influence on the calibration list (0: no pruning)")
+    heads_kept: int = Field(0, ge=0, description="attention heads kept in every kept layer, by output norm on the calibration list (0: all)")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.layers_kept or self.heads_kept)
+
+
+class DistillParams(Strict):
+    steps: int = Field(0, ge=0, le=100000, description="knowledge-distillation steps from the unpruned model (0: prune only)")
+    lr: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
+    temperature: float = Field(2.0, gt=0, le=100, description="softens both models' logits in the KL loss")
+    batch_size: int = Field(8, ge=1, le=4096, description="sequences per step")
+    seq_len: int = Field(128, ge=8, le=8192, description="tokens per training sequence (the calibration list, packed)")
+    seed: int = Field(0, description="seed of the batch order")
+
+
 class RecipeParams(Strict):
     precision: Precision = Field("fp8", description="fp32 / fp16 / bf16: pass-through; fp8: E4M3 weights and activations; int8_sq: INT8 SmoothQuant")
     smoothquant_alpha: float = Field(0.5, ge=0, le=1, description="SmoothQuant migration strength (int8_sq only)")
@@ -345,6 +363,8 @@ class RecipeParams(Strict):
         "sparsegpt", description="mask selection: sparsegpt (Hessian saliency on the calibration list) or sparse_magnitude (no data)"
     )
     deepcache: DeepCacheParams = Field(default_factory=DeepCacheParams, description="DeepCache (text-to-image, open division only)")
+    prune: PruneParams = Field(default_factory=PruneParams, description="structured pruning of layers and heads (GPT-J, open division only)")
+    distill: DistillParams = Field(default_factory=DistillParams, description="knowledge distillation of the pruned model from the original")
 
 
 class BuildParams(Strict):
@@ -418,6 +438,13 @@ class EntryParams(Strict):
         allowed = PRECISIONS.get(self.benchmark)
         if allowed and self.recipe.precision not in allowed:
             raise ValueError(f"recipe.precision: {self.recipe.precision} is not a recipe of {self.benchmark} (have: {', '.join(allowed)})")
+        if self.recipe.prune.active:
+            if self.benchmark != "gptj":
+                raise ValueError(f"recipe.prune: pruning supports gptj, not {self.benchmark}")
+            if self.division == "closed":
+                raise ValueError("recipe.prune: removing layers and heads changes the model, which the closed division forbids (set division: open)")
+        if self.recipe.distill.steps and not self.recipe.prune.active:
+            raise ValueError("recipe.distill: distillation recovers a pruned model; set recipe.prune too (or distill.steps: 0)")
         if self.recipe.deepcache.interval > 1:
             if self.benchmark not in RANGE_TARGETED:
                 raise ValueError(f"recipe.deepcache: DeepCache caches UNet features; {self.benchmark} has no UNet")

@@ -184,6 +184,15 @@ class StageRun:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id or self.run_id, metrics=items[i : i + 500])
 
+    def log_series(self, name: str, values: list[float]) -> None:
+        """One metric over steps (a loss curve): MLflow draws it against the step."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(name, float(v), now, step) for step, v in enumerate(values)]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
     def log_round_metrics(self, metrics: dict[str, float]) -> None:
         """Headline metrics on the round's parent run, so rounds compare in MLflow's UI."""
         self.log_metrics(metrics, run_id=self.parent_id)

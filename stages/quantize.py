@@ -1,4 +1,4 @@
-"""quantize: the entry's recipe with Model Optimizer: 2:4 sparsity (open division) then quantization.
+"""quantize: the entry's recipe: pruning and distillation, 2:4 sparsity (open division), then quantization, on Model Optimizer.
 
 Text-to-image quantizes the UNet alone, with the v4.0 layer set (diffusion/quantize.py).
 
@@ -11,8 +11,11 @@ import json
 import sys
 
 from mlperf_round import benchmarks
-from mlperf_round.optimization import calibration, quantization, sparsity
+from mlperf_round.optimization import calibration, distillation, pruning, quantization, sparsity
+from mlperf_round.plots import write_csv
 from mlperf_round.runner import StageContext, run_stage
+
+DISTILL_LOSS = "distill_loss.csv"
 
 
 def _quantize_unet(ctx: StageContext, source, stats) -> dict:
@@ -38,6 +41,29 @@ def _quantize_unet(ctx: StageContext, source, stats) -> dict:
     return metrics
 
 
+def _prune_and_distill(ctx: StageContext, bench, source, model, metrics: dict):
+    """Fewer layers and heads by calibration-set importance, then logits distillation from the unpruned model."""
+    prune, kd = ctx.entry.recipe.prune, ctx.entry.recipe.distill
+    teacher = copy.deepcopy(model) if kd.steps else None
+    model, report = pruning.prune(model, prune.heads_kept or model.config.n_head, prune.layers_kept or model.config.n_layer,
+                                  bench.calibration_batches(source, ctx.benchmark))
+    if kd.steps:
+        tokenizer = bench.load_tokenizer(bench.tokenizer_dir(source))
+        sequences = distillation.packed_sequences(tokenizer, bench.distillation_texts(source), kd.seq_len)
+        model, curve = distillation.distill(model, teacher, sequences, kd.steps, kd.lr, kd.temperature, kd.batch_size,
+                                            kd.seed, desc=f"distill {ctx.key}")
+        write_csv(ctx.out / DISTILL_LOSS, curve)  # the DVC plot, with the checkpoint it belongs to
+        ctx.tracker.log_series("distill.kd_loss", [c["kd_loss"] for c in curve])
+        report.update(distill_sequences=len(sequences), kd_loss_first=curve[0]["kd_loss"], kd_loss_last=curve[-1]["kd_loss"])
+    (ctx.out / "pruning.json").write_text(json.dumps(report, indent=1))
+    ctx.tracker.log_artifact(ctx.out / "pruning.json")
+    metrics["pruning"] = {k: report[k] for k in ("parameters_before", "parameters_after")}
+    metrics["pruning"].update(layers=len(report["layers_kept"]), heads_per_layer=prune.heads_kept or model.config.n_head,
+                              **{k: report[k] for k in ("kd_loss_first", "kd_loss_last") if k in report})
+    metrics["parameters"] = report["parameters_after"]
+    return model
+
+
 def body(ctx: StageContext) -> dict:
     bench, recipe = benchmarks.get(ctx.benchmark_name), ctx.entry.recipe
     source = ctx.input("download", ctx.benchmark_name)
@@ -47,6 +73,10 @@ def body(ctx: StageContext) -> dict:
     model = bench.load_model(source / "model")
     metrics: dict = {"parameters": sum(p.numel() for p in model.parameters())}
     sparse = None
+    if recipe.prune.active:
+        model = _prune_and_distill(ctx, bench, source, model, metrics)
+        stats = calibration.collect_absmax(copy.deepcopy(model), bench.calibration_batches(source, ctx.benchmark),
+                                           desc="recalibrate pruned model")
     if recipe.sparsity == "2:4":
         batches = bench.calibration_batches(source, ctx.benchmark)
         model, sparse = sparsity.sparsify(model, recipe.sparsity_method, batches)

@@ -54,7 +54,7 @@ def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, 
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1200})
             page.goto(f"{base}/#/compare-runs?{query}")
-            cell = page.get_by_text(metric, exact=True).first
+            cell = page.get_by_text(metric).first
             cell.wait_for(timeout=60_000)
             cell.scroll_into_view_if_needed()
             shot.parent.mkdir(parents=True, exist_ok=True)

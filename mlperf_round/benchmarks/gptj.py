@@ -160,6 +160,12 @@ PUBLISHED_SCORES = {"rouge1": 42.9865, "rouge2": 20.1235, "rougeL": 29.9881, "ge
 PUBLISHED_SAMPLES = 13368
 
 
+def distillation_texts(source: Path) -> list[str]:
+    """The calibration list with its highlights, as the model reads them: training-split text, disjoint from the accuracy set."""
+    rows = text.read_rows(source / "calibration.json", {"instruction", "input", "output"})
+    return [PROMPT.format(instruction=r["instruction"], input=r["input"]) + " " + r["output"] + EOS for r in rows]
+
+
 def calibration_batches(source: Path, bp: BenchmarkParams) -> list[dict]:
     """MLPerf calibrates on the prompts of its calibration list."""
     tok = load_tokenizer(tokenizer_dir(source))

@@ -81,6 +81,10 @@ def load_model(model_dir: Path, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
     try:
+        from ..optimization import pruning
+
+        if pruning.is_pruned_checkpoint(model_dir):
+            return pruning.load_pruned(model_dir, getattr(torch, dtype)).eval()
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     except (OSError, ValueError) as err:
         raise InputError(f"{model_dir}: cannot load the checkpoint ({str(err).splitlines()[0]})") from None

@@ -62,6 +62,34 @@ def _acquire_shared(main, gate, label: str) -> None:
         fcntl.flock(gate, fcntl.LOCK_UN)
 
 
+class SharedHold:
+    """A shared hold taken and given back by hand: an orchestrator covers the DVC work around a stage
+    (hashing, pushing), which runs outside the stage's own hold."""
+
+    def __init__(self, label: str):
+        self.label, self.files, self.held = label, None, False
+
+    def acquire(self) -> None:
+        if _off() or self.held:
+            return
+        if self.files is None:
+            path = lock_path()
+            self.files = (_open(path), _open(path.with_name(path.name + ".gate")))
+        _acquire_shared(*self.files, self.label)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            fcntl.flock(self.files[0], fcntl.LOCK_UN)
+            self.held = False
+
+    def close(self) -> None:
+        self.release()
+        for f in self.files or ():
+            f.close()
+        self.files = None
+
+
 @contextlib.contextmanager
 def stage(label: str):
     """Held shared for a whole stage: no timed run starts while the stage computes."""

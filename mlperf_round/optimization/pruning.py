@@ -152,5 +152,29 @@ def shrink(model) -> torch.nn.Module:
     return model
 
 
-def is_pruned(config) -> bool:
-    return bool(getattr(config, ATTENTION_HEADS, None))
+def is_pruned_checkpoint(model_dir) -> bool:
+    import json
+    from pathlib import Path
+
+    config = Path(model_dir) / "config.json"
+    return config.exists() and bool(json.loads(config.read_text()).get(ATTENTION_HEADS))
+
+
+def load_pruned(model_dir, dtype: torch.dtype) -> torch.nn.Module:
+    """A pruned checkpoint: the class built from its config, given its pruned shapes, then its safetensors weights."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = shrink(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32))
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no .safetensors weights in {model_dir}")
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    if model.config.tie_word_embeddings and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state, strict=True)
+    return model.to(dtype)

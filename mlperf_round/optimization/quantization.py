@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, RoundError
+from . import pruning
 
 MODELOPT_FILE = "modelopt.pth"
 
@@ -142,9 +143,11 @@ def load(checkpoint: Path, dtype: str = "float32") -> torch.nn.Module:
             import modelopt.torch.opt as mto
 
             config = AutoConfig.from_pretrained(checkpoint)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model = pruning.shrink(AutoModelForCausalLM.from_config(config, dtype=torch.float32))
             model = mto.restore(model, str(checkpoint / MODELOPT_FILE))
             return model.to(dt).eval()
+        if pruning.is_pruned_checkpoint(checkpoint):
+            return pruning.load_pruned(checkpoint, dt).eval()
         return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dt).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise InputError(f"{checkpoint}: cannot load the checkpoint ({str(err).splitlines()[0][:200]})") from None

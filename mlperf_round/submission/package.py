@@ -94,6 +94,8 @@ def recipe_label(r: EntryResults) -> str:
         parts.append(f"{r.entry.recipe.sparsity} {r.entry.recipe.sparsity_method}")
     if r.engine.get("deepcache_interval"):
         parts.append(f"DeepCache/{r.engine['deepcache_interval']}")
+    if r.entry.recipe.prune.active:
+        parts.append("pruned" + (" + KD" if r.entry.recipe.distill.steps else ""))
     return " + ".join(parts)
 
 
@@ -114,9 +116,20 @@ def _measurements(r: EntryResults, source: str) -> dict:
     if recipe.sparsity != "none":
         transforms.insert(0, f"{recipe.sparsity} structured sparsity on every attention and MLP linear layer "
                              f"({recipe.sparsity_method}, NVIDIA Model Optimizer), post-training, no fine-tuning")
+    pruned = r.quantize.get("pruning")
+    if pruned:
+        kd = recipe.distill
+        steps = [f"structured pruning to {pruned['layers']} decoder layers and {pruned['heads_per_layer']} attention heads "
+                 f"per layer ({pruned['parameters_before']:,} -> {pruned['parameters_after']:,} parameters), layers by block "
+                 "influence and heads by output norm on the calibration list"]
+        if kd.steps:
+            steps.append(f"knowledge distillation from the unpruned model: KL divergence of logits at temperature "
+                         f"{kd.temperature:g}, {kd.steps} steps, AdamW lr {kd.lr:g}, on the calibration list "
+                         "(NVIDIA Model Optimizer distillation)")
+        transforms[:0] = steps
     return {
         "input_data_types": "int32 (CLIP token ids), fp32 initial latents" if image else "int32 (token ids)",
-        "retraining": "no",
+        "retraining": "yes: knowledge distillation on the calibration list" if pruned and recipe.distill.steps else "no",
         "starting_weights_filename": source,
         "weight_data_types": WEIGHT_TYPES[precision],
         "weight_transformations": "; ".join(transforms) or "none",
