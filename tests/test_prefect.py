@@ -29,7 +29,8 @@ BENCHMARKS = ["gptj", "llama2-70b"]
 OVERRIDES = {
     "benchmarks": {"gptj": {"model": {"tiny": {"train_steps": 100}}}, "llama2-70b": {"model": {"tiny": {"train_steps": 100}}}},
     "entries": {"gptj-99": {"division": "open", "scenarios": ["Offline"]},
-                "llama2-70b-99p9": {"division": "open", "scenarios": ["Offline"]}, "llama2-70b-sparse": None},
+                "llama2-70b-99p9": {"division": "open", "scenarios": ["Offline"]}, "llama2-70b-sparse": None,
+                "gptj-99-pruned": None},
 }
 
 

@@ -315,7 +315,7 @@ def test_check_finds_a_removed_file_an_emptied_system_field_and_an_invalid_log(a
     assert f"{detail.relative_to(tree)}: LoadGen says INVALID [invalid-run]" in out
     assert any(line.startswith(f"{gptj.relative_to(tree)}: ran with mlperf.conf {'0' * 40}, the installed LoadGen has ")
                and line.endswith("[mlperf-conf]") for line in out), out
-    assert re.match(r"check: 8 results, \d+ findings .*; \d+ are what a smoke round cannot meet, \d+ are defects", out[-1])
+    assert re.match(r"check: 9 results, \d+ findings .*; \d+ are what a smoke round cannot meet, \d+ are defects", out[-1])
 
 
 # what MLCommons' checker says of a smoke tree, beyond the rules a smoke round cannot meet: nothing
@@ -506,7 +506,7 @@ def test_sweep_gives_one_experiment_per_value_in_dvc_and_mlflow(workspace: Path,
     for bs in (4, 2):
         data = exps[f"bs{bs}"]
         assert data["params"]["params.yaml"]["data"]["entries"][ENTRY]["build"]["max_batch_size"] == bs
-        assert data["metrics"]["submission/metrics.json"]["data"]["entries"] == 5
+        assert data["metrics"]["submission/metrics.json"]["data"]["entries"] == 6
     table = json.loads(_compare(workspace, "smoke-fp32@bs4", "smoke-fp32@bs2", "--format", "json").stdout)
     assert any(r["entry"] == ENTRY and r["metric"] == "samples_per_s" for r in table["rows"])
     shas = [revs[n]["rev"] for n in ("bs4", "bs2")]

@@ -28,7 +28,7 @@ def v61(data: dict) -> None:
     data["round"].update(version="v6.1")
     data["round"]["system"]["system_type"] = "datacenter,edge"
     del data["benchmarks"]["gptj"]
-    for key in ("gptj-99", "llama2-70b-sparse", "stable-diffusion-xl-deepcache"):
+    for key in ("gptj-99", "gptj-99-pruned", "llama2-70b-sparse", "stable-diffusion-xl-deepcache"):
         del data["entries"][key]
     data["entries"]["stable-diffusion-xl"]["scenarios"] = ["SingleStream", "Offline", "Server"]
 

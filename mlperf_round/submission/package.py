@@ -259,8 +259,8 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
     accuracy = [{"entry": r.key, "recipe": recipe_label(r), "accuracy_ratio": round(float(r.accuracy["worst_ratio"]), 4),
                  "target_ratio": r.entry.accuracy_target if isinstance(r.entry.accuracy_target, float) else "",
                  "passed": r.accuracy["passed"]} for r in results]
-    return {"entries": len(results), "rows": len(rows), "table": rows, "accuracy": accuracy, "submittable": not smoke and not warnings and not findings,
-            "warnings": warnings, "headline": headline, "findings": len(findings), "defects": len(defects),
+    return {"entries": len(results), "rows": len(rows), "table": rows, "accuracy": accuracy,
+            "submittable": not smoke and not warnings and not findings, "warnings": warnings, "headline": headline, "findings": len(findings), "defects": len(defects),
             "unmet_rules": sorted({r for rules in unmet.values() for r in rules}),
             "mlperf_conf_sha1": conf_sha1, "provenance": records}
 
