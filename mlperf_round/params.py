@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from .errors import ParamsError
@@ -567,13 +566,21 @@ def load_params(path: str | Path = PARAMS_FILE) -> RoundParams:
         text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found") from None
+    return parse_params(read_yaml(text, path), str(path))
+
+
+def read_yaml(text: str, path: Path) -> object:
+    """YAML 1.2, as DVC reads params.yaml and writes it back (`dvc exp run -S`): there `2:4` is a string and
+    `1e-3` a float, where a YAML 1.1 reader (PyYAML) sees the integer 124 and a string."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
+        return YAML(typ="safe", pure=True).load(text)
+    except (YAMLError, MarkedYAMLError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}: not valid YAML{where}") from None
-    return parse_params(data, str(path))
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:

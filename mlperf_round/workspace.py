@@ -60,10 +60,10 @@ def select_benchmarks(params: dict, benchmarks: list[str]) -> dict:
 
 def write_params(dest: Path, overrides: dict | None = None, benchmarks: list[str] | None = None) -> None:
     """Apply a round's overrides and benchmark selection to the workspace's params.yaml, validated."""
-    from .params import parse_params
+    from .params import parse_params, read_yaml
 
     path = dest / "params.yaml"
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path.read_text(), path)
     data = merge(data, overrides or {})
     if benchmarks:
         data = select_benchmarks(data, benchmarks)

@@ -24,6 +24,15 @@ def test_shipped_params_are_valid():
     assert p.round.version == "v5.0"
 
 
+def test_params_as_dvc_exp_rewrites_them_are_read_as_dvc_reads_them(tmp_path: Path):
+    """`dvc exp run -S` re-dumps params.yaml with YAML 1.2 quoting: `2:4` and `1e-3` come back unquoted."""
+    text = (ROOT / "params.yaml").read_text().replace('sparsity: "2:4"', "sparsity: 2:4").replace("lr: 0.002", "lr: 2e-3")
+    assert "sparsity: 2:4" in text and "lr: 2e-3" in text
+    (tmp_path / "params.yaml").write_text(text)
+    p = load_params(tmp_path / "params.yaml")
+    assert p.entries["llama2-70b-sparse"].recipe.sparsity == "2:4" and p.entries["gptj-99-pruned"].recipe.distill.lr == 0.002
+
+
 @pytest.mark.parametrize(
     "edit, key",
     [

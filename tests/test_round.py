@@ -19,7 +19,7 @@ from mlperf_round import layout
 from .conftest import ROOT, copy_project, edit_params, run
 
 pytestmark = pytest.mark.slow
-ENTRY, BENCH = "gptj-99", "gptj"
+ENTRY, BENCH, PRUNED = "gptj-99", "gptj", "gptj-99-pruned"
 LLAMA = ("llama2-70b-99p9", "llama2-70b-sparse")  # closed, open
 SDXL, SDXL_BENCH, DEEPCACHE = "stable-diffusion-xl", "stable-diffusion-xl", "stable-diffusion-xl-deepcache"
 
@@ -51,7 +51,7 @@ def test_round_produces_every_declared_output(workspace: Path):
         per_entry = ("quantize", "build", "accuracy", "performance", "compliance")
         assert set(stages) == {
             *(f"{s}@{b}" for s in ("download", "calibrate", "reference") for b in (BENCH, "llama2-70b", SDXL_BENCH)),
-            *(f"{s}@{e}" for s in per_entry for e in (ENTRY, *LLAMA, SDXL, DEEPCACHE)), "package",
+            *(f"{s}@{e}" for s in per_entry for e in (ENTRY, PRUNED, *LLAMA, SDXL, DEEPCACHE)), "package",
         }
         for stage in stages.values():
             for out in stage.outs:
@@ -124,6 +124,35 @@ def test_sparse_entry_is_24_on_every_layer_and_packaged_open(workspace: Path):
     assert (res / "results/cpu-smoke/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
     meas = json.loads(next((res / "measurements/cpu-smoke/llama2-70b-99.9/Offline").glob("*.json")).read_text())
     assert "2:4 structured sparsity" in meas["weight_transformations"]
+
+
+def test_pruned_gptj_is_smaller_distilled_and_packaged_open_with_its_transformations(workspace: Path):
+    quant = metrics(workspace, PRUNED, "quantize")
+    assert quant["pruning"]["layers"] == 1 and quant["pruning"]["heads_per_layer"] == 2
+    assert quant["parameters"] == quant["pruning"]["parameters_after"] < 0.7 * metrics(workspace, ENTRY, "quantize")["parameters"]
+    assert quant["pruning"]["kd_loss_last"] < quant["pruning"]["kd_loss_first"] / 2
+    curve = (workspace / layout.out_dir(PRUNED, "quantize") / "distill_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,kd_loss" and len(curve) == 301
+    config = json.loads((workspace / layout.out_dir(PRUNED, "quantize") / "model/config.json").read_text())
+    assert config["architectures"] == ["GPTJForCausalLM"] and config["mlperf_attention_heads"] == [2]
+    acc = metrics(workspace, PRUNED, "accuracy")
+    assert 0.5 < acc["worst_ratio"] and acc["Offline"]["rouge1"] > 0  # reported against the closed target, not gated
+    tree = workspace / TREE_V50 / "open/MLPerfRound"
+    meas = json.loads((tree / f"measurements/{SYSTEM}/gptj-99/Offline/{SYSTEM}_torch_Offline.json").read_text())
+    assert meas["retraining"].startswith("yes: knowledge distillation")
+    assert "structured pruning to 1 decoder layers and 2 attention heads" in meas["weight_transformations"]
+    assert "knowledge distillation from the unpruned model" in meas["weight_transformations"]
+    assert (tree / f"results/{SYSTEM}/gptj-99/Offline/accuracy/accuracy.txt").is_file()
+    runs = [r for r in mlflow_runs(workspace) if r.data.tags.get("dvc.stage") == f"quantize@{PRUNED}"]
+    history = _metric_history(workspace, runs[0].info.run_id, "distill.kd_loss")
+    assert len(history) == 300 and history[-1] < history[0]
+
+
+def _metric_history(ws: Path, run_id: str, key: str) -> list[float]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{ws}/mlruns/mlflow.db")
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def test_sdxl_calibrates_on_the_first_8_steps_and_quantizes_the_recipe_layers(workspace: Path):
@@ -214,7 +243,7 @@ def test_results_table_lists_unmet_rules_and_provenance_traces_each_result(works
     import yaml
 
     rows = list(csv.DictReader((workspace / "submission/package/results.csv").open()))
-    assert len(rows) == 8 and not any(r["submittable"] == "True" for r in rows)
+    assert len(rows) == 9 and not any(r["submittable"] == "True" for r in rows)
     assert all({"min_duration", "performance_sample_count", "dataset_size", "reference"} <= set(r["unmet_rules"].split())
                for r in rows)
     md = (workspace / "submission/package/results.md").read_text()
