@@ -54,12 +54,13 @@ def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, 
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1200})
             page.goto(f"{base}/#/compare-runs?{query}")
-            cell = page.get_by_text(metric).first
-            cell.wait_for(timeout=60_000)
-            cell.scroll_into_view_if_needed()
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot), full_page=True)
+            page.get_by_text(metric).first.wait_for(timeout=60_000)
             text = page.inner_text("body")
+            # the metrics table lists every metric; "Show diff only" (its second switch) keeps those that differ
+            page.get_by_text("Show diff only").nth(1).click()
+            page.get_by_text("Metrics", exact=True).first.scroll_into_view_if_needed()
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot))
             browser.close()
         return text
     finally:
