@@ -57,8 +57,10 @@ def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, 
             page.get_by_text(metric).first.wait_for(timeout=60_000)
             text = page.inner_text("body")
             # the metrics table lists every metric; "Show diff only" (its second switch) keeps those that differ
-            page.get_by_text("Show diff only").nth(1).click()
-            page.get_by_text("Metrics", exact=True).first.scroll_into_view_if_needed()
+            switch = page.get_by_text("Show diff only").nth(1)
+            switch.click()
+            switch.evaluate("e => e.scrollIntoView({block: 'start'})")  # the page scrolls inside a pane
+            page.wait_for_timeout(500)
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
             browser.close()
