@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ENV = "MLPERF_ROUND_TIMING_LOCK"
-_held: dict[str, object] = {}  # this process's shared hold, if any: {"file": f}
+_stage_hold: SharedHold | None = None  # this process's stage hold, which its timed runs give back while they run
 
 
 def lock_path() -> Path:
@@ -93,33 +93,35 @@ class SharedHold:
 @contextlib.contextmanager
 def stage(label: str):
     """Held shared for a whole stage: no timed run starts while the stage computes."""
-    if _off() or _held:
+    global _stage_hold
+    if _off() or _stage_hold is not None:
         yield
         return
-    path = lock_path()
-    with _open(path) as main, _open(path.with_name(path.name + ".gate")) as gate:
-        _acquire_shared(main, gate, label)
-        _held.update(main=main, gate=gate)
-        try:
-            yield
-        finally:
-            _held.clear()
-            fcntl.flock(main, fcntl.LOCK_UN)
+    hold = SharedHold(label)
+    hold.acquire()
+    _stage_hold = hold
+    try:
+        yield
+    finally:
+        _stage_hold = None
+        hold.close()
 
 
 @contextlib.contextmanager
 def timed_run(label: str):
-    """Held exclusive for one timed test; this process's shared hold is given back meanwhile."""
+    """Held exclusive for one timed test; this process's stage hold is given back meanwhile."""
     if _off():
         yield
         return
     path = lock_path()
-    shared = bool(_held)
+    shared = _stage_hold if _stage_hold is not None and _stage_hold.held else None
     with contextlib.ExitStack() as stack:
-        main = _held["main"] if shared else stack.enter_context(_open(path))
-        gate = _held["gate"] if shared else stack.enter_context(_open(path.with_name(path.name + ".gate")))
         if shared:
-            fcntl.flock(main, fcntl.LOCK_UN)
+            main, gate = shared.files
+            shared.release()
+        else:
+            main = stack.enter_context(_open(path))
+            gate = stack.enter_context(_open(path.with_name(path.name + ".gate")))
         _flock(gate, fcntl.LOCK_EX, label, "the host's timing lock", main)
         try:
             _flock(main, fcntl.LOCK_EX, label, "the stages running now to finish", main)
@@ -137,4 +139,4 @@ def timed_run(label: str):
             main.flush()
             fcntl.flock(main, fcntl.LOCK_UN)
             if shared:
-                _acquire_shared(main, gate, label)
+                shared.acquire()
