@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ParamsError, RoundError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every bad-input error of the project
-        raise ParamsError(f"{self.prog}: {message}")
+from .errors import OneLineParser, ParamsError, RoundError
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -32,8 +27,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="mlperf-round", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="mlperf-round", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     cmp = sub.add_parser("compare", help="rounds side by side, from MLflow (the first is the baseline)")
     cmp.add_argument("rounds", nargs="+", metavar="ROUND", help="a round's name or its parent run's id; two or more")
     cmp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")

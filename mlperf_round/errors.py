@@ -1,5 +1,7 @@
 """Errors a stage reports as one line; the exit code says whose fault it was."""
 
+import argparse
+
 
 class RoundError(Exception):
     """A known failure: reported as one line, never as a traceback."""
@@ -38,3 +40,10 @@ class TransientError(RoundError):
     """
 
     exit_code = 75
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad command-line arguments are a ParamsError: one line, exit 2, like every bad input (argparse prints usage too)."""
+
+    def error(self, message: str):
+        raise ParamsError(f"{self.prog}: {message}")

@@ -123,6 +123,9 @@ class TinyLlama(Strict):
         return self
 
 
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}  # weights only as safetensors
+
+
 class HFSource(Strict):
     repo: str = Field("", description="Hugging Face repository, e.g. EleutherAI/gpt-j-6b")
     revision: str = Field("", description="pinned commit (40 hex digits)")
@@ -136,6 +139,9 @@ class HFSource(Strict):
         for name, digest in self.files.items():
             if not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise ValueError(f"files.{name}: {digest!r} is not a sha256")
+            if Path(name).suffix.lower() in PICKLE_SUFFIXES:
+                raise ValueError(f"files.{name}: a pickle file runs code when it is loaded; fetch the repository's "
+                                 ".safetensors weights instead")
         return self
 
 
@@ -542,7 +548,7 @@ def _format_error(err: ValidationError, source: str, prefix: str = "") -> str:
         msg = "unknown key"
     elif first["type"] == "missing":
         msg = "required key is missing"
-    sub = re.match(r"([A-Za-z_][\w.]*): (.*)", msg)
+    sub = re.match(r"([A-Za-z_][\w./-]*): (.*)", msg)
     if loc and sub:  # a section's validator names the key inside it
         loc, msg = f"{loc}.{sub.group(1)}", sub.group(2)
     where = f"{source}: {loc}: " if loc else f"{source}: "
@@ -550,14 +556,25 @@ def _format_error(err: ValidationError, source: str, prefix: str = "") -> str:
     return f"{where}{msg}{extra}"
 
 
+_LINE_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _one_line(message: str) -> str:
+    """A key or value with a line break in it (YAML allows one) must not break the one-line error."""
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], message)
+
+
 def parse_params(data: object, source: str = PARAMS_FILE) -> RoundParams:
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: the top level must be a mapping with round, benchmarks and entries")
-    data = _typed_benchmarks(data, source)
     try:
-        return RoundParams.model_validate(data)
-    except ValidationError as err:
-        raise ParamsError(_format_error(err, source)) from None
+        data = _typed_benchmarks(data, source)
+        try:
+            return RoundParams.model_validate(data)
+        except ValidationError as err:
+            raise ParamsError(_format_error(err, source)) from None
+    except ParamsError as err:
+        raise ParamsError(_one_line(str(err))) from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> RoundParams:

@@ -9,6 +9,7 @@ one line on stderr with an exit code that says whose fault it was.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from . import layout
-from .errors import ParamsError, RoundError
+from .errors import OneLineParser, ParamsError, RoundError
 from .harness import timing_lock
 from .params import BenchmarkParams, EntryParams, RoundParams, check_loadgen, load_params
 from .sources import verify_manifest, write_manifest
@@ -87,10 +88,6 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _parse(stage: str, scope: Scope, argv: list[str] | None) -> argparse.Namespace:
-    class OneLineParser(argparse.ArgumentParser):
-        def error(self, message: str):
-            raise ParamsError(f"{self.prog}: {message}")
-
     parser = OneLineParser(prog=f"python -m stages.{stage}", description=f"MLPerf round stage: {stage}")
     if scope != "round":
         parser.add_argument("key", help=f"the {scope} to run the stage for (a key under {scope}s in params.yaml)")
@@ -99,6 +96,7 @@ def _parse(stage: str, scope: Scope, argv: list[str] | None) -> argparse.Namespa
 
 
 REPORT_ENV = "MLPERF_ROUND_STAGE_REPORT"
+DISK_FULL_EXIT = 74  # EX_IOERR: not retried, a retry would find the disk as full
 
 
 def _report(record: dict) -> None:
@@ -192,13 +190,36 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
         print(f"error: {stage}@{key}: interrupted", file=sys.stderr)
         return err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 130
     except Exception as err:  # a bug, not bad input: keep the traceback, end with one line
+        full = _disk_full(err, partial)  # asked before the partial output is discarded and frees its space
         _discard(partial, plots_partial)
+        if full:  # not a bug: the machine's state; say where, keep nothing
+            errors.append(f"no space left on device while writing {getattr(err, 'filename', None) or final.parent} "
+                          "(nothing was kept; free space and re-run)")
+            print(f"error: {stage}@{key}: {errors[-1]}", file=sys.stderr)
+            return DISK_FULL_EXIT
         traceback.print_exc()
         errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
         print(f"error: {stage}@{key}: {errors[-1]}", file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(plots_partial, ignore_errors=True)  # a stage that wrote no plots
+
+
+def _disk_full(err: BaseException, out: Path) -> bool:
+    """ENOSPC, as an OSError or wrapped by a library that writes natively (safetensors says so; torch.save only
+    says "file write failed", so a failure while the output's filesystem has under 1 MiB free counts too)."""
+    try:
+        if shutil.disk_usage(out if out.exists() else out.parent).free < 1 << 20:
+            return True
+    except OSError:
+        pass
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _discard(*paths: Path) -> None:

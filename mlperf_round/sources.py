@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,13 +25,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> None:
-    """Download `url` to `dest`; a checksum mismatch leaves nothing behind."""
+def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
+    """Download `url` to `dest`; a checksum mismatch leaves nothing behind. Headers (a token) are never printed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     h = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(partial, "wb") as f:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as resp, open(partial, "wb") as f:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 while chunk := resp.read(CHUNK):
@@ -40,7 +42,8 @@ def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> None:
     except urllib.error.HTTPError as err:  # the server answered: only its own trouble is worth a retry
         partial.unlink(missing_ok=True)
         kind = TransientError if err.code >= 500 or err.code == 429 else InputError
-        raise kind(f"{url}: download failed (HTTP {err.code} {err.reason})") from None
+        hint = "; a gated repository needs HF_TOKEN" if err.code in (401, 403) and not headers else ""
+        raise kind(f"{url}: download failed (HTTP {err.code} {err.reason}){hint}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         partial.unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
@@ -56,6 +59,16 @@ def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> None:
 
 def hf_url(endpoint: str, repo: str, revision: str, filename: str) -> str:
     return f"{endpoint.rstrip('/')}/{repo}/resolve/{revision}/{filename}"
+
+
+TOKEN_ENV = "HF_TOKEN"  # huggingface_hub's name; gated repositories (Llama 2) need it. Read here only, sent only to the hub.
+
+
+def fetch_hf(hf, filename: str, dest: Path, sha256: str) -> None:
+    """One file of a pinned Hugging Face repository (`params.HFSource`), with $HF_TOKEN when it is set."""
+    token = os.environ.get(TOKEN_ENV)
+    fetch(hf_url(hf.endpoint, hf.repo, hf.revision, filename), dest, sha256,
+          headers={"Authorization": f"Bearer {token}"} if token else None)
 
 
 def write_manifest(root: Path) -> dict[str, str]:

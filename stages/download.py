@@ -21,7 +21,7 @@ def body(ctx: StageContext) -> dict:
     else:
         hf = bp.model.hf
         for name, digest in hf.files.items():
-            sources.fetch(sources.hf_url(hf.endpoint, hf.repo, hf.revision, name), out / "model" / name, digest)
+            sources.fetch_hf(hf, name, out / "model" / name, digest)
     if bp.dataset.source == "generated":
         bench.write_generated_dataset(bp, out)
     else:

@@ -76,7 +76,7 @@ def test_unreachable_hub_is_transient_and_a_missing_file_is_not(project: Path, h
     _point_at(project, dead, sums)
     proc = run([sys.executable, "-m", "stages.download", "gptj"], project, check=False)
     assert proc.returncode == 75 and "a retry may succeed" in proc.stderr.strip().splitlines()[-1], proc.stderr
-    _point_at(project, endpoint, dict(sums, **{"missing.bin": "0" * 64}))
+    _point_at(project, endpoint, dict(sums, **{"missing.json": "0" * 64}))
     proc = run([sys.executable, "-m", "stages.download", "gptj"], project, check=False)
     assert proc.returncode == 3 and "HTTP 404" in proc.stderr.strip().splitlines()[-1], proc.stderr
     assert not (project / "artifacts/gptj/download/source").exists()

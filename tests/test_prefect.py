@@ -22,7 +22,7 @@ import pytest
 
 from flows import local
 
-from .conftest import copy_project, env
+from .conftest import copy_project, env, listening_addresses
 
 pytestmark = pytest.mark.slow
 BENCHMARKS = ["gptj", "llama2-70b"]
@@ -130,6 +130,11 @@ def test_deployment_run_computes_the_round_with_branches_in_parallel(stack: Stac
     g, ll = branches["gptj"], branches["llama2-70b"]
     assert g["start"] < ll["end"] and ll["start"] < g["end"], "the branches did not overlap"
     assert any((stack.remote / "runs").rglob("*")), "no run-cache entries in the shared DVC remote"
+
+
+def test_servers_listen_on_loopback_only(stack):
+    assert listening_addresses(stack.port) == {"127.0.0.1"}  # Prefect's API
+    assert listening_addresses(stack.mlflow_port) == {"127.0.0.1"}  # the MLflow server
 
 
 def test_second_deployment_run_recomputes_nothing(stack: Stack):

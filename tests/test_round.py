@@ -322,6 +322,36 @@ def test_package_refuses_what_the_checker_would_reject(artifacts_copy, tmp_path:
     assert any(re.match(expected, line) for line in err.value.problems), err.value.problems
 
 
+@pytest.mark.parametrize("case, expected", [
+    ("detail-cut", r"performance/logs/Offline/mlperf_log_detail.txt: (line \d+ is not a valid MLLOG record|no LoadGen settings)"),
+    ("summary-cut", r"performance/logs/Offline/mlperf_log_summary.txt: incomplete summary"),
+    ("accuracy-not-json", r"accuracy/logs/Offline/mlperf_log_accuracy.json: not valid JSON"),
+])
+def test_a_corrupt_loadgen_log_is_one_line_naming_it_and_nothing_is_packaged(artifacts_copy, tmp_path: Path, case, expected):
+    """Real LoadGen logs of the round, cut in half or overwritten (their manifest re-recorded, so only the
+    content is wrong): the reader refuses them in one line, and so does package."""
+    from mlperf_round.errors import InputError
+    from mlperf_round.harness.logs import performance_metrics, read_accuracy
+    from mlperf_round.sources import write_manifest
+
+    artifacts, params = artifacts_copy
+    stage = "accuracy" if case.startswith("accuracy") else "performance"
+    logs = layout.out_dir(ENTRY, stage, artifacts)
+    name = {"detail-cut": "mlperf_log_detail.txt", "summary-cut": "mlperf_log_summary.txt",
+            "accuracy-not-json": "mlperf_log_accuracy.json"}[case]
+    path = logs / "Offline" / name
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2] if case.endswith("cut") else "{'not': json")
+    (logs / "manifest.json").unlink()
+    write_manifest(logs)
+    with pytest.raises(InputError) as err:
+        read_accuracy(path) if stage == "accuracy" else performance_metrics(logs / "Offline", "Offline")
+    assert re.search(expected, str(err.value)) and "\n" not in str(err.value), str(err.value)
+    with pytest.raises(InputError) as err:
+        _package(artifacts, params, tmp_path / "out")
+    assert re.search(expected, str(err.value)), str(err.value)
+
+
 def test_check_finds_a_removed_file_an_emptied_system_field_and_an_invalid_log(artifacts_copy, tmp_path: Path):
     artifacts, params = artifacts_copy
     _package(artifacts, params, tmp_path / "out")

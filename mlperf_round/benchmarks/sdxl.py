@@ -102,7 +102,7 @@ def download(bp, out: Path) -> dict:
     else:
         hf = bp.model.hf
         for name, digest in hf.files.items():
-            sources.fetch(sources.hf_url(hf.endpoint, hf.repo, hf.revision, name), out / "model" / name, digest)
+            sources.fetch_hf(hf, name, out / "model" / name, digest)
         sources.fetch(bp.model.latents.url, out / pipeline.LATENTS_FILE, bp.model.latents.sha256)
     latents = pipeline.load_latents(out / pipeline.LATENTS_FILE)
     ds = bp.dataset
@@ -127,8 +127,7 @@ def download(bp, out: Path) -> dict:
         sources.fetch(ev.inception.url, metrics_dir / fid.FEATURE_NET, ev.inception.sha256)
         sources.fetch(ev.statistics.url, metrics_dir / fid.STATISTICS, ev.statistics.sha256)
         for name, digest in ev.clip.files.items():
-            sources.fetch(sources.hf_url(ev.clip.endpoint, ev.clip.repo, ev.clip.revision, name),
-                          metrics_dir / clip_score.MODEL_DIR / name, digest)
+            sources.fetch_hf(ev.clip, name, metrics_dir / clip_score.MODEL_DIR / name, digest)
     fid.load_statistics(metrics_dir / fid.STATISTICS)  # bad input fails here, not at the first accuracy run
     model_bytes = sum(p.stat().st_size for p in (out / "model").rglob("*") if p.is_file())
     return {"dataset_samples": len(samples), "calibration_samples": len(calib), "checkpoint_bytes": model_bytes,

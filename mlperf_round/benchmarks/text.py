@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..jsonfile import read_json
+from ..weights import safetensors_only
 
 UNK = "<unk>"
 VOCAB_WORDS = 400
@@ -83,9 +84,10 @@ def load_model(model_dir: Path, dtype: str = "float32"):
     try:
         from ..optimization import pruning
 
+        safetensors_only(model_dir)
         if pruning.is_pruned_checkpoint(model_dir):
             return pruning.load_pruned(model_dir, getattr(torch, dtype)).eval()
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), use_safetensors=True).eval()
     except (OSError, ValueError) as err:
         raise InputError(f"{model_dir}: cannot load the checkpoint ({str(err).splitlines()[0]})") from None
 

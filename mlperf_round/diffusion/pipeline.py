@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..weights import safetensors_only
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 LATENTS_FILE = "latents.pt"
@@ -106,7 +107,8 @@ def load_pipeline(model_dir: Path, dtype: str = "float32", unet=None, device: st
 
     kwargs = {"unet": unet} if unet is not None else {}
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+        safetensors_only(model_dir)
+        pipe = StableDiffusionXLPipeline.from_pretrained(model_dir, dtype=getattr(torch, dtype), use_safetensors=True,
                                                          local_files_only=True, add_watermarker=False, **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:
         raise InputError(f"{model_dir}: cannot load the SDXL pipeline ({str(err).splitlines()[0][:200]})") from None

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..optimization.quantization import MODELOPT_FILE, set_ranges
+from ..weights import safetensors_only
 
 # every Linear and Conv2d input observed per channel; weights and everything else left alone
 _STATS_CFG = {
@@ -141,10 +142,11 @@ def load_unet(unet_dir: Path, dtype: str = "float32"):
             import modelopt.torch.quantization as mtq
 
             unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir))
-            unet = mto.restore(unet, str(unet_dir / MODELOPT_FILE))
+            unet = mto.restore(unet, str(unet_dir / MODELOPT_FILE), weights_only=True)
             # weights stored already quantized, as an INT8 engine holds them: the same outputs, less work per step
             mtq.fold_weight(unet)
             return unet.to(dt).eval()
-        return UNet2DConditionModel.from_pretrained(unet_dir, dtype=dt).eval()
+        safetensors_only(unet_dir)
+        return UNet2DConditionModel.from_pretrained(unet_dir, dtype=dt, use_safetensors=True).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise InputError(f"{unet_dir}: cannot load the UNet ({str(err).splitlines()[0][:200]})") from None

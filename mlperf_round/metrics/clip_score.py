@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..weights import safetensors_only
 
 MODEL_DIR = "clip"
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -23,7 +24,8 @@ def load_clip(path: Path):
     from transformers import AutoTokenizer, CLIPModel
 
     try:
-        return CLIPModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        safetensors_only(path)
+        return CLIPModel.from_pretrained(path, use_safetensors=True).eval(), AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot load the CLIP model ({str(err).splitlines()[0][:160]})") from None
 

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError, RoundError
 from . import pruning
+from ..weights import safetensors_only
 
 MODELOPT_FILE = "modelopt.pth"
 
@@ -144,11 +145,12 @@ def load(checkpoint: Path, dtype: str = "float32") -> torch.nn.Module:
 
             config = AutoConfig.from_pretrained(checkpoint)
             model = pruning.shrink(AutoModelForCausalLM.from_config(config, dtype=torch.float32))
-            model = mto.restore(model, str(checkpoint / MODELOPT_FILE))
+            model = mto.restore(model, str(checkpoint / MODELOPT_FILE), weights_only=True)
             return model.to(dt).eval()
+        safetensors_only(checkpoint)
         if pruning.is_pruned_checkpoint(checkpoint):
             return pruning.load_pruned(checkpoint, dt).eval()
-        return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dt).eval()
+        return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dt, use_safetensors=True).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise InputError(f"{checkpoint}: cannot load the checkpoint ({str(err).splitlines()[0][:200]})") from None
 

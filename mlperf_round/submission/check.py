@@ -12,7 +12,6 @@ other finding is a defect of the tree.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import benchmarks
-from ..errors import InputError
+from ..errors import InputError, OneLineParser, RoundError
 from ..harness import mlperf_conf
 from ..harness.logs import ACCURACY, DETAIL, SUMMARY, read_detail
 from ..params import RANGE_TARGETED
@@ -359,14 +358,14 @@ def summarize(findings: list[Finding], results: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mlperf-round-check", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="mlperf-round-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("tree", type=Path, help="the submission root (holds closed/ and open/)")
     parser.add_argument("--version", required=True, choices=sorted(VERSIONS), help="the MLPerf Inference version")
     parser.add_argument("--smoke", action="store_true", help="findings a smoke round cannot avoid do not fail the check")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         findings, results = check_tree(args.tree, args.version)
-    except InputError as err:
+    except RoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     for f in findings:

@@ -12,6 +12,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
+from ..jsonfile import read_json
+
 ACCURACY_KEEP = 4096  # bytes kept at each end of a published mlperf_log_accuracy.json
 MAX_ACCURACY_LOG = 10240  # the checker takes a larger accuracy log for an untruncated one
 
@@ -54,6 +57,9 @@ class Layout:
 def truncate_accuracy_log(src: Path, dst_dir: Path) -> str:
     """Copy the accuracy log as MLPerf publishes it: ends kept around '...'; return the full file's sha256."""
     data = src.read_bytes()
+    rows = read_json(src, "missing; the accuracy run did not finish")  # a log cut short is refused, not published
+    if not isinstance(rows, list):
+        raise InputError(f"{src}: not a LoadGen accuracy log (a JSON list of responses)")
     digest = hashlib.sha256(data).hexdigest()
     dst = dst_dir / src.name
     if len(data) > 2 * ACCURACY_KEEP:

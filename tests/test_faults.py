@@ -1,0 +1,195 @@
+"""Faults caused for real on a GPT-J round: SIGKILL in the middle of each kind of stage, a disk that
+fills while a stage writes, and two `dvc repro` on one workspace at once.
+
+After each fault: DVC sees the stage as not done, nothing half-written is in its cache or in
+dvc.lock, the MLflow run is not left RUNNING once the stage runs again, and the round resumes to
+the same outputs as a round that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlperf_round import layout
+from mlperf_round.runner import REPORT_ENV
+from mlperf_round.workspace import write_params
+
+from .conftest import copy_project, env, run
+
+pytestmark = pytest.mark.slow
+ENTRY = "gptj-99"
+OVERRIDES = {  # one GPT-J entry, Offline, shorter training: the whole chain in about two minutes
+    "benchmarks": {"gptj": {"model": {"tiny": {"train_steps": 100}}}},
+    "entries": {ENTRY: {"division": "open", "scenarios": ["Offline"]}, "gptj-99-pruned": None},
+}
+# one stage of each kind, in the order the round runs them
+KILLED = ["download@gptj", "calibrate@gptj", f"quantize@{ENTRY}", f"build@{ENTRY}", f"accuracy@{ENTRY}",
+          f"performance@{ENTRY}", "package"]
+DETERMINISTIC = {  # outputs that must be byte-equal to an uninterrupted round's (the rest holds timings)
+    "download@gptj": "artifacts/gptj/download/source", "calibrate@gptj": "artifacts/gptj/calibrate/stats",
+    "reference@gptj": "artifacts/gptj/reference/scores", f"quantize@{ENTRY}": f"artifacts/{ENTRY}/quantize/checkpoint",
+    f"build@{ENTRY}": f"artifacts/{ENTRY}/build/engine",
+}
+
+
+def _workspace(path: Path) -> Path:
+    ws = copy_project(path)
+    write_params(ws, OVERRIDES, ["gptj"])
+    return ws
+
+
+def _dvc(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], ws, check=check)
+
+
+def _lock(ws: Path) -> dict:
+    return yaml.safe_load((ws / "dvc.lock").read_text())["stages"] if (ws / "dvc.lock").exists() else {}
+
+
+def _out_md5(ws: Path, stage: str, path: str) -> str:
+    return next(o["md5"] for o in _lock(ws)[stage]["outs"] if o["path"] == path)
+
+
+def _cache(ws: Path) -> set[str]:
+    root = ws / ".dvc/cache"
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def _runs(ws: Path, stage: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    db = ws / "mlruns/mlflow.db"
+    if not db.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("mlperf-round")
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], f"tags.`dvc.stage` = '{stage}'", max_results=100)
+
+
+def _reports(path: Path) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            out.setdefault(rec["stage"], set()).add(rec["event"])
+    return out
+
+
+def _kill_mid_stage(ws: Path, stage: str, report: Path) -> set[str]:
+    """`dvc repro <stage>`, SIGKILLed (DVC, the stage and its children) once the stage computes:
+    its partial output exists and its MLflow run is RUNNING. The DVC cache as it was when the stage started."""
+    report.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", stage], cwd=ws, env=env() | {REPORT_ENV: str(report)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    key, kind = (stage.split("@")[1], stage.split("@")[0]) if "@" in stage else (None, stage)
+    partial = (ws / (layout.SUBMISSION_OUT if key is None else layout.out_dir(key, kind))).with_name(
+        (layout.SUBMISSION_OUT if key is None else layout.out_dir(key, kind)).name + ".partial")
+    cache, deadline = None, time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"dvc repro {stage} ended (exit {proc.returncode}) before it could be killed"
+            events = _reports(report).get(stage, set())
+            assert "end" not in events, f"{stage} ended before it could be killed"
+            if "start" in events:
+                if cache is None:
+                    cache = _cache(ws)
+                if partial.exists() and any(r.info.status == "RUNNING" for r in _runs(ws, stage)):
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"{stage} never started computing")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return cache
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The same round, never interrupted."""
+    ws = _workspace(tmp_path_factory.mktemp("faults") / "reference")
+    _dvc(ws, "repro")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return _workspace(tmp_path_factory.mktemp("faults") / "killed")
+
+
+def test_sigkill_mid_stage_caches_nothing_and_the_round_resumes_to_the_same_outputs(workspace: Path, reference: Path,
+                                                                                       tmp_path: Path):
+    ws = workspace
+    for stage in KILLED:
+        lock_before = _lock(ws).get(stage)
+        cache_at_start = _kill_mid_stage(ws, stage, tmp_path / "report.jsonl")
+        status = json.loads(_dvc(ws, "status", "--json", stage).stdout)
+        assert stage in status, (stage, status)  # DVC knows it is not done
+        assert _lock(ws).get(stage) == lock_before, stage  # nothing recorded for it
+        assert _cache(ws) == cache_at_start, stage  # nothing of its partial output cached
+        assert [r.info.status for r in _runs(ws, stage)] == ["RUNNING"], stage  # its process died without a word
+        _dvc(ws, "repro", stage)  # the next run closes the stale run and completes the stage
+        runs = {r.info.status: r for r in _runs(ws, stage)}
+        assert sorted(runs) == ["FINISHED", "KILLED"], (stage, sorted(runs))
+        assert runs["KILLED"].data.tags["mlperf.error"] == "process died without reporting (killed)"
+
+    _dvc(ws, "repro")
+    assert json.loads(_dvc(ws, "status", "--json").stdout) == {}
+    for stage, path in DETERMINISTIC.items():
+        assert _out_md5(ws, stage, path) == _out_md5(reference, stage, path), stage
+    acc = [json.loads((w / layout.metrics_path(ENTRY, "accuracy")).read_text()) for w in (ws, reference)]
+    assert acc[0]["Offline"] == acc[1]["Offline"]  # the same answers, so the same ROUGE
+    assert (ws / layout.SUBMISSION_OUT / "tree").is_dir()
+
+
+def test_disk_full_while_a_stage_writes_is_one_line_and_the_round_continues_once_space_is_freed(workspace: Path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    ws = workspace
+    _dvc(ws, "repro")
+    stage_dir = ws / layout.stage_dir(ENTRY, "build")
+    write_params(ws, {"entries": {ENTRY: {"build": {"max_batch_size": 4}}}})  # the engine must be built again
+    lock_before, cache_before = _lock(ws)[f"build@{ENTRY}"], _cache(ws)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(stage_dir)], check=True)
+    try:
+        proc = _dvc(ws, "repro", f"build@{ENTRY}", check=False)
+    finally:
+        subprocess.run(["umount", str(stage_dir)], check=True)
+    assert proc.returncode != 0
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"error: build@{ENTRY}: ")]
+    assert len(ours) == 1 and "no space left on device" in ours[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _lock(ws)[f"build@{ENTRY}"] == lock_before and _cache(ws) == cache_before
+    assert [r.info.status for r in _runs(ws, f"build@{ENTRY}")].count("FAILED") == 1
+    assert not any(r.info.status == "RUNNING" for r in _runs(ws, f"build@{ENTRY}"))
+    _dvc(ws, "repro")  # space freed: the round completes
+    assert json.loads(_dvc(ws, "status", "--json").stdout) == {}
+
+
+def test_a_second_repro_on_the_same_workspace_is_refused_and_the_first_completes(workspace: Path, tmp_path: Path):
+    ws = workspace
+    report = tmp_path / "report.jsonl"
+    write_params(ws, {"entries": {ENTRY: {"build": {"max_batch_size": 2}}}})
+    first = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=env() | {REPORT_ENV: str(report)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while "start" not in _reports(report).get(f"build@{ENTRY}", set()):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.1)
+    second = _dvc(ws, "repro", check=False)
+    out, err = first.communicate(timeout=900)
+    assert second.returncode != 0
+    assert "Unable to acquire lock" in second.stderr + second.stdout, second.stderr
+    assert first.returncode == 0, err[-3000:]
+    assert json.loads(_dvc(ws, "status", "--json").stdout) == {}
