@@ -75,8 +75,11 @@ def _reports(path: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     if path.exists():
         for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            out.setdefault(rec["stage"], {})[rec["event"]] = rec
+            try:  # a line being written, or cut short by a kill, is no record yet
+                rec = json.loads(line)
+                out.setdefault(rec["stage"], {})[rec["event"]] = rec
+            except (ValueError, KeyError, TypeError):
+                continue
     return out
 
 
@@ -109,6 +112,7 @@ def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tu
     hold = timing_lock.SharedHold(f"dvc repro {' '.join(targets)}")
     with tempfile.TemporaryDirectory(prefix="stage-report-") as tmp:
         report = Path(tmp) / "report.jsonl"
+        proc = None
         try:
             hold.acquire()
             proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--pull", *flags, *targets], cwd=ws,
@@ -128,6 +132,9 @@ def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tu
             for t in readers:
                 t.join()
         finally:
+            if proc is not None and proc.poll() is None:  # this task is unwinding: DVC must not outlive it holding its lock
+                proc.kill()
+                proc.wait()
             hold.close()
         done = subprocess.CompletedProcess(proc.args, proc.returncode, out.get("stdout", ""), out.get("stderr", ""))
         return done, _reports(report)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import OneLineParser, ParamsError, RoundError
+from .errors import OneLineParser, ParamsError, RoundError, TransientError
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -13,7 +13,16 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.fail_on_regression is not None and args.fail_on_regression < 0:
         raise ParamsError(f"--fail-on-regression: {args.fail_on_regression} is negative; give a percentage >= 0")
-    rounds = compare.load_rounds(args.rounds, args.tracking_uri or tracking.tracking_uri())
+    from mlflow.exceptions import MlflowException
+
+    uri = args.tracking_uri or tracking.tracking_uri()
+    try:
+        rounds = compare.load_rounds(args.rounds, uri)
+    except (MlflowException, OSError) as err:
+        why = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        if isinstance(err, OSError) or "retries" in why.lower() or "connection" in why.lower():  # a server down: retry
+            raise TransientError(f"{uri}: cannot reach MLflow ({why})") from None
+        raise ParamsError(f"--tracking-uri {uri}: not a tracking store MLflow can read ({why})") from None
     rows = compare.compare(rounds)
     if not rows:
         raise ParamsError(f"{', '.join(args.rounds)}: these rounds share no metric (different entries or scenarios)")

@@ -13,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import ParamsError
 
@@ -55,11 +56,13 @@ def load_rounds(refs: list[str], uri: str) -> list[Round]:
     """Each ref is a round name (its newest parent run) or a parent run's id; errors name the ref."""
     from . import tracking
 
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():  # reading makes none
+        raise ParamsError(f"{uri}: no such MLflow store (no round has run here; --tracking-uri names another)")
     client = tracking._client(uri)
     exp = client.get_experiment_by_name(tracking.EXPERIMENT)
     if exp is None:
         raise ParamsError(f"{uri}: no '{tracking.EXPERIMENT}' experiment: no round has run against this tracking URI")
-    rounds = []
+    rounds, parents = [], None
     for ref in refs:
         if _RUN_ID.fullmatch(ref):
             from mlflow.exceptions import MlflowException
@@ -71,13 +74,14 @@ def load_rounds(refs: list[str], uri: str) -> list[Round]:
             if run.data.tags.get("mlperf.kind") != "round":
                 raise ParamsError(f"{ref}: run {run.info.run_name!r} is a stage run, not a round's parent run")
         else:
-            found = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                                       filter_string=f"tags.`mlperf.kind` = 'round' and tags.`mlperf.round` = '{ref}'")
+            if parents is None:  # matched here, not in a filter string a name could break out of
+                parents = client.search_runs([exp.experiment_id], filter_string="tags.`mlperf.kind` = 'round'",
+                                             order_by=["attributes.start_time DESC"], max_results=5000)
+            found = [r for r in parents if r.data.tags.get("mlperf.round") == ref]
             if not found:
-                have = {r.data.tags.get("mlperf.round") for r in client.search_runs(
-                    [exp.experiment_id], filter_string="tags.`mlperf.kind` = 'round'", max_results=200)}
+                have = {r.data.tags.get("mlperf.round") for r in parents}
                 raise ParamsError(f"{ref}: no such round in {uri} (have: {', '.join(sorted(h for h in have if h)) or 'none'})")
-            run = found[0]
+            run = found[0]  # the newest
         headline = {k: v for k, v in run.data.metrics.items() if "/" in k}
         if not headline:
             raise ParamsError(f"{ref}: round {run.data.tags.get('mlperf.round')!r} has no results yet (its package stage has not run)")
@@ -141,10 +145,12 @@ def _table(rounds: list[Round], rows: list[Row]) -> tuple[list[str], list[list]]
 def render(rounds: list[Round], rows: list[Row], fmt: str) -> str:
     head, body = _table(rounds, rows)
     if fmt == "json":
+        finite = lambda vs: [v if v is None or math.isfinite(v) else None for v in vs]  # noqa: E731 (JSON has no inf)
         return json.dumps({"rounds": [{"name": r.name, "run_id": r.run_id, "ref": r.ref} for r in rounds],
-                           "rows": [{"entry": r.entry, "scenario": r.scenario, "metric": r.metric, "values": r.values,
-                                     "ratios": r.ratios, "deltas": r.deltas, "worse_pct": r.worse_pct} for r in rows]},
-                          indent=1, default=lambda v: None)
+                           "rows": [{"entry": r.entry, "scenario": r.scenario, "metric": r.metric, "values": finite(r.values),
+                                     "ratios": finite(r.ratios), "deltas": finite(r.deltas),
+                                     "worse_pct": finite(r.worse_pct)} for r in rows]},
+                          indent=1, allow_nan=False)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)

@@ -101,11 +101,15 @@ DISK_FULL_EXIT = 74  # EX_IOERR: not retried, a retry would find the disk as ful
 
 def _report(record: dict) -> None:
     """One JSON line per stage start and end, for an orchestrator that must know what ran and why it failed
-    without parsing DVC's console text. A start with no end means the stage was killed."""
+    without parsing DVC's console text. A start with no end means the stage was killed. Written in one call,
+    so a reader sees whole lines; a report that cannot be written never fails the stage."""
     path = os.environ.get(REPORT_ENV)
     if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            print(f"warning: stage report {path}: {err}", file=sys.stderr)
 
 
 def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], argv: list[str] | None = None) -> int:
@@ -119,6 +123,11 @@ def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], ar
     code = 1
     try:
         code = _run_stage(stage, scope, body, argv, errors)
+    except (KeyboardInterrupt, SystemExit) as err:  # before the stage computed (--help; SIGTERM while it waited)
+        code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 130
+        if code:
+            errors.append("interrupted")
+            print(f"error: {name}: interrupted", file=sys.stderr)
     finally:
         _report({"stage": name, "event": "end", "exit_code": code, "errors": errors})
     return code
@@ -155,11 +164,7 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
         final, metrics_file, plots = layout.out_dir(key, stage), layout.metrics_path(key, stage), layout.plots_dir(key, stage)
     partial = final.with_name(final.name + ".partial")
     plots_partial = plots.with_name(plots.name + ".partial")
-    for path in (partial, final, plots_partial, plots):
-        shutil.rmtree(path, ignore_errors=True)
-    metrics_file.unlink(missing_ok=True)
-    partial.mkdir(parents=True)
-    plots_partial.mkdir(parents=True)
+    ours = (partial, final, plots_partial, plots, metrics_file, metrics_file.with_name(metrics_file.name + ".partial"))
 
     round_tags = tracking.round_tags(params)
     dvc_stage = stage if scope == "round" else f"{stage}@{key}"
@@ -167,6 +172,9 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
     if scope == "entry":
         tags.update({"mlperf.division": params.entries[key].division, "mlperf.benchmark": params.entries[key].mlperf_id})
     try:
+        _discard(*ours)  # an earlier run's outputs: this run's or none
+        partial.mkdir(parents=True)
+        plots_partial.mkdir(parents=True)
         with tracking.stage_run(round_tags, key, stage, tags) as tracker:
             tracker.log_params(stage_params(params, scope, key))
             ctx = StageContext(params=params, key=key, stage=stage, out=partial, plots=plots_partial, tracker=tracker)
@@ -182,16 +190,16 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
             tracker.log_artifact(metrics_file)
         return 0
     except RoundError:
-        _discard(partial, plots_partial)
+        _discard(*ours)
         raise
     except (KeyboardInterrupt, SystemExit) as err:
-        _discard(partial, plots_partial)
+        _discard(*ours)
         errors.append("interrupted")
         print(f"error: {stage}@{key}: interrupted", file=sys.stderr)
         return err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 130
     except Exception as err:  # a bug, not bad input: keep the traceback, end with one line
         full = _disk_full(err, partial)  # asked before the partial output is discarded and frees its space
-        _discard(partial, plots_partial)
+        _discard(*ours)
         if full:  # not a bug: the machine's state; say where, keep nothing
             errors.append(f"no space left on device while writing {getattr(err, 'filename', None) or final.parent} "
                           "(nothing was kept; free space and re-run)")
@@ -224,5 +232,8 @@ def _disk_full(err: BaseException, out: Path) -> bool:
 
 def _discard(*paths: Path) -> None:
     for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 

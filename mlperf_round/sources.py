@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import InputError, TransientError
+from .errors import InputError, ParamsError, TransientError
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
@@ -25,6 +27,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class _AuthStaysOnItsHost(urllib.request.HTTPRedirectHandler):
+    """urllib copies every header onto a redirect; the hub sends large files to a CDN on another host, which
+    must never see the token (huggingface_hub drops it the same way)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        old, nxt = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(new.full_url) if new else None
+        if new is not None and (nxt.netloc != old.netloc or nxt.scheme != old.scheme):
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_AuthStaysOnItsHost)
+
+
 def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
     """Download `url` to `dest`; a checksum mismatch leaves nothing behind. Headers (a token) are never printed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +49,7 @@ def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0, headers: dic
     h = hashlib.sha256()
     try:
         request = urllib.request.Request(url, headers=headers or {})
-        with urllib.request.urlopen(request, timeout=timeout) as resp, open(partial, "wb") as f:
+        with _OPENER.open(request, timeout=timeout) as resp, open(partial, "wb") as f:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 while chunk := resp.read(CHUNK):
@@ -50,6 +67,8 @@ def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0, headers: dic
         raise TransientError(f"{url}: download failed ({reason}); a retry may succeed") from None
     except OSError as err:
         partial.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:  # the machine's state, not bad input: the stage reports a full disk (exit 74)
+            raise
         raise InputError(f"{dest}: cannot write the download ({err})") from None
     if h.hexdigest() != sha256:
         partial.unlink(missing_ok=True)
@@ -62,11 +81,16 @@ def hf_url(endpoint: str, repo: str, revision: str, filename: str) -> str:
 
 
 TOKEN_ENV = "HF_TOKEN"  # huggingface_hub's name; gated repositories (Llama 2) need it. Read here only, sent only to the hub.
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def fetch_hf(hf, filename: str, dest: Path, sha256: str) -> None:
-    """One file of a pinned Hugging Face repository (`params.HFSource`), with $HF_TOKEN when it is set."""
+    """One file of a pinned Hugging Face repository (`params.HFSource`), with $HF_TOKEN when it is set: over
+    https only (a loopback endpoint, a local mirror, may be http), and never onto a redirect to another host."""
     token = os.environ.get(TOKEN_ENV)
+    endpoint = urllib.parse.urlsplit(hf.endpoint)
+    if token and endpoint.scheme != "https" and endpoint.hostname not in _LOOPBACK:
+        raise ParamsError(f"{hf.repo}: endpoint {hf.endpoint} is not https, and {TOKEN_ENV} is only sent over https")
     fetch(hf_url(hf.endpoint, hf.repo, hf.revision, filename), dest, sha256,
           headers={"Authorization": f"Bearer {token}"} if token else None)
 

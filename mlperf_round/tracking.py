@@ -221,8 +221,8 @@ def _is_number(v: object) -> bool:
 @contextmanager
 def stage_run(round_tags: dict[str, str], key: str, stage: str, tags: dict[str, str]) -> Iterator[StageRun]:
     """Open the child run for one stage; close it FINISHED, FAILED or KILLED whatever happens."""
-    client = _client()
-    with _lock():
+    with _lock():  # the client too: a store is created (its schema migrated) when it is first opened
+        client = _client()
         exp_id = _experiment_id(client)
         parent_id = round_run_id(client, exp_id, round_tags)
     close_stale_runs(client, exp_id, parent_id, key, stage)

@@ -520,6 +520,8 @@ def test_compare_shows_two_recipes_side_by_side_and_fails_on_a_planted_regressio
     missing = _compare(workspace, "smoke", "nope", check=False)
     assert missing.returncode == 2
     assert missing.stderr.splitlines()[-1].startswith("error: nope: no such round in sqlite:///mlruns/mlflow.db (have: ")
+    quoted = _compare(workspace, "smoke", "it's", check=False)  # a name is matched, never pasted into a filter
+    assert quoted.returncode == 2 and quoted.stderr.splitlines()[-1].startswith("error: it's: no such round"), quoted.stderr
 
 
 def test_mlflow_ui_compares_two_rounds_in_chromium(workspace: Path):

@@ -88,7 +88,7 @@ def load_model(model_dir: Path, dtype: str = "float32"):
         if pruning.is_pruned_checkpoint(model_dir):
             return pruning.load_pruned(model_dir, getattr(torch, dtype)).eval()
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), use_safetensors=True).eval()
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights that do not fit the config
         raise InputError(f"{model_dir}: cannot load the checkpoint ({str(err).splitlines()[0]})") from None
 
 

@@ -13,6 +13,7 @@ statistics, without touching data again.
 from __future__ import annotations
 
 import copy
+import pickle
 from pathlib import Path
 
 import torch
@@ -148,5 +149,5 @@ def load_unet(unet_dir: Path, dtype: str = "float32"):
             return unet.to(dt).eval()
         safetensors_only(unet_dir)
         return UNet2DConditionModel.from_pretrained(unet_dir, dtype=dt, use_safetensors=True).eval()
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
         raise InputError(f"{unet_dir}: cannot load the UNet ({str(err).splitlines()[0][:200]})") from None

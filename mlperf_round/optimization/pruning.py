@@ -81,7 +81,8 @@ def importance(model, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _keep_rows(linear: torch.nn.Linear, rows: torch.Tensor) -> torch.nn.Linear:
-    new = torch.nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None, dtype=linear.weight.dtype)
+    new = torch.nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None, dtype=linear.weight.dtype,
+                          device=linear.weight.device)
     new.weight.data.copy_(linear.weight.data[rows])
     if linear.bias is not None:
         new.bias.data.copy_(linear.bias.data[rows])
@@ -89,7 +90,8 @@ def _keep_rows(linear: torch.nn.Linear, rows: torch.Tensor) -> torch.nn.Linear:
 
 
 def _keep_columns(linear: torch.nn.Linear, cols: torch.Tensor) -> torch.nn.Linear:
-    new = torch.nn.Linear(len(cols), linear.out_features, bias=linear.bias is not None, dtype=linear.weight.dtype)
+    new = torch.nn.Linear(len(cols), linear.out_features, bias=linear.bias is not None, dtype=linear.weight.dtype,
+                          device=linear.weight.device)
     new.weight.data.copy_(linear.weight.data[:, cols])
     if linear.bias is not None:
         new.bias.data.copy_(linear.bias.data)

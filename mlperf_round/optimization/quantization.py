@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -151,7 +152,7 @@ def load(checkpoint: Path, dtype: str = "float32") -> torch.nn.Module:
         if pruning.is_pruned_checkpoint(checkpoint):
             return pruning.load_pruned(checkpoint, dt).eval()
         return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dt, use_safetensors=True).eval()
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
         raise InputError(f"{checkpoint}: cannot load the checkpoint ({str(err).splitlines()[0][:200]})") from None
 
 

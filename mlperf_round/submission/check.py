@@ -39,6 +39,7 @@ SMOKE_RULES = {
     "dataset_size": "accuracy runs over a smaller dataset than MLPerf's",
     "early_stopping": "too few queries for MLPerf's early-stopping estimate",
     "reference": "accuracy targets relative to a tiny reference model, not MLPerf's published scores",
+    "invalid-run": "a shortened run, on a machine shared with other work, can miss a latency bound (LoadGen: INVALID)",
 }
 _IGNORED = {"mlperf_log_trace.json", "results.json", ".gitkeep"}
 _PERF_FILES = {SUMMARY, DETAIL}
