@@ -326,7 +326,7 @@ def test_package_refuses_what_the_checker_would_reject(artifacts_copy, tmp_path:
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("detail-cut", r"performance/logs/Offline/mlperf_log_detail.txt: (line \d+ is not a valid MLLOG record|no LoadGen settings)"),
+    ("detail-cut", r"performance/logs/Offline/mlperf_log_detail.txt: (line \d+ is not a valid MLLOG record|no LoadGen result)"),
     ("summary-cut", r"performance/logs/Offline/mlperf_log_summary.txt: incomplete summary"),
     ("accuracy-not-json", r"accuracy/logs/Offline/mlperf_log_accuracy.json: not valid JSON"),
 ])
@@ -476,16 +476,19 @@ def _compare(ws: Path, *args: str, check: bool = True):
 
 
 def test_compare_shows_two_recipes_side_by_side_and_fails_on_a_planted_regression(workspace: Path):
-    edit_params(workspace, lambda d: d["entries"][ENTRY]["recipe"].update(precision="fp8"))
-    run([sys.executable, "-m", "dvc", "repro"], workspace)  # round "smoke", FP8
+    # Each round gets its own name: back at FP8, DVC restores even `package` from its run-cache, so a
+    # round still called "smoke" would keep the metrics the FP32 knob test last logged under that name.
+    edit_params(workspace, lambda d: (d["round"].update(name="smoke-fp8"), d["entries"][ENTRY]["recipe"].update(precision="fp8")))
+    proc = run([sys.executable, "-m", "dvc", "repro"], workspace)  # round "smoke-fp8"
+    assert "package" in ran(proc), proc.stdout
     edit_params(workspace, lambda d: (d["round"].update(name="smoke-fp32"), d["entries"][ENTRY]["recipe"].update(precision="fp32")))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)  # round "smoke-fp32": the same but GPT-J unquantized
     assert ran(proc) == {"package"}, proc.stdout
-    fp8, fp32 = _round_metrics(workspace, "smoke"), _round_metrics(workspace, "smoke-fp32")
+    fp8, fp32 = _round_metrics(workspace, "smoke-fp8"), _round_metrics(workspace, "smoke-fp32")
     perf = json.loads(layout.metrics_path(ENTRY, "performance", workspace / "artifacts").read_text())
 
-    table = json.loads(_compare(workspace, "smoke", "smoke-fp32", "--format", "json").stdout)
-    assert [r["name"] for r in table["rounds"]] == ["smoke", "smoke-fp32"]
+    table = json.loads(_compare(workspace, "smoke-fp8", "smoke-fp32", "--format", "json").stdout)
+    assert [r["name"] for r in table["rounds"]] == ["smoke-fp8", "smoke-fp32"]
     rows = {(r["entry"], r["scenario"], r["metric"]): r for r in table["rows"]}
     assert len(rows) == len(set(fp8) & set(fp32))
     tput = rows[(ENTRY, "Offline", "samples_per_s")]
@@ -497,11 +500,11 @@ def test_compare_shows_two_recipes_side_by_side_and_fails_on_a_planted_regressio
     assert untouched["ratios"] == [1.0] and untouched["deltas"] == [0.0]
     assert (ENTRY, "-", "accuracy_worst_ratio") in rows and (SDXL, "Offline", "FID_SCORE") in rows
 
-    md = _compare(workspace, "smoke", "smoke-fp32").stdout.splitlines()
-    assert md[0] == "| entry | scenario | metric | smoke | smoke-fp32 | smoke-fp32/smoke | smoke-fp32-smoke |"
+    md = _compare(workspace, "smoke-fp8", "smoke-fp32").stdout.splitlines()
+    assert md[0] == "| entry | scenario | metric | smoke-fp8 | smoke-fp32 | smoke-fp32/smoke-fp8 | smoke-fp32-smoke-fp8 |"
     assert any(line.startswith(f"| {ENTRY} | Offline | samples_per_s | ") for line in md)
-    csv_head = _compare(workspace, "smoke", "smoke-fp32", "--format", "csv").stdout.splitlines()[0]
-    assert csv_head == "entry,scenario,metric,smoke,smoke-fp32,smoke-fp32/smoke,smoke-fp32-smoke"
+    csv_head = _compare(workspace, "smoke-fp8", "smoke-fp32", "--format", "csv").stdout.splitlines()[0]
+    assert csv_head == "entry,scenario,metric,smoke-fp8,smoke-fp32,smoke-fp32/smoke-fp8,smoke-fp32-smoke-fp8"
 
     # a planted regression: round smoke-fp32 again, with GPT-J's Offline throughput cut by 40% and its p99 latency up 25%
     from mlflow.tracking import MlflowClient
@@ -521,10 +524,10 @@ def test_compare_shows_two_recipes_side_by_side_and_fails_on_a_planted_regressio
                     lines[0]), lines
     assert re.match(rf"regression: planted: {ENTRY} Server latency_p99_ms \S+ -> \S+ \(25\.0% worse", lines[1]), lines
     assert _compare(workspace, "smoke-fp32", "planted", "--fail-on-regression", "45").returncode == 0
-    missing = _compare(workspace, "smoke", "nope", check=False)
+    missing = _compare(workspace, "smoke-fp8", "nope", check=False)
     assert missing.returncode == 2
     assert missing.stderr.splitlines()[-1].startswith("error: nope: no such round in sqlite:///mlruns/mlflow.db (have: ")
-    quoted = _compare(workspace, "smoke", "it's", check=False)  # a name is matched, never pasted into a filter
+    quoted = _compare(workspace, "smoke-fp8", "it's", check=False)  # a name is matched, never pasted into a filter
     assert quoted.returncode == 2 and quoted.stderr.splitlines()[-1].startswith("error: it's: no such round"), quoted.stderr
 
 
@@ -534,13 +537,13 @@ def test_mlflow_ui_compares_two_rounds_in_chromium(workspace: Path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
     runs = {r.data.tags["mlperf.round"]: r for r in mlflow_runs(workspace)
-            if r.data.tags.get("mlperf.kind") == "round" and r.data.tags["mlperf.round"] in ("smoke", "smoke-fp32")}
+            if r.data.tags.get("mlperf.kind") == "round" and r.data.tags["mlperf.round"] in ("smoke-fp8", "smoke-fp32")}
     metric = f"{ENTRY}/Offline/samples_per_s"
     shot = Path(os.environ.get("MLPERF_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "mlflow_compare.png"
-    text = mlflow_compare_screenshot(workspace, [runs["smoke"].info.run_id, runs["smoke-fp32"].info.run_id],
-                                     runs["smoke"].info.experiment_id, metric, shot)
+    text = mlflow_compare_screenshot(workspace, [runs["smoke-fp8"].info.run_id, runs["smoke-fp32"].info.run_id],
+                                     runs["smoke-fp8"].info.experiment_id, metric, shot)
     assert metric in text and "smoke-fp32" in text
-    for name in ("smoke", "smoke-fp32"):  # the UI rounds to a few significant digits
+    for name in ("smoke-fp8", "smoke-fp32"):  # the UI rounds to a few significant digits
         value = runs[name].data.metrics[metric]
         assert f"{value:.3g}"[:4] in text or f"{value:.4g}" in text, (name, value)
     assert shot.stat().st_size > 10_000

@@ -16,8 +16,11 @@ DETAIL = "mlperf_log_detail.txt"
 ACCURACY = "mlperf_log_accuracy.json"
 
 
-def read_detail(path: Path) -> dict[str, object]:
-    """Last value of every key in mlperf_log_detail.txt (errors are counted, not overwritten)."""
+def read_detail(path: Path, performance: bool = False) -> dict[str, object]:
+    """Last value of every key in mlperf_log_detail.txt (errors are counted, not overwritten).
+
+    A performance log must carry its result: one cut at a line boundary parses cleanly up to
+    the settings and would otherwise read as a run that measured nothing."""
     out: dict[str, object] = {"error_count": 0}
     try:
         lines = path.read_text().splitlines()
@@ -35,6 +38,8 @@ def read_detail(path: Path) -> dict[str, object]:
         out[rec["key"]] = rec["value"]
     if "result_validity" not in out and "effective_test_mode" not in out:
         raise InputError(f"{path}: no LoadGen settings or result recorded (truncated log?)")
+    if performance and "result_validity" not in out:
+        raise InputError(f"{path}: no LoadGen result recorded (truncated log?)")
     return out
 
 
@@ -69,7 +74,7 @@ def read_accuracy(path: Path, dtype: str = "int32") -> dict[int, np.ndarray]:
 
 def performance_metrics(run_dir: Path, scenario: str) -> dict[str, float | str | bool]:
     """The figures a round compares: throughput, latency percentiles, validity and why."""
-    d = read_detail(run_dir / DETAIL)
+    d = read_detail(run_dir / DETAIL, performance=True)
     s = read_summary(run_dir / SUMMARY)
     valid = d.get("result_validity") == "VALID"
     errors = int(s["errors"])

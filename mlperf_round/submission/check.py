@@ -211,7 +211,7 @@ class Checker:
         if not self._exact_files(run, _PERF_FILES, {ACCURACY}):
             return
         try:
-            d = read_detail(run / DETAIL)
+            d = read_detail(run / DETAIL, performance=True)
         except InputError as err:
             self.add(run / DETAIL, "log", str(err).split(": ", 1)[-1])
             return
