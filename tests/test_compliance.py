@@ -69,3 +69,17 @@ def test_a_log_cut_in_half_is_one_line_naming_it(tmp_path: Path):
     path.write_text(path.read_text()[: len(path.read_text()) // 2])
     with pytest.raises(InputError, match=r"mlperf_log_accuracy.json: not valid JSON"):
         verify_test06(path, "Server", EOS)
+
+
+def test_a_performance_log_cut_at_a_line_boundary_is_refused(tmp_path: Path):
+    """Settings come before results in a detail log: cut between them, every line still parses."""
+    from mlperf_round.harness.logs import read_detail
+
+    rec = lambda key, value: ":::MLLOG " + json.dumps({"key": key, "value": value, "metadata": {}})
+    path = tmp_path / "mlperf_log_detail.txt"
+    path.write_text("\n".join([rec("effective_test_mode", "PerformanceOnly"), rec("effective_scenario", "Offline")]) + "\n")
+    assert read_detail(path)["effective_scenario"] == "Offline"  # an accuracy run logs no result: fine there
+    with pytest.raises(InputError, match=r"mlperf_log_detail.txt: no LoadGen result recorded \(truncated log\?\)$"):
+        read_detail(path, performance=True)
+    path.write_text(path.read_text() + rec("result_validity", "VALID") + "\n")
+    assert read_detail(path, performance=True)["result_validity"] == "VALID"
