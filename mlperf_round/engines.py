@@ -74,6 +74,7 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         kv_pool_blocks=pool if inflight else 0,
         device=build.device,
         kv_cache=build.kv_cache,
+        kernels=build.kernels,
     )
     torch_llm.build(model_dir, tokenizer_dir, spec, out)
     if build.kv_cache == "fp8":
@@ -101,7 +102,7 @@ def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, 
         max_batch_size=build.max_batch_size, steps=gen.steps, guidance_scale=gen.guidance_scale, image_size=side,
         max_input_len=gen.max_input_tokens, deepcache_interval=deepcache.interval if deepcache.interval > 1 else 0,
         deepcache_branch=deepcache.branch, threads=build.threads, versions=torch_sdxl.package_versions(),
-        device=build.device,
+        device=build.device, kernels=build.kernels,
     )
     torch_sdxl.build(pipeline_dir, unet_dir, latents, spec, out)
     return spec

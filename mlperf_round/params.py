@@ -388,6 +388,10 @@ class BuildParams(Strict):
         "auto", description="KV-cache storage (inflight): auto, the engine dtype; fp8, E4M3 with per-layer K and V scales "
         "measured on the calibration list when the engine is built"
     )
+    kernels: Literal["emulated", "native"] = Field(
+        "emulated", description="quantized layers: emulated, Model Optimizer's fake quantization (the accuracy reference); "
+        "native, the same scales on real FP8 / INT8 GEMMs (torch._scaled_mm, torch._int_mm)"
+    )
 
 
 class OfflineParams(Strict):

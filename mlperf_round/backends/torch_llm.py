@@ -49,6 +49,7 @@ class EngineSpec:
     kv_pool_blocks: int = 0
     device: str = "auto"
     kv_cache: str = "auto"  # auto | fp8 (scales in kv_scales.json)
+    kernels: str = "emulated"  # emulated | native (lowp.py: FP8 / INT8 GEMMs with the quantize stage's scales)
 
 
 def package_versions() -> dict[str, str]:
@@ -95,6 +96,15 @@ def open_spec(spec, engine_dir: Path) -> torch.device:
     return resolve_device(spec.device)
 
 
+def native_kernels(model: torch.nn.Module, spec, device: torch.device) -> dict[str, int]:
+    """Swap the quantized layers for native FP8 / INT8 GEMMs when the engine was built for them."""
+    if spec.kernels != "native" or spec.precision not in ("fp8", "int8_sq"):
+        return {}
+    from .lowp import convert
+
+    return convert(model, device).summary()
+
+
 class TorchLLM:
     """The engine: model, tokenizer and limits as built; `scheduler()` serves requests."""
 
@@ -105,6 +115,7 @@ class TorchLLM:
         self.spec = read_spec(engine_dir)
         self.device = open_spec(self.spec, engine_dir)
         self.model = load(engine_dir / "model", self.spec.dtype).to(self.device)
+        self.kernels = native_kernels(self.model, self.spec, self.device)
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
         self.kv_scales = None
         if self.spec.kv_cache == "fp8":

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import torch_llm
-from .torch_llm import ENGINE_FILE, open_spec, package_versions  # noqa: F401  (versions: the build's interface)
+from .torch_llm import ENGINE_FILE, native_kernels, open_spec, package_versions  # noqa: F401  (versions: the build's interface)
 
 UNET_DIR = "unet"
 
@@ -39,6 +39,7 @@ class DiffusionSpec:
     versions: dict
     device: str = "auto"
     kind: str = "text-to-image"
+    kernels: str = "emulated"  # emulated | native (INT8 linears on torch._int_mm)
 
 
 def build(pipeline_dir: Path, unet_dir: Path, latents: Path, spec: DiffusionSpec, out: Path) -> None:
@@ -62,8 +63,10 @@ class TorchSDXL:
 
         self.spec = read_spec(engine_dir)
         self.device = open_spec(self.spec, engine_dir)
-        unet = load_unet(engine_dir / "pipeline" / UNET_DIR, self.spec.dtype)
+        native = self.spec.kernels == "native"
+        unet = load_unet(engine_dir / "pipeline" / UNET_DIR, self.spec.dtype, fold=not native)
         self.pipe = load_pipeline(engine_dir / "pipeline", self.spec.dtype, unet=unet, device=str(self.device))
+        self.kernels = native_kernels(self.pipe.unet, self.spec, self.device)
         self.latents = load_latents(engine_dir / "latents.pt")
         self.deepcache = None
         if self.spec.deepcache_interval > 1:

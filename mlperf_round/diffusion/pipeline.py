@@ -49,18 +49,10 @@ def _text_encoder_config(cfg, tok):
                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
-def build_tiny_pipeline(cfg, out: Path) -> None:
-    """Seeded random weights in SDXL's architecture, saved as a diffusers pipeline directory."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    torch.manual_seed(cfg.seed)
-    tok = build_clip_tokenizer(out / "tokenizer")
-    tok2 = build_clip_tokenizer(out / "tokenizer_2")
-    text_encoder = CLIPTextModel(_text_encoder_config(cfg, tok))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_encoder_config(cfg, tok2))
+def tiny_unet_config(cfg) -> dict:
+    """SDXL's UNet layout at the tiny widths of `cfg` (image_size, unet_channels, layers_per_block, text_hidden)."""
     levels = len(cfg.unet_channels)
-    unet = UNet2DConditionModel(
+    return dict(
         sample_size=cfg.image_size // VAE_SCALE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
@@ -72,6 +64,19 @@ def build_tiny_pipeline(cfg, out: Path) -> None:
         projection_class_embeddings_input_dim=6 * 8 + cfg.text_hidden,  # 6 time ids + the pooled projection
         norm_num_groups=8,
     )
+
+
+def build_tiny_pipeline(cfg, out: Path) -> None:
+    """Seeded random weights in SDXL's architecture, saved as a diffusers pipeline directory."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(cfg.seed)
+    tok = build_clip_tokenizer(out / "tokenizer")
+    tok2 = build_clip_tokenizer(out / "tokenizer_2")
+    text_encoder = CLIPTextModel(_text_encoder_config(cfg, tok))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_encoder_config(cfg, tok2))
+    unet = UNet2DConditionModel(**tiny_unet_config(cfg))
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=8,
