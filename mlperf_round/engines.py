@@ -88,6 +88,14 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
     return spec
 
 
+def torch_compile_available() -> bool:
+    import shutil
+
+    import torch
+
+    return torch.cuda.is_available() or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
 def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, deepcache, pipeline_dir: Path,
                        unet_dir: Path, latents: Path, out: Path, where: str = "build"):
     """A text-to-image engine directory: the pipeline with the entry's UNet, latents, sampling rules."""
@@ -96,13 +104,15 @@ def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, 
 
     if build.scheduler == "inflight" or build.kv_cache != "auto":
         raise ParamsError(f"{where}: scheduler and kv_cache are LLM settings; {benchmark} batches whole images")
+    if build.compile != "off" and not torch_compile_available():
+        raise ParamsError(f"{where}.compile: torch.compile needs a C++ compiler on the CPU (none found) or a CUDA device")
     side = int(load_latents(latents).shape[-1]) * 8
     spec = torch_sdxl.DiffusionSpec(
         backend="torch", benchmark=benchmark, precision=precision, dtype=build.dtype,
         max_batch_size=build.max_batch_size, steps=gen.steps, guidance_scale=gen.guidance_scale, image_size=side,
         max_input_len=gen.max_input_tokens, deepcache_interval=deepcache.interval if deepcache.interval > 1 else 0,
         deepcache_branch=deepcache.branch, threads=build.threads, versions=torch_sdxl.package_versions(),
-        device=build.device, kernels=build.kernels,
+        device=build.device, kernels=build.kernels, compile=build.compile, channels_last=build.channels_last,
     )
     torch_sdxl.build(pipeline_dir, unet_dir, latents, spec, out)
     return spec

@@ -392,6 +392,11 @@ class BuildParams(Strict):
         "emulated", description="quantized layers: emulated, Model Optimizer's fake quantization (the accuracy reference); "
         "native, the same scales on real FP8 / INT8 GEMMs (torch._scaled_mm, torch._int_mm)"
     )
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off", description="text-to-image: torch.compile mode for the UNet and the VAE decoder (reduce-overhead adds CUDA "
+        "graphs); batches are padded to power-of-two buckets so each size compiles once"
+    )
+    channels_last: bool = Field(False, description="text-to-image: UNet and VAE in channels-last memory format")
 
 
 class OfflineParams(Strict):
@@ -459,6 +464,10 @@ class EntryParams(Strict):
                 raise ValueError(f"recipe.deepcache: DeepCache caches UNet features; {self.benchmark} has no UNet")
             if self.division == "closed":
                 raise ValueError("recipe.deepcache: skipping UNet blocks changes the computation, which the closed division forbids (set division: open)")
+        if self.benchmark not in RANGE_TARGETED:
+            for knob, off in (("compile", "off"), ("channels_last", False)):
+                if getattr(self.build, knob) != off:
+                    raise ValueError(f"build.{knob}: a text-to-image setting; the {self.benchmark} engine does not take it")
         return self
 
     @property

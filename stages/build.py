@@ -31,7 +31,9 @@ def _build_image(ctx: StageContext, bench, source) -> dict:
             "check_images": len(captions), "check_s_per_image": (done - check) / len(captions),
             "unet_full_steps_per_image": engine.unet_calls["full"] / len(captions),
             "unet_shallow_steps_per_image": engine.unet_calls["shallow"] / len(captions),
-            "deepcache_interval": spec.deepcache_interval}
+            "deepcache_interval": spec.deepcache_interval, "kernels": spec.kernels, **engine.kernels,
+            "compile": spec.compile, "compiled_modules": engine.compiled["compiled_modules"],
+            "channels_last": spec.channels_last}
 
 
 def body(ctx: StageContext) -> dict:
@@ -58,7 +60,7 @@ def body(ctx: StageContext) -> dict:
     return {"engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),
             "load_s": loaded - start, "check_generate_s": done - loaded, "check_output_tokens": int(tokens.size),
             "scheduler": spec.scheduler, "kv_pool_blocks": spec.kv_pool_blocks, "kv_block_size": spec.kv_block_size,
-            "kv_cache": spec.kv_cache}
+            "kv_cache": spec.kv_cache, "kernels": spec.kernels, **engine.kernels}
 
 
 if __name__ == "__main__":

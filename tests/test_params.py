@@ -81,13 +81,17 @@ def test_params_as_dvc_exp_rewrites_them_are_read_as_dvc_reads_them(tmp_path: Pa
          "benchmarks.stable-diffusion-xl.calibration.steps_collected: 30 is more than total_steps 20"),
         (lambda d: d["benchmarks"]["stable-diffusion-xl"]["model"]["tiny"].update(image_size=60),
          "benchmarks.stable-diffusion-xl.model.tiny.image_size: 60 is not a multiple of 8"),
+        (lambda d: d["entries"]["gptj-99"]["build"].update(compile="default"),
+         "entries.gptj-99.build.compile: a text-to-image setting; the gptj engine does not take it"),
+        (lambda d: d["entries"]["stable-diffusion-xl"]["build"].update(kernels="int4"), "entries.stable-diffusion-xl.build.kernels"),
     ],
     ids=["unknown-key", "wrong-type", "unknown-benchmark", "unknown-precision", "calibration-too-large",
          "benchmark-not-in-version", "id-not-in-version", "sdxl-not-datacenter-in-v6", "closed-scenario-missing",
          "not-a-checker-clone", "unknown-top-level", "prune-in-closed", "prune-on-llama", "distill-without-prune",
          "distill-temperature-zero", "sparsity-in-closed",
          "wrong-latency-kind", "official-bound-changed", "gqa-shape", "gptj-knob-in-llama", "dot-in-entry-name",
-         "sdxl-target-not-range", "sdxl-fp8", "deepcache-in-closed", "deepcache-on-llm", "calibration-window", "sdxl-odd-size"],
+         "sdxl-target-not-range", "sdxl-fp8", "deepcache-in-closed", "deepcache-on-llm", "calibration-window", "sdxl-odd-size",
+         "compile-on-llm", "unknown-kernels"],
 )
 def test_bad_params_name_the_key(edit, key):
     data = shipped()

@@ -129,14 +129,12 @@ class InflightEngine:
         events: list[Event] = []
         admitted = self._admit()
         if admitted:
-            logits = self._prefill(admitted)
-            for seq, row in zip(admitted, logits):
-                events += self._append(seq, row)
+            for seq, token in zip(admitted, self._pick(admitted, self._prefill(admitted))):
+                events += self._append(seq, token)
         running = [s for s in self.active if s not in admitted]  # the admitted decode from the next step
         if running:
-            logits = self._decode(running)
-            for seq, row in zip(running, logits):
-                events += self._append(seq, row)
+            for seq, token in zip(running, self._pick(running, self._decode(running))):
+                events += self._append(seq, token)
         return events
 
     def _admit(self) -> list[Sequence]:
@@ -160,11 +158,14 @@ class InflightEngine:
             seq.blocks.append(self.pool.take())
             self.reserved -= 1
 
-    def _append(self, seq: Sequence, logits: torch.Tensor) -> list[Event]:
-        if len(seq.tokens) < self.min_new and 0 <= self.eos < logits.shape[-1]:
-            logits = logits.clone()
-            logits[self.eos] = float("-inf")
-        token = int(torch.argmax(logits))
+    def _pick(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        """Greedy tokens for a batch, EOS barred below min_new: one device-to-host copy per step, not per sequence."""
+        young = [j for j, seq in enumerate(seqs) if len(seq.tokens) < self.min_new]
+        if young and 0 <= self.eos < logits.shape[-1]:
+            logits[torch.tensor(young, device=logits.device), self.eos] = float("-inf")
+        return logits.argmax(dim=-1).tolist()
+
+    def _append(self, seq: Sequence, token: int) -> list[Event]:
         seq.tokens.append(token)
         events = []
         if len(seq.tokens) == 1:

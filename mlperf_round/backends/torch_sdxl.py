@@ -40,6 +40,8 @@ class DiffusionSpec:
     device: str = "auto"
     kind: str = "text-to-image"
     kernels: str = "emulated"  # emulated | native (INT8 linears on torch._int_mm)
+    compile: str = "off"  # torch.compile mode of the UNet (whole, or per block under DeepCache) and the VAE decoder
+    channels_last: bool = False
 
 
 def build(pipeline_dir: Path, unet_dir: Path, latents: Path, spec: DiffusionSpec, out: Path) -> None:
@@ -73,6 +75,7 @@ class TorchSDXL:
             from ..diffusion.deepcache import DeepCache
 
             self.deepcache = DeepCache(self.pipe.unet, self.spec.deepcache_interval, self.spec.deepcache_branch).enable()
+        self.compiled = optimize_graphs(self.pipe, self.spec, per_block=self.deepcache is not None)
         self.unet_calls = {"full": 0, "shallow": 0}  # UNet steps, summed over images
         self.images = 0
 
@@ -89,8 +92,9 @@ class TorchSDXL:
         if cached:
             self.deepcache.reset()
             before = (self.deepcache.full_steps, self.deepcache.shallow_steps)
-        images = generate(self.pipe, captions, self.latents, s.steps, s.guidance_scale)
         n = len(captions)  # every image of a batch takes the same steps
+        padded = n if s.compile == "off" else bucket(n, s.max_batch_size)  # compiled graphs: a few batch sizes only
+        images = generate(self.pipe, captions + captions[-1:] * (padded - n), self.latents, s.steps, s.guidance_scale)[:n]
         if cached:
             self.unet_calls["full"] += n * (self.deepcache.full_steps - before[0])
             self.unet_calls["shallow"] += n * (self.deepcache.shallow_steps - before[1])
@@ -100,12 +104,58 @@ class TorchSDXL:
         return images
 
     def warmup(self) -> None:
-        """One full batch, uncounted: first calls pay for allocations and kernel selection."""
-        self.generate(["warm-up"] * self.spec.max_batch_size)
+        """Every batch size the engine will see, uncounted: first calls pay for allocations, kernel selection and
+        compilation (one graph per bucket when compiled)."""
+        sizes = [self.spec.max_batch_size] if self.spec.compile == "off" else buckets(self.spec.max_batch_size)
+        for n in sizes:
+            self.generate(["warm-up"] * n)
         self.unet_calls, self.images = {"full": 0, "shallow": 0}, 0
 
     def scheduler(self, policy: str | None = None):
         return ImageBatcher(self)
+
+
+def bucket(n: int, limit: int) -> int:
+    """The batch size a compiled engine runs n images at: the next power of two, at most `limit`."""
+    return min(1 << max(n - 1, 0).bit_length(), limit)
+
+
+def buckets(limit: int) -> list[int]:
+    return sorted({bucket(n, limit) for n in range(1, limit + 1)})
+
+
+def optimize_graphs(pipe, spec: DiffusionSpec, per_block: bool) -> dict:
+    """Channels-last and torch.compile, as the spec says; what was done, for the build's record.
+
+    DeepCache decides per step in Python which blocks run, so under it the UNet is compiled per
+    ResNet and transformer block (regional compilation), below DeepCache's block boundaries; without
+    it, whole. Inductor's graph cache (TORCHINDUCTOR_CACHE_DIR) makes a second build's compile cheap.
+    """
+    import torch
+
+    done = {"channels_last": spec.channels_last, "compile": spec.compile, "compiled_modules": 0}
+    if spec.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if spec.compile == "off":
+        return done
+    import torch._dynamo
+
+    # one graph per distinct block shape and batch bucket: more than dynamo's default 8 per code object
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    kwargs = {"mode": None if spec.compile == "default" else spec.compile, "dynamic": False}
+    if per_block:
+        from diffusers.models.resnet import ResnetBlock2D
+        from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+        targets = [m for m in pipe.unet.modules() if isinstance(m, (ResnetBlock2D, Transformer2DModel))]
+    else:
+        targets = [pipe.unet]
+    for module in targets + [pipe.vae.decoder]:
+        module.compile(**kwargs)
+    done["compiled_modules"] = len(targets) + 1
+    done["compile_scope"] = "blocks" if per_block else "unet"
+    return done
 
 
 class ImageBatcher(torch_llm.StaticBatcher):
