@@ -50,13 +50,17 @@ def _int_bounds(q) -> tuple[float, float]:
 class _NativeLinear(torch.nn.Module):
     """The shared part: flatten leading dims, SmoothQuant's input scale, bias, output dtype."""
 
-    def __init__(self, mod: torch.nn.Linear):
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None,
+                 pre_quant_scale: torch.Tensor | None):
         super().__init__()
-        self.in_features, self.out_features = mod.in_features, mod.out_features
-        inq = mod.input_quantizer
-        pqs = inq.pre_quant_scale
-        self.register_buffer("pre_quant_scale", None if pqs is None else pqs.detach().reshape(-1).clone())
-        self.register_buffer("bias", None if mod.bias is None else mod.bias.detach().clone())
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("pre_quant_scale", None if pre_quant_scale is None else pre_quant_scale.detach().reshape(-1).clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    @staticmethod
+    def _parts(mod: torch.nn.Linear) -> dict:
+        return {"in_features": mod.in_features, "out_features": mod.out_features, "bias": mod.bias,
+                "pre_quant_scale": mod.input_quantizer.pre_quant_scale}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -75,14 +79,21 @@ class _NativeLinear(torch.nn.Module):
 class Fp8Linear(_NativeLinear):
     """E4M3 weight (per tensor) x E4M3 input (per tensor, static scale) through `torch._scaled_mm`."""
 
-    def __init__(self, mod: torch.nn.Linear):
-        super().__init__(mod)
-        w_scale = _safe(mod.weight_quantizer.amax) / FP8_MAX
-        x_scale = _safe(mod.input_quantizer.amax) / FP8_MAX
-        w = (mod.weight.detach().float() / w_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        self.register_buffer("weight_t", w.t())  # [in, out], column-major as _scaled_mm wants its second operand
-        self.register_buffer("w_scale", w_scale.reshape(()))
-        self.register_buffer("x_scale", x_scale.reshape(()))
+    def __init__(self, weight: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None = None,
+                 pre_quant_scale: torch.Tensor | None = None):
+        """weight: [out, in] in the engine's dtype or already E4M3 (then `w_scale` is its scale)."""
+        super().__init__(weight.shape[1], weight.shape[0], bias, pre_quant_scale)
+        if weight.dtype != torch.float8_e4m3fn:
+            weight = (weight.detach().float() / w_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        self.register_buffer("weight_t", weight.t())  # [in, out], column-major as _scaled_mm wants its second operand
+        self.register_buffer("w_scale", w_scale.detach().float().reshape(()))
+        self.register_buffer("x_scale", x_scale.detach().float().reshape(()))
+
+    @classmethod
+    def from_quantized(cls, mod: torch.nn.Linear) -> Fp8Linear:
+        parts = cls._parts(mod)
+        return cls(mod.weight, _safe(mod.weight_quantizer.amax) / FP8_MAX, _safe(mod.input_quantizer.amax) / FP8_MAX,
+                   parts["bias"], parts["pre_quant_scale"])
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         xq = (x.float() / self.x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
@@ -94,7 +105,7 @@ class Int8Linear(_NativeLinear):
     """INT8 weight (per output channel) x INT8 input (per tensor, static scale) through `torch._int_mm`."""
 
     def __init__(self, mod: torch.nn.Linear):
-        super().__init__(mod)
+        super().__init__(**self._parts(mod))
         wq, inq = mod.weight_quantizer, mod.input_quantizer
         w_lo, w_hi = _int_bounds(wq)
         x_lo, x_hi = _int_bounds(inq)
@@ -157,7 +168,7 @@ def convert(model: torch.nn.Module, device: torch.device | str = "cpu") -> Conve
             continue
         kind = _native_kind(mod)
         if isinstance(mod, torch.nn.Linear) and kind and not (cuda and not _cuda_shapes_ok(mod, kind)):
-            swaps.append((name, Fp8Linear(mod) if kind == "fp8" else Int8Linear(mod)))
+            swaps.append((name, Fp8Linear.from_quantized(mod) if kind == "fp8" else Int8Linear(mod)))
             (done.fp8_linear if kind == "fp8" else done.int8_linear).append(name)
         elif isinstance(mod, torch.nn.Conv2d) and kind == "int8":
             _bake_conv_weight(mod)

@@ -123,6 +123,14 @@ class TorchLLM:
 
             self.kv_scales = read_json(engine_dir / KV_SCALES_FILE, "missing; an fp8 KV cache needs its scales")
 
+    @classmethod
+    def in_memory(cls, model: torch.nn.Module, spec: EngineSpec, kv_scales: dict | None = None) -> TorchLLM:
+        """An engine over a model already in memory, as built: for benchmarks at shapes no disk here holds (70B)."""
+        engine = cls.__new__(cls)
+        engine.spec, engine.model, engine.tokenizer, engine.kv_scales, engine.kernels = spec, model, None, kv_scales, {}
+        engine.device = next(model.parameters()).device
+        return engine
+
     def scheduler(self, policy: str | None = None):
         """A fresh request scheduler over this engine (in-flight or static, as built unless `policy` says)."""
         from .paged import InflightEngine
