@@ -75,6 +75,7 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         device=build.device,
         kv_cache=build.kv_cache,
         kernels=build.kernels,
+        max_num_tokens=build.max_num_tokens,
     )
     torch_llm.build(model_dir, tokenizer_dir, spec, out)
     if build.kv_cache == "fp8":

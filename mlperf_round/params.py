@@ -388,6 +388,8 @@ class BuildParams(Strict):
         "auto", description="KV-cache storage (inflight): auto, the engine dtype; fp8, E4M3 with per-layer K and V scales "
         "measured on the calibration list when the engine is built"
     )
+    max_num_tokens: int = Field(8192, ge=16, description="inflight: prompt tokens per prefill pass; admitted prompts beyond "
+                                "it prefill in further passes (TensorRT-LLM's max_num_tokens)")
     kernels: Literal["emulated", "native"] = Field(
         "emulated", description="quantized layers: emulated, Model Optimizer's fake quantization (the accuracy reference); "
         "native, the same scales on real FP8 / INT8 GEMMs (torch._scaled_mm, torch._int_mm)"

@@ -105,3 +105,14 @@ def test_fp8_kv_cache_stores_e4m3_with_measured_scales(model):
         assert generate_all(engine(m32, kv_scales=scales), prompts((5, 9), seed=5))  # and it serves
     finally:
         model.double()
+
+
+def test_prefill_passes_of_max_num_tokens_give_the_same_tokens(model):
+    """Admitted prompts prefill in passes of at most max_num_tokens (its attention mask is that squared)."""
+    ps = prompts((5, 17, 9, 30, 3, 12, 1))
+    eng = engine(model, max_batch=7, max_num_tokens=20)
+    passes = []
+    original = eng._prefill
+    eng._prefill = lambda seqs: passes.append([len(s.prompt) for s in seqs]) or original(seqs)
+    assert [o.tolist() for o in generate_all(eng, ps)] == [o.tolist() for o in generate_all(engine(model, max_batch=7), ps)]
+    assert passes == [[5], [17], [9], [30], [3, 12, 1]]  # in order; a longer prompt than the budget goes alone

@@ -98,7 +98,10 @@ class Fp8Linear(_NativeLinear):
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         xq = (x.float() / self.x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
-        return torch._scaled_mm(xq, self.weight_t, scale_a=self.x_scale, scale_b=self.w_scale, out_dtype=out_dtype)
+        rows = xq.shape[0]
+        if xq.is_cuda and rows % 16:  # cuBLASLt's FP8 GEMM: row counts in multiples of 16 on some releases
+            xq = F.pad(xq.view(torch.uint8), (0, 0, 0, 16 - rows % 16)).view(torch.float8_e4m3fn)
+        return torch._scaled_mm(xq, self.weight_t, scale_a=self.x_scale, scale_b=self.w_scale, out_dtype=out_dtype)[:rows]
 
 
 class Int8Linear(_NativeLinear):

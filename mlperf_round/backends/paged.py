@@ -78,7 +78,8 @@ class InflightEngine:
     """Greedy generation with in-flight batching; `submit` queues, `step` advances every sequence."""
 
     def __init__(self, model, *, max_batch: int, block_size: int, pool_blocks: int, max_input: int, max_new: int,
-                 min_new: int, eos_token_id: int, policy: str = "inflight", kv_scales: dict | None = None):
+                 min_new: int, eos_token_id: int, policy: str = "inflight", kv_scales: dict | None = None,
+                 max_num_tokens: int = 8192):
         cfg = model.config
         self.model, self.body = model, model.model
         self.device = next(model.parameters()).device
@@ -87,6 +88,7 @@ class InflightEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.max_batch, self.max_input, self.max_new, self.min_new = max_batch, max_input, max_new, min_new
         self.eos, self.policy = eos_token_id, policy
+        self.max_num_tokens = max_num_tokens  # prompt tokens per prefill pass (its attention mask is that squared)
         # FP8 KV cache: E4M3 storage, per-layer K and V scales (absmax / 448) measured on calibration prompts
         self.kv_scales = None
         if kv_scales is not None:
@@ -128,14 +130,26 @@ class InflightEngine:
         self.steps += 1
         events: list[Event] = []
         admitted = self._admit()
-        if admitted:
-            for seq, token in zip(admitted, self._pick(admitted, self._prefill(admitted))):
+        for group in self._prefill_groups(admitted):
+            for seq, token in zip(group, self._pick(group, self._prefill(group))):
                 events += self._append(seq, token)
         running = [s for s in self.active if s not in admitted]  # the admitted decode from the next step
         if running:
             for seq, token in zip(running, self._pick(running, self._decode(running))):
                 events += self._append(seq, token)
         return events
+
+    def _prefill_groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
+        """Admitted prompts in passes of at most max_num_tokens tokens (a longer prompt goes alone)."""
+        groups: list[list[Sequence]] = []
+        total = 0
+        for seq in seqs:
+            if not groups or total + len(seq.prompt) > self.max_num_tokens:
+                groups.append([])
+                total = 0
+            groups[-1].append(seq)
+            total += len(seq.prompt)
+        return groups
 
     def _admit(self) -> list[Sequence]:
         if self.policy == "static" and self.active:
@@ -250,15 +264,19 @@ class InflightEngine:
         bs, dev = self.pool.block_size, self.device
         for seq in seqs:
             self._grow(seq, seq.cached + 1)
-        lengths = [seq.cached + 1 for seq in seqs]
-        width = max(lengths)
-        table = torch.zeros((len(seqs), width), dtype=torch.long)
+        # the block table, then every position's slot from it on the device: per step, host work grows with the
+        # sequences' blocks, not their tokens (a 1,000-token sequence is 63 entries at 16 tokens a block, not 1,000)
+        lengths = torch.tensor([seq.cached + 1 for seq in seqs])
+        width = int(lengths.max())
+        blocks = torch.zeros((len(seqs), -(-width // bs)), dtype=torch.long)
         for j, seq in enumerate(seqs):
-            table[j, : lengths[j]] = torch.tensor(seq.slots(bs, 0, lengths[j]))
-        table = table.to(dev)
-        valid = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).to(dev)
+            blocks[j, : len(seq.blocks)] = torch.tensor(seq.blocks)
+        blocks, lengths = blocks.to(dev), lengths.to(dev)
+        positions = torch.arange(width, device=dev)
+        table = blocks[:, positions // bs] * bs + positions % bs  # [batch, width]; past a sequence's end: masked
+        valid = positions[None, :] < lengths[:, None]
         ids_t = torch.tensor([seq.tokens[-1] for seq in seqs], device=dev)
-        pos_t = torch.tensor([seq.cached for seq in seqs], device=dev)
+        pos_t = lengths - 1
         new_slots = table[torch.arange(len(seqs), device=dev), pos_t]
 
         def attend(q, k, v, layer, scale):

@@ -50,6 +50,7 @@ class EngineSpec:
     device: str = "auto"
     kv_cache: str = "auto"  # auto | fp8 (scales in kv_scales.json)
     kernels: str = "emulated"  # emulated | native (lowp.py: FP8 / INT8 GEMMs with the quantize stage's scales)
+    max_num_tokens: int = 8192  # prompt tokens per prefill pass (inflight)
 
 
 def package_versions() -> dict[str, str]:
@@ -141,7 +142,7 @@ class TorchLLM:
             return InflightEngine(self.model, max_batch=s.max_batch_size, block_size=s.kv_block_size,
                                   pool_blocks=s.kv_pool_blocks, max_input=s.max_input_len, max_new=s.max_output_len,
                                   min_new=s.min_output_len, eos_token_id=s.eos_token_id, policy=policy,
-                                  kv_scales=self.kv_scales)
+                                  kv_scales=self.kv_scales, max_num_tokens=s.max_num_tokens)
         return StaticBatcher(self)
 
     def sample_ids(self, sample) -> np.ndarray:

@@ -141,9 +141,11 @@ def optimize_graphs(pipe, spec: DiffusionSpec, per_block: bool) -> dict:
         return done
     import torch._dynamo
 
-    # one graph per distinct block shape and batch bucket: more than dynamo's default 8 per code object
+    # per-block compilation: one entry per distinct block shape, more than dynamo's default 8 per code object
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-    kwargs = {"mode": None if spec.compile == "default" else spec.compile, "dynamic": False}
+    # dynamic=None: the first batch size compiles static, the second recompiles with a dynamic batch dimension that
+    # every later bucket reuses (CUDA graphs are still recorded per bucket, which is cheap)
+    kwargs = {"mode": None if spec.compile == "default" else spec.compile, "dynamic": None}
     if per_block:
         from diffusers.models.resnet import ResnetBlock2D
         from diffusers.models.transformers.transformer_2d import Transformer2DModel
