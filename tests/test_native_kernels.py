@@ -46,8 +46,11 @@ def test_native_llm_matches_fake_quantization_token_for_token(llama, precision, 
     assert sorted(kinds) == sorted(summary["quantized_layers"]) and not done.left_fake
     assert not any(isinstance(m, torch.nn.Linear) and getattr(m, "input_quantizer", None) is not None
                    for n, m in native.named_modules() if n in kinds), "a quantized layer was not swapped"
-    weight = native.get_submodule(kinds[0]).weight_t
-    assert weight.dtype == (torch.float8_e4m3fn if precision == "fp8" else torch.int8)
+    layer = native.get_submodule(kinds[0])
+    assert layer.weight_t.dtype == (torch.float8_e4m3fn if precision == "fp8" else torch.int8)
+    scale = layer.w_scale.clone()
+    layer.half().float()  # a dtype cast of the model moves, never casts, the quantized weight and its scales
+    assert layer.weight_t.dtype in (torch.float8_e4m3fn, torch.int8) and torch.equal(layer.w_scale, scale)
 
     x = torch.randint(1, EOS, (3, 40), device=device)
     with torch.no_grad():

@@ -87,6 +87,9 @@ def test_llama_entries_serve_in_flight_and_report_token_latencies(workspace: Pat
         engine = json.loads((workspace / layout.out_dir(key, "build") / "engine.json").read_text())
         assert engine["scheduler"] == "inflight" and engine["kv_pool_blocks"] == 128 and engine["kv_block_size"] == 8
         assert engine["report_first_token"] is True
+        # the quantize stage's FP8 layers run as real E4M3 GEMMs: 7 linears in each of the 2 layers
+        build = metrics(workspace, key, "build")
+        assert engine["kernels"] == "native" and build["native_fp8_linears"] == 14 and build["fake_quant_layers_left"] == 0
         fp8_kv = key != LLAMA[1]  # the closed recipes store the KV cache in FP8
         assert engine["kv_cache"] == ("fp8" if fp8_kv else "auto")
         assert (workspace / layout.out_dir(key, "build") / "kv_scales.json").is_file() == fp8_kv
@@ -167,6 +170,10 @@ def test_sdxl_calibrates_on_the_first_8_steps_and_quantizes_the_recipe_layers(wo
     layers = json.loads((workspace / layout.out_dir(SDXL, "quantize") / "layers.json").read_text())
     assert all(".resnets." in l["layer"] or ".attn" in l["layer"] or ".ff." in l["layer"] for l in layers["quantized_layers"])
     assert metrics(workspace, DEEPCACHE, "quantize")["quantized_layers"] == 0  # fp16: the unquantized recipe
+    # native INT8: every smoothed linear on _int_mm, every convolution's weight rounded once
+    build = metrics(workspace, SDXL, "build")
+    assert build["native_int8_linears"] == q["smoothed_layers"] and build["fake_quant_layers_left"] == 0
+    assert build["native_int8_linears"] + build["int8_convs_weights_baked"] == q["quantized_layers"]
 
 
 def test_sdxl_accuracy_performance_and_compliance(workspace: Path):

@@ -57,6 +57,18 @@ class _NativeLinear(torch.nn.Module):
         self.register_buffer("pre_quant_scale", None if pre_quant_scale is None else pre_quant_scale.detach().reshape(-1).clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
+    _KEEP_DTYPE = ("weight_t", "w_scale", "x_scale", "pre_quant_scale")  # E4M3 / INT8 weights, calibrated FP32 scales
+
+    def _apply(self, fn, recurse=True):
+        """`.half()` / `.to(bfloat16)` on the model moves the quantized weight and its scales but never casts them
+        (a float8 tensor counts as floating point, and an fp16 round trip would round the scales)."""
+        before = {name: self._buffers[name] for name in self._KEEP_DTYPE if self._buffers[name] is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            if self._buffers[name].dtype != old.dtype:
+                self._buffers[name] = old.to(self._buffers[name].device)
+        return self
+
     @staticmethod
     def _parts(mod: torch.nn.Linear) -> dict:
         return {"in_features": mod.in_features, "out_features": mod.out_features, "bias": mod.bias,
