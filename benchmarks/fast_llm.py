@@ -155,7 +155,7 @@ class Served:
     def __init__(self, engine: TorchLLM, prompts: list[np.ndarray], out_lens: list[int]):
         self.engine, self.spec, self.prompts = engine, engine.spec, prompts
         self.out_len = {id(p): n for p, n in zip(prompts, out_lens)}
-        self.steps = self.kv_tokens_read = 0
+        self.steps = self.kv_tokens_read = self.tokens_out = 0
 
     def sample_ids(self, index: int) -> np.ndarray:
         return self.prompts[index]
@@ -164,7 +164,7 @@ class Served:
         from mlperf_round.backends.torch_llm import generate_all
 
         generate_all(self.scheduler(), self.prompts[: self.spec.max_batch_size])
-        self.steps = self.kv_tokens_read = 0
+        self.steps = self.kv_tokens_read = self.tokens_out = 0
 
     def scheduler(self):
         inner, served = self.engine.scheduler(), self
@@ -181,7 +181,9 @@ class Served:
             def step(self):
                 served.steps += 1
                 served.kv_tokens_read += sum(s.cached for s in getattr(inner, "active", []))
-                return inner.step()
+                events = inner.step()
+                served.tokens_out += sum(len(ev.tokens) for ev in events if ev.kind == "done")
+                return events
 
         return Scheduler()
 
@@ -296,7 +298,8 @@ def main() -> None:
     result["engine"] = {k: v for k, v in spec.__dict__.items() if k != "versions"}
     served = Served(TorchLLM.in_memory(fast, spec, kv_scales), prompts, out_lens)
     perf = loadgen_offline(served, args.model, args.queries, out / "offline", expected_qps=10.0)
-    tokens = sum(out_lens) if inflight else args.queries * max_out
+    tokens = served.tokens_out  # counted as answers completed, not assumed from the fixed lengths
+    perf["output_tokens"], perf["output_tokens_expected"] = tokens, sum(out_lens)
     perf["tokens_per_s_generated"] = tokens / perf["wall_s"]
     prompt_tokens = sum(len(p) for p in prompts) * beams
     perf["achieved_tflops"] = 2 * linear_params * (tokens * beams + prompt_tokens) / perf["wall_s"] / 1e12
