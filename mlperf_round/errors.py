@@ -46,4 +46,5 @@ class OneLineParser(argparse.ArgumentParser):
     """Bad command-line arguments are a ParamsError: one line, exit 2, like every bad input (argparse prints usage too)."""
 
     def error(self, message: str):
-        raise ParamsError(f"{self.prog}: {message}")
+        # an argument may carry a newline or other control characters; the message stays one line
+        raise ParamsError(f"{self.prog}: {message}".encode("unicode_escape").decode("ascii"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mlperf_round.errors import ParamsError
@@ -117,6 +117,7 @@ STAGE_ARGV = st.lists(st.one_of(st.sampled_from(["--params", "nope.yaml", "--", 
 
 @settings(max_examples=150, deadline=None)
 @given(STAGE_ARGV, st.sampled_from([("download", "benchmark"), ("quantize", "entry"), ("package", "round")]))
+@example(["nope.yaml", "\n"], ("download", "benchmark"))  # found by Hypothesis: argparse echoes the argument
 def test_any_stage_command_line_is_parsed_or_refused_in_one_line(argv, stage):
     from mlperf_round.runner import _parse
 
