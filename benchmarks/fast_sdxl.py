@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlperf_round import engines  # noqa: E402
 from mlperf_round.diffusion import pipeline  # noqa: E402
+from mlperf_round.metrics.psnr import psnr  # noqa: E402
 from mlperf_round.params import BuildParams, DeepCacheParams, DiffusionGeneration, TinySDXL  # noqa: E402
 
 STEPS, GUIDANCE, COLLECTED = 20, 8.0, 8
@@ -105,10 +106,6 @@ def unet_flops_per_image(pipe, latents, deepcache: int) -> float:
             cache.disable()
     return float(sum(counter.get_flop_counts().get("UNet2DConditionModel", {}).values()) or counter.get_total_flops())
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(float) - b.astype(float)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def offline(engine_dir: Path, dataset: Path, n: int, out: Path) -> dict:

@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from mlperf_round import benchmarks
 from mlperf_round.backends.torch_llm import ENGINE_FILE, generate_all
+from mlperf_round.metrics.psnr import psnr
 
 
 def variant(engine: Path, kernels: str, root: Path) -> Path:
@@ -63,9 +62,7 @@ def main() -> None:
               unit: {k: round(v, 2) for k, v in med.items()}, "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
               "native_over_emulated": round(med["native"] / med["emulated"], 3), "kernels": engines["native"].kernels}
     if image:
-        a, b = outputs["emulated"].astype(float), outputs["native"].astype(float)
-        mse = float(((a - b) ** 2).mean())
-        result["psnr_db"] = float("inf") if mse == 0 else round(10 * np.log10(255.0 ** 2 / mse), 2)
+        result["psnr_db"] = round(psnr(outputs["emulated"], outputs["native"]), 2)
     else:
         result["identical_tokens"] = [o.tolist() for o in outputs["emulated"]] == [o.tolist() for o in outputs["native"]]
     print(json.dumps(result, indent=1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,6 +11,7 @@ from mlperf_round import engines
 from mlperf_round.backends.torch_sdxl import TorchSDXL, bucket, buckets
 from mlperf_round.diffusion import pipeline
 from mlperf_round.diffusion.quantize import calibrate, quantize_unet, save_unet
+from mlperf_round.metrics.psnr import psnr
 from mlperf_round.params import BuildParams, DeepCacheParams, DiffusionGeneration, TinySDXL
 
 CAPTIONS = ["a red cat sitting on a table", "two old dogs walking along the street", "a boat"]
@@ -40,10 +40,6 @@ def engine(parts: Path, name: str, deepcache: int = 0, **build) -> TorchSDXL:
                                parts / "unet", parts / "latents.pt", out)
     return TorchSDXL(out)
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(float) - b.astype(float)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def test_native_int8_and_channels_last_render_the_emulated_images(parts):
