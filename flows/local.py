@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mlperf_round.tether import tethered
+
 POOL = "mlperf-round"
 ROUND_DEPLOYMENT = "mlperf-round/default"
 BRANCH_DEPLOYMENT = "mlperf-round-branch/default"
@@ -39,10 +41,13 @@ def _prefect() -> list[str]:
     return [str(Path(sys.executable).with_name("prefect"))]
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen:
+def _spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path, tether: bool = False) -> subprocess.Popen:
+    """In its own session: `down` (or a test) stops the whole process group. `tether`: it and everything it
+    starts also die with the calling process (a test run killed by a timeout leaves nothing running)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:  # its own session: `down` (or a test) stops the whole process group
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(tethered(cmd) if tether else cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def wait_http(url: str, timeout_s: float = 120) -> None:
@@ -57,18 +62,19 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def start_server(home: Path, port: int, project: Path, ui: bool = True) -> subprocess.Popen:
+def start_server(home: Path, port: int, project: Path, ui: bool = True, tether: bool = False) -> subprocess.Popen:
     env = prefect_env(home, port)
     proc = _spawn([*_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--ui" if ui else "--no-ui"],
-                  env, home / "logs" / "server.log", project)
+                  env, home / "logs" / "server.log", project, tether)
     wait_http(f"http://127.0.0.1:{port}/api/health")
     return proc
 
 
-def start_worker(home: Path, port: int, project: Path, name: str, workspaces: Path, extra_env: dict | None = None) -> subprocess.Popen:
+def start_worker(home: Path, port: int, project: Path, name: str, workspaces: Path, extra_env: dict | None = None,
+                 tether: bool = False) -> subprocess.Popen:
     env = prefect_env(home, port) | {"MLPERF_ROUND_WORKSPACES": str(workspaces)} | (extra_env or {})
     return _spawn([*_prefect(), "worker", "start", "--pool", POOL, "--name", name, "--type", "process"], env,
-                  home / "logs" / f"{name}.log", project)
+                  home / "logs" / f"{name}.log", project, tether)
 
 
 def deploy(home: Path, port: int, project: Path) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from .errors import ParamsError
 from .versions import VERSIONS, scenarios_for, where_available
@@ -390,9 +390,10 @@ class BuildParams(Strict):
     )
     max_num_tokens: int = Field(8192, ge=16, description="inflight: prompt tokens per prefill pass; admitted prompts beyond "
                                 "it prefill in further passes (TensorRT-LLM's max_num_tokens)")
-    kernels: Literal["emulated", "native"] = Field(
-        "emulated", description="quantized layers: emulated, Model Optimizer's fake quantization (the accuracy reference); "
-        "native, the same scales on real FP8 / INT8 GEMMs (torch._scaled_mm, torch._int_mm)"
+    kernels: Literal["auto", "emulated", "native"] = Field(
+        "auto", description="quantized layers: emulated, Model Optimizer's fake quantization (the accuracy reference); "
+        "native, the same scales on real FP8 / INT8 GEMMs (torch._scaled_mm, torch._int_mm); auto, the faster of the two "
+        "per kind, timed at the model's shapes on the engine's device when it is built (and again on another host)"
     )
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
         "off", description="text-to-image: torch.compile mode for the UNet and the VAE decoder (reduce-overhead adds CUDA "
@@ -414,12 +415,31 @@ class SingleStreamParams(Strict):
 
 
 class ServerParams(Strict):
-    target_qps: float = Field(10.0, gt=0, description="server_target_qps: the Poisson arrival rate")
+    target_qps: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="server_target_qps, the Poisson arrival rate; auto: auto_fraction of this entry's Offline "
+        "samples/s, measured by the same performance stage just before (MLCommons' find-performance)")
+    auto_fraction: float = Field(0.7, gt=0, le=1, description="target_qps auto: the share of the Offline throughput offered")
     target_latency_ms: int | None = Field(None, ge=1, description="p99 latency bound (GPT-J: 20000 ms; unset: MLPerf's)")
     ttft_latency_ms: int | None = Field(None, ge=1, description="p99 time-to-first-token bound (Llama 2 70B: 2000 ms; unset: MLPerf's)")
     tpot_latency_ms: int | None = Field(None, ge=1, description="p99 time-per-output-token bound (Llama 2 70B: 200 ms; unset: MLPerf's)")
     min_query_count: int = Field(460, ge=1, description="min_query_count (smoke rounds only; early stopping needs ~460)")
     min_duration_ms: int = Field(0, ge=0, description="min_duration in ms (smoke rounds only; MLPerf: 600000)")
+
+    @field_validator("target_qps", mode="before")
+    @classmethod
+    def _qps(cls, value: object) -> object:
+        if isinstance(value, str) and value != "auto":
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"expected queries per second or 'auto', not {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _auto(self) -> ServerParams:
+        if "auto_fraction" in self.model_fields_set and self.target_qps != "auto":
+            raise ValueError(f"auto_fraction: applies to target_qps auto only; target_qps is {self.target_qps:g}")
+        return self
 
 
 class LoadGenParams(Strict):
@@ -444,6 +464,9 @@ class EntryParams(Strict):
     def _scenarios(self) -> EntryParams:
         if not self.scenarios:
             raise ValueError("scenarios: at least one scenario is needed")
+        if "Server" in self.scenarios and self.loadgen.Server.target_qps == "auto" and "Offline" not in self.scenarios:
+            raise ValueError("loadgen.Server.target_qps: auto is a fraction of this entry's Offline throughput; add "
+                             "Offline to scenarios or give a number")
         if len(set(self.scenarios)) != len(self.scenarios):
             raise ValueError("scenarios: a scenario is listed twice")
         if self.recipe.sparsity != "none" and self.division == "closed":
@@ -555,9 +578,12 @@ def _typed_benchmarks(data: dict, source: str) -> dict:
     return {**data, "benchmarks": typed}
 
 
+_UNION_TAGS = ("function-after", "function-before", "constrained-", "literal[")  # pydantic's names for validators and union members
+
+
 def _format_error(err: ValidationError, source: str, prefix: str = "") -> str:
     first = err.errors()[0]
-    loc = ".".join(([prefix] if prefix else []) + [str(p) for p in first["loc"] if not str(p).startswith("function-after")])
+    loc = ".".join(([prefix] if prefix else []) + [str(p) for p in first["loc"] if not str(p).startswith(_UNION_TAGS)])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,14 +53,31 @@ def _lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# MLflow's UI opens an experiment without this tag as a GenAI one (traces, judges); ours is model development
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def _experiment_id(client, uri: str | None = None) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
+        if exp.tags.get(KIND_TAG) != KIND:  # a store made by an earlier release of the project
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         return exp.experiment_id
     location = None
     if (uri or tracking_uri()).startswith("sqlite:"):
         location = ARTIFACT_ROOT.resolve().as_uri()
-    return client.create_experiment(EXPERIMENT, artifact_location=location)
+    return client.create_experiment(EXPERIMENT, artifact_location=location, tags={KIND_TAG: KIND})
+
+
+def _extend_round(client, parent_id: str) -> None:
+    """The round's parent run ends when its latest stage does, so its duration spans the round."""
+    now = int(time.time() * 1000)
+    try:
+        parent = client.get_run(parent_id)
+        if (parent.info.end_time or 0) < now:
+            client.set_terminated(parent_id, parent.info.status if parent.info.status != "RUNNING" else "FINISHED", end_time=now)
+    except Exception as err:  # bookkeeping only: never fail a stage over it
+        print(f"warning: round run {parent_id}: could not extend its end time ({type(err).__name__})", file=sys.stderr)
 
 
 def git_commit() -> str:
@@ -249,5 +267,7 @@ def stage_run(round_tags: dict[str, str], key: str, stage: str, tags: dict[str, 
             tracker.set_tag("mlperf.error", (str(err) or type(err).__name__)[:1000])
         finally:
             client.set_terminated(run.info.run_id, "KILLED" if killed else "FAILED")
+            _extend_round(client, parent_id)
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
+    _extend_round(client, parent_id)

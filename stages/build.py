@@ -4,9 +4,17 @@ import sys
 import time
 
 from mlperf_round import benchmarks, engines
-from mlperf_round.backends.torch_llm import TorchLLM, generate_all
+from mlperf_round.backends.torch_llm import TorchLLM, generate_all, record_kernel_choice
 from mlperf_round.benchmarks.text import sample_ids
 from mlperf_round.runner import StageContext, run_stage
+
+
+def _record_kernels(ctx: StageContext, spec, engine) -> None:
+    """`kernels: auto`: the choice the engine just measured on this host goes into engine.json and MLflow."""
+    record_kernel_choice(ctx.out, spec, engine.kernel_record)
+    for key, value in engine.kernels.items():
+        if isinstance(value, str):  # the choice per kind; the timings are metrics
+            ctx.tracker.set_tag(f"mlperf.{key}", value)
 
 
 def _build_image(ctx: StageContext, bench, source) -> dict:
@@ -21,6 +29,7 @@ def _build_image(ctx: StageContext, bench, source) -> dict:
     start = time.perf_counter()
     engine = TorchSDXL(ctx.out)
     loaded = time.perf_counter()
+    _record_kernels(ctx, spec, engine)
     captions = [s.caption for s in bench.load_samples(source / "dataset.json")[: spec.max_batch_size]]
     engine.warmup()
     check = time.perf_counter()
@@ -53,6 +62,7 @@ def body(ctx: StageContext) -> dict:
     start = time.perf_counter()
     engine = TorchLLM(ctx.out)
     loaded = time.perf_counter()
+    _record_kernels(ctx, spec, engine)
     first = bench.load_samples(source / "dataset.json")[0]
     tokens = generate_all(engine.scheduler(), [engine.sample_ids(first)])[0]
     done = time.perf_counter()

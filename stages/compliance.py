@@ -13,7 +13,6 @@ from mlperf_round.errors import ComplianceError
 from mlperf_round.harness import compliance
 from mlperf_round.harness.logs import ACCURACY, SUMMARY
 from mlperf_round.harness.run import run_test
-from mlperf_round.harness.settings import user_conf
 from mlperf_round.runner import StageContext, run_stage
 
 
@@ -50,8 +49,8 @@ def body(ctx: StageContext) -> dict:
     source = ctx.input("download", ctx.benchmark_name)
     engine = ctx.input("build")
     dataset = source / "dataset.json"
-    conf = ctx.out / "user.conf"
-    conf.write_text(user_conf(bench.LOADGEN_MODEL, entry, ctx.params.round.smoke, len(bench.load_samples(dataset))))
+    conf = ctx.out / "user.conf"  # the performance run's settings, Server's found target_qps included
+    conf.write_text((ctx.input("performance") / "user.conf").read_text())
     failed = []
     for test in tests:
         audit = ctx.out / f"{test}.audit.config"

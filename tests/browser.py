@@ -11,6 +11,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from mlperf_round.tether import tethered
+
 from .conftest import env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,14 +39,17 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise AssertionError(f"{url}: no answer in {timeout:.0f} s")
 
 
-def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, metric: str, shot: Path) -> str:
-    """Open MLflow's run comparison of these runs, wait for `metric`, save a full-page screenshot; the page's text."""
+def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, metric: str, shot: Path,
+                              run_name: str) -> tuple[str, str, str]:
+    """Open the experiment as a newcomer does (its page: the runs table, not a GenAI overview, once `run_name` shows),
+    then MLflow's run comparison of these runs, wait for `metric`, save a screenshot. (experiment page's URL, its
+    text, the comparison's text)."""
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
     log = open(ws / "mlflow-ui.log", "wb")
-    ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--host", "127.0.0.1", "--port", str(port),
-                           "--workers", "1", "--backend-store-uri", f"sqlite:///{ws}/mlruns/mlflow.db"],
+    ui = subprocess.Popen(tethered([str(Path(sys.executable).with_name("mlflow")), "ui", "--host", "127.0.0.1", "--port",
+                                    str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{ws}/mlruns/mlflow.db"]),
                           cwd=ws, env=env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=log)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -53,6 +58,9 @@ def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.goto(f"{base}/#/experiments/{experiment_id}")
+            page.get_by_text(run_name).first.wait_for(timeout=60_000)
+            landing_url, landing = page.url, page.inner_text("body")
             page.goto(f"{base}/#/compare-runs?{query}")
             page.get_by_text(metric).first.wait_for(timeout=60_000)
             text = page.inner_text("body")
@@ -64,7 +72,7 @@ def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, 
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
             browser.close()
-        return text
+        return landing_url, landing, text
     finally:
         ui.terminate()
         ui.wait(timeout=30)

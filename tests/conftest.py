@@ -29,7 +29,17 @@ def env() -> dict[str, str]:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    """`cmd` tethered to this test process: killed with it (a CI timeout), or on `timeout`, with everything it started."""
+    from mlperf_round.tether import tethered
+
+    child = subprocess.Popen(tethered(cmd), cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except BaseException:
+        child.terminate()  # the tether ends the command's whole tree
+        child.communicate()
+        raise
+    proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

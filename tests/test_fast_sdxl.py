@@ -43,15 +43,27 @@ def engine(parts: Path, name: str, deepcache: int = 0, **build) -> TorchSDXL:
 
 
 def test_native_int8_and_channels_last_render_the_emulated_images(parts):
-    ref = engine(parts, "emulated")
+    ref = engine(parts, "emulated", kernels="emulated")
     fast = engine(parts, "native", kernels="native", channels_last=True)
-    assert ref.kernels == {} and fast.kernels["native_int8_linears"] > 0 and fast.kernels["int8_convs_weights_baked"] > 0
+    assert ref.kernels["native_int8_linears"] == 0 and ref.kernels["emulated_linears_by_choice"] > 0
+    assert fast.kernels["native_int8_linears"] > 0 and fast.kernels["int8_convs_weights_baked"] > 0
     assert fast.kernels["fake_quant_layers_left"] == 0
     assert fast.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     a, b = ref.generate(CAPTIONS), fast.generate(CAPTIONS)
     assert a.shape == b.shape == (3, 64, 64, 3)
     # the same INT8 grid and scales; INT32 accumulation and memory layout move a few pixels by a level or two
     assert psnr(a, b) > 40, f"native INT8 images are {psnr(a, b):.1f} dB from the emulated ones"
+
+
+def test_auto_kernels_time_both_int8_candidates_and_keep_the_faster(parts):
+    auto = engine(parts, "auto")  # BuildParams' default
+    record = auto.kernel_record
+    timings, choice = record["timings_us"]["int8"], record["choice"]["int8"]
+    assert set(record["choice"]) == {"int8"} and record["rows"] == auto.spec.kernel_rows() > 0
+    assert choice == ("native" if timings["native"] < timings["emulated"] else "emulated"), record
+    linears = auto.kernels["native_int8_linears"] + auto.kernels["emulated_linears_by_choice"]
+    assert auto.kernels["native_int8_linears"] == (linears if choice == "native" else 0) and linears > 0
+    assert auto.kernels["kernels_int8"] == choice and auto.kernels["kernels_retimed"] is False
 
 
 def test_batch_buckets_are_powers_of_two_up_to_the_limit():

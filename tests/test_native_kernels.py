@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlperf_round.backends import lowp
+from mlperf_round.backends import kernel_choice, lowp
 from mlperf_round.backends.paged import InflightEngine
 from mlperf_round.backends.torch_llm import generate_all
 from mlperf_round.optimization import calibration, quantization
@@ -112,3 +112,44 @@ def test_layers_without_a_native_kernel_are_left_as_calibrated(llama):
     assert done.left_fake == ["model.layers.0.mlp.up_proj"]
     assert isinstance(fake.get_submodule("model.layers.0.mlp.up_proj"), torch.nn.Linear)
     assert done.summary()["fake_quant_layers_left"] == 1
+
+
+def test_auto_times_native_and_emulated_at_the_models_shapes_and_keeps_the_faster(llama):
+    model, stats = llama
+    for precision, kind in (("fp8", "fp8"), ("int8_sq", "int8")):
+        fake, _ = quantization.quantize(copy.deepcopy(model), precision, stats)
+        choice = kernel_choice.choose(fake, torch.device("cpu"), rows=8)
+        t = choice.timings_us[kind]
+        assert set(choice.choice) == {kind} and t["native"] > 0 and t["emulated"] > 0
+        assert choice.choice[kind] == ("native" if t["native"] < t["emulated"] else "emulated"), choice
+        assert choice.host == kernel_choice.host_fingerprint(torch.device("cpu")) and choice.host.startswith("cpu:")
+        assert choice.describe().startswith(f"{kind} {choice.choice[kind]} (native ")
+
+
+def _spec(choice: dict | None):
+    from mlperf_round.backends.torch_llm import EngineSpec
+
+    return EngineSpec(backend="torch", benchmark="llama2-70b", precision="fp8", dtype="float32", max_batch_size=4,
+                      max_input_len=64, max_output_len=8, min_output_len=1, beam_width=1, eos_token_id=EOS, pad_token_id=0,
+                      report_first_token=True, threads=0, versions={}, kernels="auto", kernel_choice=choice)
+
+
+def test_a_recorded_choice_is_kept_on_its_host_and_timed_again_on_another(llama, capsys):
+    from mlperf_round.backends.torch_llm import native_kernels
+
+    model, stats = llama
+    here = kernel_choice.host_fingerprint(torch.device("cpu"))
+    # the record says native (whatever is faster here): on the host it was measured on, it is obeyed
+    record = {"choice": {"fp8": "native"}, "timings_us": {"fp8": {"native": 1.0, "emulated": 2.0}}, "host": here, "rows": 4}
+    fake, _ = quantization.quantize(copy.deepcopy(model), "fp8", stats)
+    info, kept = native_kernels(fake, _spec(record), torch.device("cpu"))
+    assert info["native_fp8_linears"] == 14 and info["kernels_retimed"] is False and kept == {**record, "lower_bound": {}}
+    assert "re-timed" not in capsys.readouterr().err
+    # the same engine opened on another machine: timed again there, and said so in one line
+    elsewhere = {**record, "host": "cpu:Some Other CPU|2 cpus|2 threads|torch 2.13.0+cpu"}
+    fake, _ = quantization.quantize(copy.deepcopy(model), "fp8", stats)
+    info, fresh = native_kernels(fake, _spec(elsewhere), torch.device("cpu"), "engine-dir")
+    assert info["kernels_retimed"] is True and fresh["host"] == here and fresh["timings_us"]["fp8"]["native"] != 1.0
+    assert info["native_fp8_linears"] == (14 if fresh["choice"]["fp8"] == "native" else 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("note: engine-dir: engine built on cpu:Some Other CPU") and "re-timed on" in err[0]

@@ -84,6 +84,13 @@ def test_params_as_dvc_exp_rewrites_them_are_read_as_dvc_reads_them(tmp_path: Pa
         (lambda d: d["entries"]["gptj-99"]["build"].update(compile="default"),
          "entries.gptj-99.build.compile: a text-to-image setting; the gptj engine does not take it"),
         (lambda d: d["entries"]["stable-diffusion-xl"]["build"].update(kernels="int4"), "entries.stable-diffusion-xl.build.kernels"),
+        (lambda d: d["entries"]["gptj-99"].update(scenarios=["Server"], division="open"),
+         "entries.gptj-99.loadgen.Server.target_qps: auto is a fraction of this entry's Offline throughput"),
+        (lambda d: d["entries"]["gptj-99"]["loadgen"]["Server"].update(target_qps=12, auto_fraction=0.5),
+         "entries.gptj-99.loadgen.Server.auto_fraction: applies to target_qps auto only; target_qps is 12"),
+        (lambda d: d["entries"]["gptj-99"]["loadgen"]["Server"].update(target_qps="fast"), "entries.gptj-99.loadgen.Server.target_qps"),
+        (lambda d: d["entries"]["gptj-99"]["loadgen"]["Server"].update(auto_fraction=1.5),
+         "entries.gptj-99.loadgen.Server.auto_fraction"),
     ],
     ids=["unknown-key", "wrong-type", "unknown-benchmark", "unknown-precision", "calibration-too-large",
          "benchmark-not-in-version", "id-not-in-version", "sdxl-not-datacenter-in-v6", "closed-scenario-missing",
@@ -91,7 +98,8 @@ def test_params_as_dvc_exp_rewrites_them_are_read_as_dvc_reads_them(tmp_path: Pa
          "distill-temperature-zero", "sparsity-in-closed",
          "wrong-latency-kind", "official-bound-changed", "gqa-shape", "gptj-knob-in-llama", "dot-in-entry-name",
          "sdxl-target-not-range", "sdxl-fp8", "deepcache-in-closed", "deepcache-on-llm", "calibration-window", "sdxl-odd-size",
-         "compile-on-llm", "unknown-kernels"],
+         "compile-on-llm", "unknown-kernels", "auto-qps-without-offline", "fraction-with-fixed-qps", "qps-not-a-number",
+         "fraction-over-one"],
 )
 def test_bad_params_name_the_key(edit, key):
     data = shipped()

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from flows import local
+from mlperf_round.tether import tethered
 
 from .conftest import copy_project, env, listening_addresses
 
@@ -58,12 +59,12 @@ class Stack:
     def start(self) -> None:
         e = env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.base / "mlflow.log", "wb") as log:
-            self.procs["mlflow"] = subprocess.Popen(
+            self.procs["mlflow"] = subprocess.Popen(tethered(
                 [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
                  str(self.mlflow_port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.base}/mlflow.db",
-                 "--artifacts-destination", str(self.base / "mlflow-artifacts")],
+                 "--artifacts-destination", str(self.base / "mlflow-artifacts")]),
                 env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs["server"] = local.start_server(self.home, self.port, self.project, ui=False)
+        self.procs["server"] = local.start_server(self.home, self.port, self.project, ui=False, tether=True)
         local.deploy(self.home, self.port, self.project)
         local.crash_lost_runs_automation(self.home, self.port, self.project, within_s=60)
         for name in self.roots:
@@ -71,7 +72,7 @@ class Stack:
         local.wait_http(f"{self.mlflow_uri}/health")
 
     def start_worker(self, name: str) -> None:
-        self.procs[name] = local.start_worker(self.home, self.port, self.project, name, self.roots[name])
+        self.procs[name] = local.start_worker(self.home, self.port, self.project, name, self.roots[name], tether=True)
 
     def stop(self) -> None:
         local.stop([p.pid for p in self.procs.values()])

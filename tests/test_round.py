@@ -87,9 +87,13 @@ def test_llama_entries_serve_in_flight_and_report_token_latencies(workspace: Pat
         engine = json.loads((workspace / layout.out_dir(key, "build") / "engine.json").read_text())
         assert engine["scheduler"] == "inflight" and engine["kv_pool_blocks"] == 128 and engine["kv_block_size"] == 8
         assert engine["report_first_token"] is True
-        # the quantize stage's FP8 layers run as real E4M3 GEMMs: 7 linears in each of the 2 layers
+        # kernels: auto: the build timed both FP8 candidates here and runs the faster on all 7 linears of both layers
         build = metrics(workspace, key, "build")
-        assert engine["kernels"] == "native" and build["native_fp8_linears"] == 14 and build["fake_quant_layers_left"] == 0
+        assert engine["kernels"] == "auto" and build["fake_quant_layers_left"] == 0
+        choice, timings = engine["kernel_choice"]["choice"]["fp8"], engine["kernel_choice"]["timings_us"]["fp8"]
+        assert choice == ("native" if timings["native"] < timings["emulated"] else "emulated") == build["kernels_fp8"]
+        assert build["native_fp8_linears"] == (14 if choice == "native" else 0)
+        assert build["native_fp8_linears"] + build["emulated_linears_by_choice"] == 14
         fp8_kv = key != LLAMA[1]  # the closed recipes store the KV cache in FP8
         assert engine["kv_cache"] == ("fp8" if fp8_kv else "auto")
         assert (workspace / layout.out_dir(key, "build") / "kv_scales.json").is_file() == fp8_kv
@@ -170,10 +174,14 @@ def test_sdxl_calibrates_on_the_first_8_steps_and_quantizes_the_recipe_layers(wo
     layers = json.loads((workspace / layout.out_dir(SDXL, "quantize") / "layers.json").read_text())
     assert all(".resnets." in l["layer"] or ".attn" in l["layer"] or ".ff." in l["layer"] for l in layers["quantized_layers"])
     assert metrics(workspace, DEEPCACHE, "quantize")["quantized_layers"] == 0  # fp16: the unquantized recipe
-    # native INT8: every smoothed linear on _int_mm, every convolution's weight rounded once
+    # kernels auto: every smoothed linear on the faster INT8 candidate here; native bakes each conv's weight once
     build = metrics(workspace, SDXL, "build")
-    assert build["native_int8_linears"] == q["smoothed_layers"] and build["fake_quant_layers_left"] == 0
-    assert build["native_int8_linears"] + build["int8_convs_weights_baked"] == q["quantized_layers"]
+    assert build["fake_quant_layers_left"] == 0
+    if build["kernels_int8"] == "native":
+        assert build["native_int8_linears"] == q["smoothed_layers"]
+        assert build["native_int8_linears"] + build["int8_convs_weights_baked"] == q["quantized_layers"]
+    else:
+        assert build["emulated_linears_by_choice"] == q["smoothed_layers"] and build["native_int8_linears"] == 0
 
 
 def test_sdxl_accuracy_performance_and_compliance(workspace: Path):
@@ -418,6 +426,33 @@ def test_mlflow_holds_the_round_and_every_stage(workspace: Path):
     perf = next(r for r in children if r.data.tags["dvc.stage"] == f"performance@{ENTRY}")
     assert perf.data.metrics["Server.samples_per_s"] > 0
     assert perf.data.params[f"entries.{ENTRY}.recipe.precision"] == "fp8"
+    # the round's run spans its stages (it used to end 7 ms after it began), and opens on its runs in the UI
+    assert parent.info.end_time >= max(r.info.end_time for r in children)
+    assert parent.info.end_time - parent.info.start_time >= 0.9 * (max(r.info.end_time for r in children)
+                                                                   - min(r.info.start_time for r in children))
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(f"sqlite:///{workspace}/mlruns/mlflow.db").get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    build = next(r for r in children if r.data.tags["dvc.stage"] == f"build@{LLAMA[0]}")
+    assert build.data.tags["mlperf.kernels_fp8"] in ("native", "emulated") and build.data.metrics["kernels_fp8_emulated_us"] > 0
+
+
+def test_server_load_is_found_from_the_offline_run(workspace: Path):
+    """target_qps: auto: 0.7 of the same stage's Offline samples/s, in user.conf, the metrics and the results table."""
+    import csv
+
+    rows = list(csv.DictReader((workspace / "submission/package/results.csv").read_text().splitlines()))
+    for key in (ENTRY, LLAMA[0], SDXL):
+        perf = metrics(workspace, key, "performance")
+        offline, server = perf["Offline"]["samples_per_s"], perf["Server"]
+        assert server["target_qps_auto"] is True and server["valid"], (key, server)
+        assert server["target_qps"] == pytest.approx(0.7 * offline, rel=1e-3), (key, offline, server["target_qps"])
+        conf = (workspace / layout.out_dir(key, "performance") / "user.conf").read_text()
+        found = float(re.search(r"\.Server\.target_qps = (\S+)", conf).group(1))
+        assert found == pytest.approx(0.7 * offline, rel=1e-5)
+        row = next(r for r in rows if r["entry"] == key and r["scenario"] == "Server")
+        assert float(row["target_qps"]) == pytest.approx(found, rel=1e-5)
 
 
 def test_second_repro_runs_nothing(workspace: Path):
@@ -547,8 +582,12 @@ def test_mlflow_ui_compares_two_rounds_in_chromium(workspace: Path):
             if r.data.tags.get("mlperf.kind") == "round" and r.data.tags["mlperf.round"] in ("smoke-fp8", "smoke-fp32")}
     metric = f"{ENTRY}/Offline/samples_per_s"
     shot = Path(os.environ.get("MLPERF_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "mlflow_compare.png"
-    text = mlflow_compare_screenshot(workspace, [runs["smoke-fp8"].info.run_id, runs["smoke-fp32"].info.run_id],
-                                     runs["smoke-fp8"].info.experiment_id, metric, shot)
+    landing_url, landing, text = mlflow_compare_screenshot(
+        workspace, [runs["smoke-fp8"].info.run_id, runs["smoke-fp32"].info.run_id], runs["smoke-fp8"].info.experiment_id,
+        metric, shot, "smoke-fp32")
+    # tagged as model development, the experiment opens on its runs, not on MLflow's GenAI overview
+    assert "/overview" not in landing_url and "/traces" not in landing_url, landing_url
+    assert "smoke-fp8" in landing and "Traces" not in landing.split("smoke-fp8")[0], landing[:500]
     assert metric in text and "smoke-fp32" in text
     for name in ("smoke-fp8", "smoke-fp32"):  # the UI rounds to a few significant digits
         value = runs[name].data.metrics[metric]

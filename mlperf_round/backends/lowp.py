@@ -31,10 +31,12 @@ class Conversion:
     int8_linear: list[str] = field(default_factory=list)
     int8_conv_weights_baked: list[str] = field(default_factory=list)
     left_fake: list[str] = field(default_factory=list)  # quantized layers no native kernel could take
+    emulated_by_choice: list[str] = field(default_factory=list)  # native-capable, left emulated: the slower kernel here
 
     def summary(self) -> dict[str, int]:
         return {"native_fp8_linears": len(self.fp8_linear), "native_int8_linears": len(self.int8_linear),
-                "int8_convs_weights_baked": len(self.int8_conv_weights_baked), "fake_quant_layers_left": len(self.left_fake)}
+                "int8_convs_weights_baked": len(self.int8_conv_weights_baked), "fake_quant_layers_left": len(self.left_fake),
+                "emulated_linears_by_choice": len(self.emulated_by_choice)}
 
 
 def _safe(amax: torch.Tensor) -> torch.Tensor:
@@ -171,26 +173,52 @@ def _bake_conv_weight(mod: torch.nn.Conv2d) -> None:
     mod.weight_quantizer.disable()
 
 
-def convert(model: torch.nn.Module, device: torch.device | str = "cpu") -> Conversion:
-    """Swap every fake-quantized Linear that a native kernel can run for its native twin, in place."""
+def _quantized(mod: torch.nn.Module) -> bool:
     from modelopt.torch.quantization.nn import TensorQuantizer
 
-    done = Conversion()
+    return any(isinstance(m, TensorQuantizer) and m.is_enabled for m in mod.children())
+
+
+def native_layers(model: torch.nn.Module, device: torch.device | str = "cpu"):
+    """(name, layer, kind) for each quantized Linear a native kernel can run on `device`."""
     cuda = torch.device(device).type == "cuda"
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and _quantized(mod):
+            kind = _native_kind(mod)
+            if kind and not (cuda and not _cuda_shapes_ok(mod, kind)):
+                yield name, mod, kind
+
+
+def convert(model: torch.nn.Module, device: torch.device | str = "cpu", kinds: set[str] | frozenset[str] = frozenset({"fp8", "int8"})) -> Conversion:
+    """Swap every fake-quantized Linear of `kinds` that a native kernel can run for its native twin, in place;
+    the rest stay calibrated, with their weights rounded onto their grid once (the same values each call gives)."""
+    done = Conversion()
+    native = {name: kind for name, _, kind in native_layers(model, device)}
     swaps = []
     for name, mod in model.named_modules():
-        if not any(isinstance(m, TensorQuantizer) and m.is_enabled for m in mod.children()):
+        if not _quantized(mod):
             continue
-        kind = _native_kind(mod)
-        if isinstance(mod, torch.nn.Linear) and kind and not (cuda and not _cuda_shapes_ok(mod, kind)):
+        kind = native.get(name)
+        if kind in kinds:
             swaps.append((name, Fp8Linear.from_quantized(mod) if kind == "fp8" else Int8Linear(mod)))
             (done.fp8_linear if kind == "fp8" else done.int8_linear).append(name)
-        elif isinstance(mod, torch.nn.Conv2d) and kind == "int8":
+        elif isinstance(mod, torch.nn.Conv2d) and "int8" in kinds and _native_kind(mod) == "int8":
             _bake_conv_weight(mod)
             done.int8_conv_weights_baked.append(name)
+        elif kind:
+            done.emulated_by_choice.append(name)
         else:
             done.left_fake.append(name)
     for name, new in swaps:
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, new.to(device))
+    fold_weights(model)
     return done
+
+
+def fold_weights(model: torch.nn.Module) -> None:
+    """Every fake-quantized weight rounded onto its grid once, its quantizer off: what emulated layers compute
+    each call, computed at load."""
+    import modelopt.torch.quantization as mtq
+
+    mtq.fold_weight(model)

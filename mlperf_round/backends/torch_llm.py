@@ -49,8 +49,13 @@ class EngineSpec:
     kv_pool_blocks: int = 0
     device: str = "auto"
     kv_cache: str = "auto"  # auto | fp8 (scales in kv_scales.json)
-    kernels: str = "emulated"  # emulated | native (lowp.py: FP8 / INT8 GEMMs with the quantize stage's scales)
+    kernels: str = "emulated"  # auto | emulated | native (lowp.py: FP8 / INT8 GEMMs with the quantize stage's scales)
     max_num_tokens: int = 8192  # prompt tokens per prefill pass (inflight)
+    kernel_choice: dict | None = None  # auto: kernel_choice.KernelChoice as measured when the engine was built
+
+    def kernel_rows(self) -> int:
+        """Rows of a decoding step's GEMMs, the shape that dominates generation: every sequence (and beam) in flight."""
+        return self.max_batch_size * self.beam_width
 
 
 def package_versions() -> dict[str, str]:
@@ -97,13 +102,35 @@ def open_spec(spec, engine_dir: Path) -> torch.device:
     return resolve_device(spec.device)
 
 
-def native_kernels(model: torch.nn.Module, spec, device: torch.device) -> dict[str, int]:
-    """Swap the quantized layers for native FP8 / INT8 GEMMs when the engine was built for them."""
-    if spec.kernels != "native" or spec.precision not in ("fp8", "int8_sq"):
-        return {}
+def native_kernels(model: torch.nn.Module, spec, device: torch.device, where: str = "engine") -> tuple[dict, dict | None]:
+    """The quantized layers onto the kernels the engine was built for: native FP8 / INT8 GEMMs, emulated (fake
+    quantization, weights rounded once), or under `auto` the faster of the two per kind on this host.
+    Returns (what was converted and chosen, for the build's metrics; the choice's record, for engine.json)."""
+    if spec.precision not in ("fp8", "int8_sq"):
+        return {}, None
     from .lowp import convert
 
-    return convert(model, device).summary()
+    info: dict = {}
+    record = None
+    if spec.kernels == "auto":
+        from .kernel_choice import KernelChoice, resolve
+
+        choice, retimed = resolve(model, KernelChoice.from_json(spec.kernel_choice), device, spec.kernel_rows(), where)
+        kinds = {kind for kind, chosen in choice.choice.items() if chosen == "native"}
+        info, record = {**choice.metrics(), "kernels_retimed": retimed}, choice.to_json()
+    else:
+        kinds = {"fp8", "int8"} if spec.kernels == "native" else set()
+    return {**convert(model, device, kinds).summary(), **info}, record
+
+
+def record_kernel_choice(engine_dir: Path, spec, record: dict | None) -> None:
+    """The build's measured choice into engine.json, so every later open on this host serves the same kernels."""
+    if record is not None and spec.kernels == "auto":
+        data = json.loads((engine_dir / ENGINE_FILE).read_text())
+        data["kernel_choice"] = record
+        tmp = engine_dir / (ENGINE_FILE + ".partial")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(engine_dir / ENGINE_FILE)
 
 
 class TorchLLM:
@@ -116,7 +143,7 @@ class TorchLLM:
         self.spec = read_spec(engine_dir)
         self.device = open_spec(self.spec, engine_dir)
         self.model = load(engine_dir / "model", self.spec.dtype).to(self.device)
-        self.kernels = native_kernels(self.model, self.spec, self.device)
+        self.kernels, self.kernel_record = native_kernels(self.model, self.spec, self.device, str(engine_dir))
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
         self.kv_scales = None
         if self.spec.kv_cache == "fp8":
@@ -129,6 +156,7 @@ class TorchLLM:
         """An engine over a model already in memory, as built: for benchmarks at shapes no disk here holds (70B)."""
         engine = cls.__new__(cls)
         engine.spec, engine.model, engine.tokenizer, engine.kv_scales, engine.kernels = spec, model, None, kv_scales, {}
+        engine.kernel_record = None
         engine.device = next(model.parameters()).device
         return engine
 

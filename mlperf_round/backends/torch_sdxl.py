@@ -39,9 +39,16 @@ class DiffusionSpec:
     versions: dict
     device: str = "auto"
     kind: str = "text-to-image"
-    kernels: str = "emulated"  # emulated | native (INT8 linears on torch._int_mm)
+    kernels: str = "emulated"  # auto | emulated | native (INT8 linears on torch._int_mm)
     compile: str = "off"  # torch.compile mode of the UNet (whole, or per block under DeepCache) and the VAE decoder
     channels_last: bool = False
+    kernel_choice: dict | None = None  # auto: kernel_choice.KernelChoice as measured when the engine was built
+
+    def kernel_rows(self) -> int:
+        """Rows of the UNet's attention and feed-forward GEMMs at its first attention level (half the latent side),
+        for a full batch with its unconditional twin; capped, as timing only needs the regime, not every row."""
+        latent = self.image_size // 16
+        return min(4096, 2 * self.max_batch_size * latent * latent)
 
 
 def build(pipeline_dir: Path, unet_dir: Path, latents: Path, spec: DiffusionSpec, out: Path) -> None:
@@ -65,10 +72,9 @@ class TorchSDXL:
 
         self.spec = read_spec(engine_dir)
         self.device = open_spec(self.spec, engine_dir)
-        native = self.spec.kernels == "native"
-        unet = load_unet(engine_dir / "pipeline" / UNET_DIR, self.spec.dtype, fold=not native)
+        unet = load_unet(engine_dir / "pipeline" / UNET_DIR, self.spec.dtype)
         self.pipe = load_pipeline(engine_dir / "pipeline", self.spec.dtype, unet=unet, device=str(self.device))
-        self.kernels = native_kernels(self.pipe.unet, self.spec, self.device)
+        self.kernels, self.kernel_record = native_kernels(self.pipe.unet, self.spec, self.device, str(engine_dir))
         self.latents = load_latents(engine_dir / "latents.pt")
         self.deepcache = None
         if self.spec.deepcache_interval > 1:

@@ -133,21 +133,19 @@ def save_unet(unet, out: Path, quantized: bool) -> None:
         unet.save_pretrained(out, safe_serialization=True)
 
 
-def load_unet(unet_dir: Path, dtype: str = "float32", fold: bool = True):
-    """The UNet; a quantized one with its weights folded onto their grid unless native kernels will take them."""
+def load_unet(unet_dir: Path, dtype: str = "float32"):
+    """The UNet; a quantized one keeps its weight quantizers: the engine picks its kernels, then rounds what stays
+    emulated onto its grid once (`lowp.convert`)."""
     from diffusers import UNet2DConditionModel
 
     dt = getattr(torch, dtype)
     try:
         if (unet_dir / MODELOPT_FILE).exists():
             import modelopt.torch.opt as mto
-            import modelopt.torch.quantization as mtq
+            import modelopt.torch.quantization as mtq  # noqa: F401  (registers the modes restore replays)
 
             unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir))
             unet = mto.restore(unet, str(unet_dir / MODELOPT_FILE), weights_only=True)
-            # weights stored already quantized, as an INT8 engine holds them: the same outputs, less work per step
-            if fold:
-                mtq.fold_weight(unet)
             return unet.to(dt).eval()
         safetensors_only(unet_dir)
         return UNet2DConditionModel.from_pretrained(unet_dir, dtype=dt, use_safetensors=True).eval()

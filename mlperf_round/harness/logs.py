@@ -97,6 +97,7 @@ def performance_metrics(run_dir: Path, scenario: str) -> dict[str, float | str |
     else:
         m["samples_per_s"] = float(d.get("result_completed_samples_per_sec", 0.0))
         m["scheduled_samples_per_s"] = float(d.get("result_scheduled_samples_per_sec", 0.0))
+        m["target_qps"] = float(d.get("effective_target_qps", 0.0) or 0.0)
         tps = d.get("result_completed_tokens_per_second", d.get("result_inferred_completed_tokens_per_second"))
         for p in ("50.00", "90.00", "99.00"):
             m[f"latency_p{p[:2]}_ms"] = float(d.get(f"result_{p}_percentile_latency_ns", 0)) / 1e6

@@ -10,8 +10,11 @@ from ..params import SERVER_BOUNDS, EntryParams
 _BOUND_KEYS = {"target_latency_ms": "target_latency", "ttft_latency_ms": "ttft_latency", "tpot_latency_ms": "tpot_latency"}
 
 
-def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int) -> str:
-    """The user.conf of one entry. Outside smoke rounds only the QPS hints are set."""
+def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int, server_qps: float | None = None) -> str:
+    """The user.conf of one entry. Outside smoke rounds only the QPS hints are set.
+
+    `target_qps: auto` is resolved by the performance stage (`server_qps`, from its Offline run); until then
+    the Server line says so and sets nothing."""
     lines = [f"# written by mlperf-round for {entry.mlperf_id}" + (" (smoke: NOT submittable)" if smoke else "")]
     single = entry.loadgen.SingleStream if "SingleStream" in entry.scenarios else None
     off = entry.loadgen.Offline if "Offline" in entry.scenarios else None
@@ -21,7 +24,13 @@ def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int) -> str
     if off is not None:
         lines.append(f"{model}.Offline.target_qps = {off.expected_qps}")
     if srv is not None:
-        lines.append(f"{model}.Server.target_qps = {srv.target_qps}")
+        if srv.target_qps != "auto":
+            lines.append(f"{model}.Server.target_qps = {srv.target_qps}")
+        elif server_qps is not None:
+            lines.append(f"# target_qps auto: {srv.auto_fraction:g} x this entry's measured Offline samples/s")
+            lines.append(f"{model}.Server.target_qps = {server_qps:.6g}")
+        else:
+            lines.append("# target_qps auto: set from the Offline run, before the Server run")
         # the Server latency bounds, written out so the conf says what the run was held to
         for key, official in SERVER_BOUNDS[entry.benchmark].items():
             value = getattr(srv, key) or official

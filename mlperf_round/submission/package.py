@@ -278,7 +278,8 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
 def _row(division: str, r: EntryResults, scenario: str, smoke: bool) -> dict:
     perf = r.performance[scenario]
     return {"division": division, "entry": r.key, "benchmark": r.entry.mlperf_id, "scenario": scenario,
-            "samples_per_s": perf["samples_per_s"], "tokens_per_s": perf.get("tokens_per_s", ""),
+            "samples_per_s": perf["samples_per_s"], "target_qps": perf.get("target_qps", ""),
+            "tokens_per_s": perf.get("tokens_per_s", ""),
             "latency_p90_ms": perf.get("latency_p90_ms", ""), "latency_p99_ms": perf.get("latency_p99_ms", ""),
             "ttft_p99_ms": perf.get("ttft_p99_ms", ""), "tpot_p99_ms": perf.get("tpot_p99_ms", ""), "valid": perf["valid"],
             "accuracy_worst_ratio": round(r.accuracy["worst_ratio"], 4), "accuracy_passed": r.accuracy["passed"],

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 REPORT = "report.html"
-COLUMNS = ("division", "entry", "benchmark", "scenario", "samples_per_s", "tokens_per_s", "latency_p99_ms",
+COLUMNS = ("division", "entry", "benchmark", "scenario", "samples_per_s", "target_qps", "tokens_per_s", "latency_p99_ms",
            "ttft_p99_ms", "tpot_p99_ms", "valid", "accuracy_worst_ratio", "accuracy_passed", "unmet_rules")
 
 
