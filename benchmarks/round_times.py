@@ -22,9 +22,9 @@ GOAL_S = 600.0
 
 def _cpu_model() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mlperf_round.backends.kernel_choice import _cpu_model as model
+    from mlperf_round.backends.kernel_choice import cpu_identity
 
-    return f"{model()} ({os.cpu_count()} cpus)"
+    return f"{cpu_identity()} ({os.cpu_count()} cpus)"
 
 
 def stage_runs(project: Path, round_name: str | None) -> tuple[str, list[dict]]:

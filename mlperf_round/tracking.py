@@ -17,7 +17,12 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+from .errors import RoundError
+
+if TYPE_CHECKING:
+    from .tracker_process import TrackerProcess
 
 EXPERIMENT = "mlperf-round"
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
@@ -215,7 +220,8 @@ class StageRun:
         """Headline metrics on the round's parent run, so rounds compare in MLflow's UI."""
         self.log_metrics(metrics, run_id=self.parent_id)
 
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        path = Path(path)
         if path.is_dir():
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         elif path.is_file():
@@ -231,43 +237,50 @@ class StageRun:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
+    def end(self, status: str) -> None:
+        """FINISHED, FAILED or KILLED; the round's run then spans this stage too."""
+        self.client.set_terminated(self.run_id, status)
+        _extend_round(self.client, self.parent_id)
+
 
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 @contextmanager
-def stage_run(round_tags: dict[str, str], key: str, stage: str, tags: dict[str, str]) -> Iterator[StageRun]:
-    """Open the child run for one stage; close it FINISHED, FAILED or KILLED whatever happens."""
-    with _lock():  # the client too: a store is created (its schema migrated) when it is first opened
-        client = _client()
-        exp_id = _experiment_id(client)
-        parent_id = round_run_id(client, exp_id, round_tags)
-    close_stale_runs(client, exp_id, parent_id, key, stage)
-    run = client.create_run(
-        exp_id,
-        run_name=f"{key}/{stage}",
-        tags={
+def stage_run(round_tags: dict[str, str], key: str, stage: str, tags: dict[str, str]) -> Iterator[TrackerProcess]:
+    """The child run for one stage, kept by a helper process (tracker_process.py); closed FINISHED, FAILED or
+    KILLED whatever happens. Its start time is the stage's, not the helper's."""
+    from .tracker_process import TrackerProcess
+
+    start_ms, stage_pid = int(time.time() * 1000), os.getpid()
+
+    def open_run() -> StageRun:
+        with _lock():  # the client too: a store is created (its schema migrated) when it is first opened
+            client = _client()
+            exp_id = _experiment_id(client)
+            parent_id = round_run_id(client, exp_id, round_tags)
+        close_stale_runs(client, exp_id, parent_id, key, stage)
+        run = client.create_run(exp_id, start_time=start_ms, run_name=f"{key}/{stage}", tags={
             "mlflow.parentRunId": parent_id,
             "mlperf.kind": "stage",
             "mlperf.key": key,
             "mlperf.stage": stage,
             "mlperf.round": round_tags["mlperf.round"],
-            "mlperf.pid": str(os.getpid()),
+            "mlperf.pid": str(stage_pid),
             "mlperf.host": socket.gethostname(),
             **tags,
-        },
-    )
-    tracker = StageRun(client, run.info.run_id, parent_id)
+        })
+        return StageRun(client, run.info.run_id, parent_id)
+
+    tracker = TrackerProcess(open_run, stage_pid)
     try:
         yield tracker
     except BaseException as err:
         killed = isinstance(err, (KeyboardInterrupt, SystemExit))
         try:
-            tracker.set_tag("mlperf.error", (str(err) or type(err).__name__)[:1000])
-        finally:
-            client.set_terminated(run.info.run_id, "KILLED" if killed else "FAILED")
-            _extend_round(client, parent_id)
+            tracker.finish("KILLED" if killed else "FAILED", str(err) or type(err).__name__)
+        except RoundError as lost:  # the stage's own error is the one to report
+            print(f"warning: {lost}", file=sys.stderr)
         raise
-    client.set_terminated(run.info.run_id, "FINISHED")
-    _extend_round(client, parent_id)
+    tracker.finish("FINISHED")

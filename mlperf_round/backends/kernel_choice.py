@@ -13,6 +13,7 @@ that is slow on the machine it landed on; the engine's record keeps the build's 
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import platform
 import statistics
@@ -60,21 +61,44 @@ class KernelChoice:
         return "; ".join(parts)
 
 
-def _cpu_model() -> str:
+# the ISA features low-precision CPU kernels dispatch on
+_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    out: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return out
+
+
+def _cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_identity() -> str:
+    """The CPU as kernels see it. A VM's model name is often generic ("Intel(R) Xeon(R) Processor" on chips
+    with and without AMX), so family, model, stepping and the ISA features go in too."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    isa = "+".join(f for f in _ISA if f in flags) or "none"
+    ids = "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    digest = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
+    return f"{_cpu_model()} [{ids}; {isa}; flags {digest}]"
 
 
 def host_fingerprint(device: torch.device) -> str:
     """What a kernel's speed depends on: the chip, torch's build and (on the CPU) the thread count."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}|torch {torch.__version__}"
-    return f"cpu:{_cpu_model()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|torch {torch.__version__}"
+    return f"cpu:{cpu_identity()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|torch {torch.__version__}"
 
 
 def _sync(device: torch.device) -> None:
