@@ -25,17 +25,27 @@ DIED = "process died without reporting (killed)"
 class TrackerProcess:
     """The stage's side: the same methods as `tracking.StageRun`."""
 
-    def __init__(self, open_run, stage_pid: int):
+    def __init__(self, open_run):
         """`open_run()` runs in the helper: it returns the StageRun to log to (it imports MLflow there)."""
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        # no signal may reach the helper before it ignores them: the stage's SIGTERM handler would unwind the
+        # helper's copy of the stage's stack (discarding outputs, as the stage would); the parent gets them after
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         pid = os.fork()
         if pid == 0:  # the helper: never returns
-            os.close(req_w)
-            os.close(rep_r)
-            _serve(open_run, os.fdopen(req_r, "r"), os.fdopen(rep_w, "w"), stage_pid)
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
+                os.close(req_w)
+                os.close(rep_r)
+                _serve(open_run, os.fdopen(req_r, "r"), os.fdopen(rep_w, "w"))
+            finally:
+                os._exit(1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
         os.close(req_r)
         os.close(rep_w)
         self.pid, self._requests, self._replies = pid, os.fdopen(req_w, "w"), os.fdopen(rep_r, "r")
@@ -106,13 +116,18 @@ class TrackerProcess:
             pass
 
 
-def _serve(open_run, requests, replies, stage_pid: int) -> None:
-    """The helper's loop. A signal to the stage's process group is the stage's to handle: the helper ends the
-    run as the stage reports, or as KILLED when the pipe closes without a word."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _serve(open_run, requests, replies) -> None:
+    """The helper's loop: the run ends as the stage reports, or KILLED when the pipe closes without a word."""
     code = 0
     tracker, setup_error, errors = None, None, []
+
+    def answer(reply: dict) -> None:
+        try:
+            replies.write(json.dumps(reply) + "\n")
+            replies.flush()
+        except BrokenPipeError:  # the stage is gone; the loop sees the pipe close next
+            pass
+
     try:
         try:
             tracker = open_run()
@@ -141,19 +156,15 @@ def _serve(open_run, requests, replies, stage_pid: int) -> None:
                 else:
                     result = getattr(tracker, op)(*args)
                 if req["wait"]:
-                    replies.write(json.dumps({"result": result}) + "\n")
-                    replies.flush()
-                if op == "finish":
-                    return
+                    answer({"result": result})
             except Exception as err:
                 message = f"{op}: {type(err).__name__}: {err}".splitlines()[0]
                 if req["wait"]:
-                    replies.write(json.dumps({"error": message}) + "\n")
-                    replies.flush()
-                    if op == "finish":
-                        return
+                    answer({"error": message})
                 else:
                     errors.append(message)
+            if op == "finish":
+                return
         if tracker is not None:  # the pipe closed without `finish`: the stage died
             tracker.set_tag("mlperf.error", DIED)
             tracker.end("KILLED")

@@ -131,8 +131,11 @@ def round_run_id(client, exp_id: str, round_tags: dict[str, str]) -> str:
     )
     if found:
         run_id = found[0].info.run_id
-        for k, v in round_tags.items():
-            client.set_tag(run_id, k, v)
+        changed = {k: v for k, v in round_tags.items() if found[0].data.tags.get(k) != v}
+        if changed:  # one write, only when the round's identity moved on (a new commit)
+            from mlflow.entities import RunTag
+
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in changed.items()])
         return run_id
     run = client.create_run(exp_id, run_name=name, tags={"mlperf.kind": "round", **round_tags})
     client.set_terminated(run.info.run_id, "FINISHED")
@@ -273,7 +276,7 @@ def stage_run(round_tags: dict[str, str], key: str, stage: str, tags: dict[str, 
         })
         return StageRun(client, run.info.run_id, parent_id)
 
-    tracker = TrackerProcess(open_run, stage_pid)
+    tracker = TrackerProcess(open_run)
     try:
         yield tracker
     except BaseException as err:

@@ -89,3 +89,23 @@ def test_a_stage_that_dies_leaves_its_run_killed(ws: Path):
             break
         time.sleep(0.2)
     assert r.info.status == "KILLED" and r.data.tags["mlperf.error"] == DIED and r.data.metrics == {"x": 1.0}
+
+
+def test_sigterm_to_the_stage_group_unwinds_the_stage_once_and_ends_its_run_killed(ws: Path):
+    """The helper is in the stage's process group: it must ignore the signal, never run the stage's handler."""
+    code = ("import os, signal, sys, time\n"
+            "from mlperf_round import tracking\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as the runner does\n"
+            "try:\n"
+            f"    with tracking.stage_run({TAGS!r}, 'k', 'compliance', {{}}) as run:\n"
+            "        run.run_id\n"
+            "        os.killpg(0, signal.SIGTERM)\n"
+            "        time.sleep(30)\n"
+            "finally:\n"
+            "    print('unwound', os.getpid(), flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ws, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+                          capture_output=True, text=True, start_new_session=True)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert done.stdout.count("unwound") == 1, done.stdout
+    _, (r,) = _runs(ws, "compliance")
+    assert r.info.status == "KILLED" and r.data.tags["mlperf.error"] == "143"

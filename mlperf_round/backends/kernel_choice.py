@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-KINDS = ("fp8", "int8")
+from ..errors import InputError
+
 BUDGET_S = 0.003  # per candidate and shape: a few warm calls
 
 
@@ -42,7 +43,10 @@ class KernelChoice:
 
     @classmethod
     def from_json(cls, data: dict | None) -> KernelChoice | None:
-        return cls(**data) if data else None
+        try:
+            return cls(**data) if data else None
+        except TypeError as err:
+            raise InputError(f"engine.json: kernel_choice is not a recorded kernel choice ({err})") from None
 
     def metrics(self) -> dict[str, object]:
         out: dict[str, object] = {}
