@@ -33,6 +33,7 @@ test: $(STAMP) browser
 	$(BIN)/pytest -q
 
 ui: $(STAMP)
+	@$(BIN)/python -c "from mlperf_round.tracking import print_ui_link; print_ui_link()"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --workers 1 --host 127.0.0.1
 
 dag: $(STAMP)

@@ -74,6 +74,20 @@ def _experiment_id(client, uri: str | None = None) -> str:
     return client.create_experiment(EXPERIMENT, artifact_location=location, tags={KIND_TAG: KIND})
 
 
+def runs_page(base: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow's UI. MLflow 3.17's UI remembers a workflow type per browser and starts new
+    browsers on GenAI (traces, judges), whatever the experiment's kind: the link says which."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def print_ui_link(base: str = "http://127.0.0.1:5000") -> None:
+    """What `make ui` prints before it starts the server: the link that opens on the round's runs."""
+    client = _client()
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    where = runs_page(base, exp.experiment_id) if exp else f"{base} (no round has run yet)"
+    print(f"MLflow UI, on the rounds' runs: {where}", flush=True)
+
+
 def _extend_round(client, parent_id: str) -> None:
     """The round's parent run ends when its latest stage does, so its duration spans the round."""
     now = int(time.time() * 1000)

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from mlperf_round.tether import tethered
+from mlperf_round.tracking import runs_page
 
 from .conftest import env
 
@@ -41,7 +42,8 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, metric: str, shot: Path,
                               run_name: str) -> tuple[str, str, str]:
-    """Open the experiment as a newcomer does (its page: the runs table, not a GenAI overview, once `run_name` shows),
+    """Open the experiment as a newcomer does, by the link `make ui` prints (its runs, not a GenAI overview, once
+    `run_name` shows),
     then MLflow's run comparison of these runs, wait for `metric`, save a screenshot. (experiment page's URL, its
     text, the comparison's text)."""
     from playwright.sync_api import sync_playwright
@@ -58,7 +60,7 @@ def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1200})
-            page.goto(f"{base}/#/experiments/{experiment_id}")
+            page.goto(runs_page(base, experiment_id))  # the link `make ui` prints
             page.get_by_text(run_name).first.wait_for(timeout=60_000)
             landing_url, landing = page.url, page.inner_text("body")
             page.goto(f"{base}/#/compare-runs?{query}")

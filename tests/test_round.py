@@ -585,9 +585,9 @@ def test_mlflow_ui_compares_two_rounds_in_chromium(workspace: Path):
     landing_url, landing, text = mlflow_compare_screenshot(
         workspace, [runs["smoke-fp8"].info.run_id, runs["smoke-fp32"].info.run_id], runs["smoke-fp8"].info.experiment_id,
         metric, shot, "smoke-fp32")
-    # tagged as model development, the experiment opens on its runs, not on MLflow's GenAI overview
-    assert "/overview" not in landing_url and "/traces" not in landing_url, landing_url
-    assert "smoke-fp8" in landing and "Traces" not in landing.split("smoke-fp8")[0], landing[:500]
+    # the link `make ui` prints opens on the runs (with their durations), not on MLflow's GenAI overview
+    assert "/runs" in landing_url and "workflowType=machine_learning" in landing_url, landing_url
+    assert "smoke-fp8" in landing and "Duration" in landing and "Usage" not in landing, landing[:800]
     assert metric in text and "smoke-fp32" in text
     for name in ("smoke-fp8", "smoke-fp32"):  # the UI rounds to a few significant digits
         value = runs[name].data.metrics[metric]
