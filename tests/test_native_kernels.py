@@ -135,20 +135,20 @@ def _spec(choice: dict | None):
 
 
 def test_a_recorded_choice_is_kept_on_its_host_and_timed_again_on_another(llama, capsys):
-    from mlperf_round.backends.torch_llm import native_kernels
+    from mlperf_round.backends.torch_llm import place_kernels
 
     model, stats = llama
     here = kernel_choice.host_fingerprint(torch.device("cpu"))
     # the record says native (whatever is faster here): on the host it was measured on, it is obeyed
     record = {"choice": {"fp8": "native"}, "timings_us": {"fp8": {"native": 1.0, "emulated": 2.0}}, "host": here, "rows": 4}
     fake, _ = quantization.quantize(copy.deepcopy(model), "fp8", stats)
-    info, kept = native_kernels(fake, _spec(record), torch.device("cpu"))
+    info, kept = place_kernels(fake, _spec(record), torch.device("cpu"))
     assert info["native_fp8_linears"] == 14 and info["kernels_retimed"] is False and kept == {**record, "lower_bound": {}}
     assert "re-timed" not in capsys.readouterr().err
     # the same engine opened on another machine: timed again there, and said so in one line
     elsewhere = {**record, "host": "cpu:Some Other CPU|2 cpus|2 threads|torch 2.13.0+cpu"}
     fake, _ = quantization.quantize(copy.deepcopy(model), "fp8", stats)
-    info, fresh = native_kernels(fake, _spec(elsewhere), torch.device("cpu"), "engine-dir")
+    info, fresh = place_kernels(fake, _spec(elsewhere), torch.device("cpu"), "engine-dir")
     assert info["kernels_retimed"] is True and fresh["host"] == here and fresh["timings_us"]["fp8"]["native"] != 1.0
     assert info["native_fp8_linears"] == (14 if fresh["choice"]["fp8"] == "native" else 0)
     err = capsys.readouterr().err.strip().splitlines()

@@ -102,7 +102,7 @@ def open_spec(spec, engine_dir: Path) -> torch.device:
     return resolve_device(spec.device)
 
 
-def native_kernels(model: torch.nn.Module, spec, device: torch.device, where: str = "engine") -> tuple[dict, dict | None]:
+def place_kernels(model: torch.nn.Module, spec, device: torch.device, where: str = "engine") -> tuple[dict, dict | None]:
     """The quantized layers onto the kernels the engine was built for: native FP8 / INT8 GEMMs, emulated (fake
     quantization, weights rounded once), or under `auto` the faster of the two per kind on this host.
     Returns (what was converted and chosen, for the build's metrics; the choice's record, for engine.json)."""
@@ -143,7 +143,7 @@ class TorchLLM:
         self.spec = read_spec(engine_dir)
         self.device = open_spec(self.spec, engine_dir)
         self.model = load(engine_dir / "model", self.spec.dtype).to(self.device)
-        self.kernels, self.kernel_record = native_kernels(self.model, self.spec, self.device, str(engine_dir))
+        self.kernels, self.kernel_record = place_kernels(self.model, self.spec, self.device, str(engine_dir))
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
         self.kv_scales = None
         if self.spec.kv_cache == "fp8":

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import torch_llm
-from .torch_llm import ENGINE_FILE, native_kernels, open_spec, package_versions  # noqa: F401  (versions: the build's interface)
+from .torch_llm import ENGINE_FILE, open_spec, package_versions, place_kernels  # noqa: F401  (versions: the build's interface)
 
 UNET_DIR = "unet"
 
@@ -74,7 +74,7 @@ class TorchSDXL:
         self.device = open_spec(self.spec, engine_dir)
         unet = load_unet(engine_dir / "pipeline" / UNET_DIR, self.spec.dtype)
         self.pipe = load_pipeline(engine_dir / "pipeline", self.spec.dtype, unet=unet, device=str(self.device))
-        self.kernels, self.kernel_record = native_kernels(self.pipe.unet, self.spec, self.device, str(engine_dir))
+        self.kernels, self.kernel_record = place_kernels(self.pipe.unet, self.spec, self.device, str(engine_dir))
         self.latents = load_latents(engine_dir / "latents.pt")
         self.deepcache = None
         if self.spec.deepcache_interval > 1:
