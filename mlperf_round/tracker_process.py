@@ -18,8 +18,7 @@ import sys
 import traceback
 
 from .errors import RoundError
-
-DIED = "process died without reporting (killed)"
+from .tracking import DIED
 
 
 class TrackerProcess:

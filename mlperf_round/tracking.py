@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .tracker_process import TrackerProcess
 
 EXPERIMENT = "mlperf-round"
+DIED = "process died without reporting (killed)"  # the error of a stage's run whose process vanished
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 ARTIFACT_ROOT = Path("mlruns/artifacts")
 
@@ -180,7 +181,7 @@ def close_stale_runs(client, exp_id: str, parent_id: str, key: str, stage: str) 
     closed = 0
     for r in runs:
         if not _pid_alive(r.data.tags.get("mlperf.host", ""), r.data.tags.get("mlperf.pid", "")):
-            client.set_tag(r.info.run_id, "mlperf.error", "process died without reporting (killed)")
+            client.set_tag(r.info.run_id, "mlperf.error", DIED)
             client.set_terminated(r.info.run_id, "KILLED")
             closed += 1
     return closed
