@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 GOAL_S = 600.0
 
 
 def _cpu_model() -> str:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mlperf_round.backends.kernel_choice import cpu_identity
 
     return f"{cpu_identity()} ({os.cpu_count()} cpus)"

@@ -1,7 +1,7 @@
 """A stage's MLflow run, kept by a forked helper process, so MLflow's start-up overlaps the stage's own.
 
 Importing MLflow and opening its SQLite store take 1.5-2.5 s, and the stage's libraries (torch,
-transformers, Model Optimizer) several more, all single-threaded. Forked before either, a helper
+transformers, Model Optimizer) several more, all single-threaded. Forked as the stage's run opens, a helper
 imports MLflow, creates the run (with the stage's own start time) and logs what the stage sends it
 over a pipe, while the stage imports and computes on the other core. Calls that need an answer
 (the run id, an artifact whose file the stage may move next, the end of the run) wait for it;

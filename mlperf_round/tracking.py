@@ -59,7 +59,8 @@ def _lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-# MLflow's UI opens an experiment without this tag as a GenAI one (traces, judges); ours is model development
+# the experiment's kind, as MLflow's UI labels it: model development, not GenAI (3.17's UI still starts a new
+# browser on its GenAI pages whatever the kind says; `runs_page` is the link that opens on the runs)
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
@@ -95,7 +96,7 @@ def _extend_round(client, parent_id: str) -> None:
     try:
         parent = client.get_run(parent_id)
         if (parent.info.end_time or 0) < now:
-            client.set_terminated(parent_id, parent.info.status if parent.info.status != "RUNNING" else "FINISHED", end_time=now)
+            client.set_terminated(parent_id, "FINISHED", end_time=now)
     except Exception as err:  # bookkeeping only: never fail a stage over it
         print(f"warning: round run {parent_id}: could not extend its end time ({type(err).__name__})", file=sys.stderr)
 
