@@ -1,4 +1,5 @@
-"""`mlperf-round`: the project's commands. `compare` puts rounds side by side; `check` checks a submission tree."""
+"""`mlperf-round`: the project's commands. `compare` puts rounds side by side; `check` checks a submission tree;
+`pin` writes a checkpoint's commit and sha256 into params.yaml."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     cmp.add_argument("--fail-on-regression", type=float, metavar="PCT",
                      help="exit 1 when a throughput drops, or a latency or accuracy worsens, by more than PCT percent")
+    from . import pin
+
+    pin.add_parser(sub)
     chk = sub.add_parser("check", help="check a submission tree as MLCommons' checker would", add_help=False)
     chk.add_argument("args", nargs=argparse.REMAINDER)
     try:
@@ -52,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             from .submission.check import main as check_main
 
             return check_main(args.args)
+        if args.command == "pin":
+            return pin.run(args)
         if len(args.rounds) < 2:
             raise ParamsError("mlperf-round compare: give two or more rounds")
         return _compare(args)

@@ -128,31 +128,54 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}  # weights
 
 class HFSource(Strict):
     repo: str = Field("", description="Hugging Face repository, e.g. EleutherAI/gpt-j-6b")
-    revision: str = Field("", description="pinned commit (40 hex digits)")
-    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256, every file to fetch")
-    endpoint: str = Field("https://huggingface.co", description="hub endpoint (a mirror, or a local server in tests)")
+    revision: str = Field("", description="pinned commit (40 hex digits); `mlperf-round pin` resolves a branch to one")
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256, every file to fetch "
+                                  "(`mlperf-round pin` writes them)")
+    endpoint: str = Field("", description="hub endpoint: a mirror, or a local server in tests "
+                          "(empty: $HF_ENDPOINT, else https://huggingface.co)")
+    cache_dir: str = Field("", description="Hub cache the files are downloaded into and read from, never copied out of "
+                           "(empty: $HF_HUB_CACHE, else ~/.cache/huggingface/hub)")
+    max_workers: int = Field(8, ge=1, le=64, description="files downloaded at once")
 
     @model_validator(mode="after")
     def _pinned(self) -> HFSource:
         if self.revision and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
-            raise ValueError(f"revision {self.revision!r} is not a 40-hex-digit commit")
+            raise ValueError(f"revision {self.revision!r} is not a 40-hex-digit commit "
+                             "(mlperf-round pin resolves a branch or tag to its commit)")
         for name, digest in self.files.items():
             if not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise ValueError(f"files.{name}: {digest!r} is not a sha256")
+            if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
+                raise ValueError(f"files.{name}: not a plain relative file name inside the repository")
             if Path(name).suffix.lower() in PICKLE_SUFFIXES:
                 raise ValueError(f"files.{name}: a pickle file runs code when it is loaded; fetch the repository's "
                                  ".safetensors weights instead")
         return self
 
+    @property
+    def complete(self) -> bool:
+        return bool(self.repo and self.revision and self.files)
+
 
 class ModelParams(Strict):
-    source: Literal["tiny", "hf"] = Field("tiny", description="tiny: built locally from `tiny`; hf: `hf` repo at a pinned revision")
+    source: Literal["tiny", "hf", "local"] = Field(
+        "tiny", description="tiny: built locally from `tiny`; hf: `hf` repo at a pinned revision, downloaded into the "
+        "Hub cache; local: a checkpoint already on disk (`path`, or the Hub cache's snapshot of hf.repo at hf.revision), "
+        "verified against hf.files and never copied")
     hf: HFSource = Field(default_factory=HFSource, description="real checkpoint, verified by sha256")
+    path: str = Field("", description="source 'local': the checkpoint directory (empty: the Hub cache's snapshot)")
 
     @model_validator(mode="after")
     def _hf_complete(self) -> ModelParams:
-        if self.source == "hf" and not (self.hf.repo and self.hf.revision and self.hf.files):
-            raise ValueError("hf: source 'hf' needs repo, revision and files with their sha256")
+        if self.source == "hf" and not self.hf.complete:
+            raise ValueError("hf: source 'hf' needs repo, revision and files with their sha256 (mlperf-round pin writes them)")
+        if self.source == "local" and not self.hf.files:
+            raise ValueError("hf.files: source 'local' verifies the checkpoint against the pinned sha256 in hf.files "
+                             "(mlperf-round pin writes them)")
+        if self.source == "local" and not self.path and not (self.hf.repo and self.hf.revision):
+            raise ValueError("path: source 'local' needs a directory, or hf.repo and hf.revision to find in the Hub cache")
+        if self.path and self.source != "local":
+            raise ValueError(f"path: only source 'local' reads a directory (source is {self.source!r})")
         return self
 
 
@@ -273,8 +296,8 @@ class SDXLModelParams(ModelParams):
 
     @model_validator(mode="after")
     def _latents(self) -> SDXLModelParams:
-        if self.source == "hf" and not self.latents.url:
-            raise ValueError("latents: source 'hf' needs MLPerf's latents.pt (url and sha256)")
+        if self.source != "tiny" and not self.latents.url:
+            raise ValueError(f"latents: source {self.source!r} needs MLPerf's latents.pt (url and sha256)")
         return self
 
 
@@ -300,7 +323,7 @@ class EvaluationParams(Strict):
             for name in ("inception", "statistics"):
                 if not getattr(self, name).url:
                     raise ValueError(f"{name}: source 'url' needs url and sha256")
-            if not (self.clip.repo and self.clip.revision and self.clip.files):
+            if not self.clip.complete:
                 raise ValueError("clip: source 'url' needs repo, revision and files with their sha256")
         return self
 

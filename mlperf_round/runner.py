@@ -112,9 +112,33 @@ def _report(record: dict) -> None:
             print(f"warning: stage report {path}: {err}", file=sys.stderr)
 
 
+class _LineTracker:
+    """stderr, remembering whether its last write ended a line: a progress bar leaves the cursor after a carriage
+    return, and the error that follows must start a line of its own for a log reader that splits on newlines."""
+
+    def __init__(self, stream):
+        self._stream, self.at_line_start = stream, True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _error(line: str) -> None:
+    if not getattr(sys.stderr, "at_line_start", True):
+        sys.stderr.write("\n")
+    print(f"error: {line}", file=sys.stderr)
+
+
 def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], argv: list[str] | None = None) -> int:
     """Run one stage; return its exit code. Stages call `sys.exit(run_stage(...))`."""
     signal.signal(signal.SIGTERM, _terminate)
+    if not isinstance(sys.stderr, _LineTracker):
+        sys.stderr = _LineTracker(sys.stderr)
     args = sys.argv[1:] if argv is None else argv
     positional = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "--params")]
     name = stage if scope == "round" else f"{stage}@{positional[0] if positional else '?'}"
@@ -127,7 +151,7 @@ def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], ar
         code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 130
         if code:
             errors.append("interrupted")
-            print(f"error: {name}: interrupted", file=sys.stderr)
+            _error(f"{name}: interrupted")
     finally:
         _report({"stage": name, "event": "end", "exit_code": code, "errors": errors})
     return code
@@ -150,7 +174,7 @@ def _run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], a
     except RoundError as err:
         for line in str(err).splitlines() or [type(err).__name__]:  # one line per problem, each attributed
             errors.append(line)
-            print(f"error: {stage}@{key}: {line}", file=sys.stderr)
+            _error(f"{stage}@{key}: {line}")
         return err.exit_code
 
 
@@ -195,7 +219,7 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
     except (KeyboardInterrupt, SystemExit) as err:
         _discard(*ours)
         errors.append("interrupted")
-        print(f"error: {stage}@{key}: interrupted", file=sys.stderr)
+        _error(f"{stage}@{key}: interrupted")
         return err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 130
     except Exception as err:  # a bug, not bad input: keep the traceback, end with one line
         full = _disk_full(err, partial)  # asked before the partial output is discarded and frees its space
@@ -203,11 +227,11 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
         if full:  # not a bug: the machine's state; say where, keep nothing
             errors.append(f"no space left on device while writing {getattr(err, 'filename', None) or final.parent} "
                           "(nothing was kept; free space and re-run)")
-            print(f"error: {stage}@{key}: {errors[-1]}", file=sys.stderr)
+            _error(f"{stage}@{key}: {errors[-1]}")
             return DISK_FULL_EXIT
         traceback.print_exc()
         errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
-        print(f"error: {stage}@{key}: {errors[-1]}", file=sys.stderr)
+        _error(f"{stage}@{key}: {errors[-1]}")
         return 1
     finally:
         shutil.rmtree(plots_partial, ignore_errors=True)  # a stage that wrote no plots

@@ -1,19 +1,17 @@
-"""Fetching checkpoints and datasets: pinned, checksummed, verified before anything is kept."""
+"""Dataset files by URL, and the manifests that prove a stage output whole: pinned, checksummed, verified before anything is kept."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import json
-import os
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import InputError, ParamsError, TransientError
+from .errors import InputError, TransientError
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
@@ -27,29 +25,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-class _AuthStaysOnItsHost(urllib.request.HTTPRedirectHandler):
-    """urllib copies every header onto a redirect; the hub sends large files to a CDN on another host, which
-    must never see the token (huggingface_hub drops it the same way)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        old, nxt = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(new.full_url) if new else None
-        if new is not None and (nxt.netloc != old.netloc or nxt.scheme != old.scheme):
-            new.remove_header("Authorization")
-        return new
-
-
-_OPENER = urllib.request.build_opener(_AuthStaysOnItsHost)
-
-
-def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
-    """Download `url` to `dest`; a checksum mismatch leaves nothing behind. Headers (a token) are never printed."""
+def fetch(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) -> str:
+    """Download `url` (a dataset file) to `dest`; a checksum mismatch leaves nothing behind. Returns its sha256
+    (`sha256` None: whatever it is, for pinning). Checkpoints come from the Hub through hub.py."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     h = hashlib.sha256()
     try:
-        request = urllib.request.Request(url, headers=headers or {})
-        with _OPENER.open(request, timeout=timeout) as resp, open(partial, "wb") as f:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(partial, "wb") as f:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 while chunk := resp.read(CHUNK):
@@ -59,8 +42,7 @@ def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0, headers: dic
     except urllib.error.HTTPError as err:  # the server answered: only its own trouble is worth a retry
         partial.unlink(missing_ok=True)
         kind = TransientError if err.code >= 500 or err.code == 429 else InputError
-        hint = "; a gated repository needs HF_TOKEN" if err.code in (401, 403) and not headers else ""
-        raise kind(f"{url}: download failed (HTTP {err.code} {err.reason}){hint}") from None
+        raise kind(f"{url}: download failed (HTTP {err.code} {err.reason})") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         partial.unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
@@ -70,29 +52,11 @@ def fetch(url: str, dest: Path, sha256: str, timeout: float = 60.0, headers: dic
         if err.errno == errno.ENOSPC:  # the machine's state, not bad input: the stage reports a full disk (exit 74)
             raise
         raise InputError(f"{dest}: cannot write the download ({err})") from None
-    if h.hexdigest() != sha256:
+    if sha256 is not None and h.hexdigest() != sha256:
         partial.unlink(missing_ok=True)
         raise InputError(f"{url}: sha256 {h.hexdigest()} does not match the pinned {sha256}")
     partial.replace(dest)
-
-
-def hf_url(endpoint: str, repo: str, revision: str, filename: str) -> str:
-    return f"{endpoint.rstrip('/')}/{repo}/resolve/{revision}/{filename}"
-
-
-TOKEN_ENV = "HF_TOKEN"  # huggingface_hub's name; gated repositories (Llama 2) need it. Read here only, sent only to the hub.
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
-def fetch_hf(hf, filename: str, dest: Path, sha256: str) -> None:
-    """One file of a pinned Hugging Face repository (`params.HFSource`), with $HF_TOKEN when it is set: over
-    https only (a loopback endpoint, a local mirror, may be http), and never onto a redirect to another host."""
-    token = os.environ.get(TOKEN_ENV)
-    endpoint = urllib.parse.urlsplit(hf.endpoint)
-    if token and endpoint.scheme != "https" and endpoint.hostname not in _LOOPBACK:
-        raise ParamsError(f"{hf.repo}: endpoint {hf.endpoint} is not https, and {TOKEN_ENV} is only sent over https")
-    fetch(hf_url(hf.endpoint, hf.repo, hf.revision, filename), dest, sha256,
-          headers={"Authorization": f"Bearer {token}"} if token else None)
+    return h.hexdigest()
 
 
 def write_manifest(root: Path) -> dict[str, str]:

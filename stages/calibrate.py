@@ -8,7 +8,7 @@ statistics collected on the first `steps_collected` denoising steps only.
 import json
 import sys
 
-from mlperf_round import benchmarks
+from mlperf_round import benchmarks, checkpoints
 from mlperf_round.optimization import calibration
 from mlperf_round.runner import StageContext, run_stage
 
@@ -17,7 +17,7 @@ def _calibrate_image(ctx: StageContext, bench) -> tuple[dict, dict]:
     from mlperf_round.diffusion import pipeline, quantize
 
     source, bp = ctx.input("download"), ctx.benchmark
-    pipe = pipeline.load_pipeline(source / "model")
+    pipe = pipeline.load_pipeline(checkpoints.resolve(source))
     captions = [s.caption for s in bench.load_samples(source / "calibration.json")]
     cal = bp.calibration
     return quantize.calibrate(pipe, captions, pipeline.load_latents(source / pipeline.LATENTS_FILE),
@@ -31,7 +31,7 @@ def body(ctx: StageContext) -> dict:
     else:
         source = ctx.input("download")
         batches = bench.calibration_batches(source, ctx.benchmark)
-        model = bench.load_model(source / "model")
+        model = bench.load_model(checkpoints.resolve(source))
         stats = calibration.collect_absmax(model, batches)
         summary = {"samples": sum(len(b["input_ids"]) for b in batches),
                    "tokens": int(sum(b["attention_mask"].sum() for b in batches))}

@@ -10,7 +10,7 @@ import copy
 import json
 import sys
 
-from mlperf_round import benchmarks
+from mlperf_round import benchmarks, checkpoints
 from mlperf_round.optimization import calibration, distillation, pruning, quantization, sparsity
 from mlperf_round.plots import write_csv
 from mlperf_round.runner import StageContext, run_stage
@@ -25,7 +25,7 @@ def _quantize_unet(ctx: StageContext, source, stats) -> dict:
     from mlperf_round.diffusion.quantize import load_unet, quantize_unet, save_unet
 
     recipe = ctx.entry.recipe
-    unet = load_unet(source / "model" / "unet")
+    unet = load_unet(checkpoints.resolve(source) / "unet")
     metrics: dict = {"parameters": sum(p.numel() for p in unet.parameters())}
     if recipe.precision == "int8_sq":
         unet, layers = quantize_unet(unet, stats, recipe.smoothquant_alpha)
@@ -70,7 +70,7 @@ def body(ctx: StageContext) -> dict:
     stats = calibration.load_stats(ctx.input("calibrate", ctx.benchmark_name))
     if benchmarks.is_image(bench):
         return _quantize_unet(ctx, source, stats)
-    model = bench.load_model(source / "model")
+    model = bench.load_model(checkpoints.resolve(source))
     metrics: dict = {"parameters": sum(p.numel() for p in model.parameters())}
     sparse = None
     if recipe.prune.active:

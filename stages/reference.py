@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlperf_round import benchmarks, engines, evaluation
+from mlperf_round import benchmarks, checkpoints, engines, evaluation
 from mlperf_round.harness.settings import accuracy_conf
 from mlperf_round.params import BuildParams, DeepCacheParams
 from mlperf_round.runner import StageContext, run_stage
@@ -25,15 +25,16 @@ def body(ctx: StageContext) -> dict:
     else:
         conf = ctx.out / "user.conf"
         conf.write_text(accuracy_conf(bench.LOADGEN_MODEL, n))
+        model_dir = checkpoints.resolve(source)
         with tempfile.TemporaryDirectory(dir=ctx.out.parent) as tmp:
             engine = Path(tmp) / "engine"
             if benchmarks.is_image(bench):
                 from mlperf_round.diffusion.pipeline import LATENTS_FILE
 
                 engines.build_image_engine(ctx.key, "fp32", BuildParams(), bp.generation, DeepCacheParams(),
-                                           source / "model", source / "model" / "unet", source / LATENTS_FILE, engine)
+                                           model_dir, model_dir / "unet", source / LATENTS_FILE, engine)
             else:
-                engines.build_engine(ctx.key, "fp32", BuildParams(), bp.generation, source / "model",
+                engines.build_engine(ctx.key, "fp32", BuildParams(), bp.generation, model_dir,
                                      bench.tokenizer_dir(source), engine)
             scores = evaluation.run_accuracy(engine, ctx.key, source / "dataset.json", conf, "Offline",
                                              ctx.out / "Offline", ctx.params.round.test_timeout_s)

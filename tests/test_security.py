@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import pickle
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -59,62 +56,42 @@ def test_a_checkpoint_of_pickle_weights_is_refused_unopened(tmp_path: Path):
 
 
 @pytest.fixture
-def gated_hub(tmp_path: Path):
-    """A hub that serves the repository only with the right bearer token, as a gated repository is served, and
-    sends the weights to a CDN on another port (as the hub redirects large files), which records what it was sent."""
-    files = tmp_path / "hub" / REPO / "resolve" / REV
+def gated_hub(tmp_path: Path, monkeypatch):
+    """A gated repository on a loopback Hub (tests/hub.py): served only with the right bearer token, its weights
+    redirected to a CDN on another port, every request's Authorization header recorded."""
+    from .hub import LocalHub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("MLPERF_ROUND_STATE", str(tmp_path / "state"))
+    files = tmp_path / "repo"
     gptj.build_tokenizer(files)
     gptj.build_tiny_model(TinyGPTJ(train_steps=0), gptj.load_tokenizer(files), files)
-    seen: list[str] = []
-    cdn_seen: list[str] = []
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    class Cdn(Quiet):
-        def do_GET(self):
-            cdn_seen.append(str(self.headers))
-            super().do_GET()
-
-    cdn = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Cdn, directory=str(tmp_path / "hub")))
-
-    class Gated(Quiet):
-        def do_GET(self):
-            seen.append(self.headers.get("Authorization", ""))
-            if self.headers.get("Authorization") != f"Bearer {CANARY}":
-                self.send_error(401, "Unauthorized")
-            elif self.path.endswith(".safetensors"):
-                self.send_response(302)
-                self.send_header("Location", f"http://127.0.0.1:{cdn.server_address[1]}{self.path}")
-                self.end_headers()
-            else:
-                super().do_GET()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Gated, directory=str(tmp_path / "hub")))
-    for s in (server, cdn):
-        threading.Thread(target=s.serve_forever, daemon=True).start()
     sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.iterdir() if p.is_file()}
-    yield f"http://127.0.0.1:{server.server_address[1]}", sums, seen, cdn_seen
-    server.shutdown()
-    cdn.shutdown()
+    with LocalHub(token=CANARY) as hub:
+        hub.add_repo(REPO, files, commit=REV, gated=True)
+        yield hub, sums
 
 
-def test_hf_token_reaches_the_hub_and_nothing_else(project: Path, gated_hub, monkeypatch):
-    endpoint, sums, seen, cdn_seen = gated_hub
+def test_hf_token_reaches_the_hub_and_nothing_else(project: Path, gated_hub, monkeypatch, tmp_path: Path):
+    hub, sums = gated_hub
     edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"].update(
-        source="hf", hf={"repo": REPO, "revision": REV, "files": sums, "endpoint": endpoint}))
+        source="hf", hf={"repo": REPO, "revision": REV, "files": sums, "endpoint": hub.endpoint}))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     refused = run([sys.executable, "-m", "stages.download", "gptj"], project, check=False)
     assert refused.returncode == 3 and refused.stderr.strip().splitlines()[-1].endswith(
-        "download failed (HTTP 401 Unauthorized); a gated repository needs HF_TOKEN"), refused.stderr
+        "gated repository on " + hub.endpoint + "; set HF_TOKEN to a token that has been granted access"), refused.stderr
+    assert all(r[3] is None for r in hub.requests)  # no saved login was sent either
 
+    hub.requests.clear()
     monkeypatch.setenv("HF_TOKEN", CANARY)
     procs = [run([sys.executable, "-m", f"stages.{stage}", "gptj"], project) for stage in ("download", "calibrate")]
-    assert seen.count(f"Bearer {CANARY}") == len(sums)  # the token was used, for the hub's files only
-    assert len(cdn_seen) == 1 and CANARY not in cdn_seen[0]  # the weights came from the CDN, without the token
-    leaks = [str(p.relative_to(project)) for p in project.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
-    assert leaks == [], leaks  # not in mlruns/ (the SQLite store, artifacts), artifacts/ or .dvc/
+    to_hub = [r for r in hub.requests if r[0] == "hub"]
+    to_cdn = [r for r in hub.requests if r[0] == "cdn"]
+    assert to_hub and all(r[3] == f"Bearer {CANARY}" for r in to_hub)  # the token was used, on the Hub
+    assert any(r[2].endswith(".safetensors") for r in to_cdn) and all(r[3] is None for r in to_cdn)  # never on the CDN
+    leaks = [str(p.relative_to(tmp_path)) for root in (project, tmp_path / "hf-cache", tmp_path / "state")
+             for p in root.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+    assert leaks == [], leaks  # not in mlruns/ (the SQLite store, artifacts), artifacts/, .dvc/ or the Hub cache
     assert (project / "mlruns/mlflow.db").is_file()
     for proc in [refused, *procs]:
         assert CANARY not in proc.stdout + proc.stderr

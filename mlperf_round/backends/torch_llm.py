@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 from collections import deque
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -69,8 +68,10 @@ def package_versions() -> dict[str, str]:
 
 
 def build(model_dir: Path, tokenizer_dir: Path, spec: EngineSpec, out: Path) -> None:
-    shutil.copytree(model_dir, out / "model")
-    shutil.copytree(tokenizer_dir, out / "tokenizer")
+    from ..checkpoints import link_tree
+
+    link_tree(model_dir, out / "model")  # linked, not copied: the quantize stage's bytes, once on disk
+    link_tree(tokenizer_dir, out / "tokenizer")
     (out / ENGINE_FILE).write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoints import link_tree
 from ..errors import InputError
 from . import torch_llm
 from .torch_llm import ENGINE_FILE, open_spec, package_versions, place_kernels  # noqa: F401  (versions: the build's interface)
@@ -53,8 +54,8 @@ class DiffusionSpec:
 
 def build(pipeline_dir: Path, unet_dir: Path, latents: Path, spec: DiffusionSpec, out: Path) -> None:
     """The pipeline's components as downloaded, the entry's UNet in place of the original."""
-    shutil.copytree(pipeline_dir, out / "pipeline", ignore=shutil.ignore_patterns(UNET_DIR))
-    shutil.copytree(unet_dir, out / "pipeline" / UNET_DIR)
+    link_tree(pipeline_dir, out / "pipeline", skip=UNET_DIR)  # linked, not copied
+    link_tree(unet_dir, out / "pipeline" / UNET_DIR)
     shutil.copy2(latents, out / "latents.pt")
     (out / ENGINE_FILE).write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
 

@@ -88,7 +88,7 @@ def load_samples(path: Path) -> list[Sample]:
 # ---------------------------------------------------------------- download
 def download(bp, out: Path) -> dict:
     """Pipeline, latents, captions and the FID / CLIP networks, built (tiny) or fetched and verified."""
-    from .. import sources
+    from .. import checkpoints, sources
     from ..diffusion import pipeline
     from ..metrics import clip_score, fid
 
@@ -100,9 +100,7 @@ def download(bp, out: Path) -> dict:
 
         torch.save(pipeline.make_latents(bp.model.tiny.image_size, bp.model.tiny.seed), out / pipeline.LATENTS_FILE)
     else:
-        hf = bp.model.hf
-        for name, digest in hf.files.items():
-            sources.fetch_hf(hf, name, out / "model" / name, digest)
+        checkpoints.publish(bp.model, out, "model", f"benchmarks.{NAME}.model")
         sources.fetch(bp.model.latents.url, out / pipeline.LATENTS_FILE, bp.model.latents.sha256)
     latents = pipeline.load_latents(out / pipeline.LATENTS_FILE)
     ds = bp.dataset
@@ -126,11 +124,10 @@ def download(bp, out: Path) -> dict:
     else:
         sources.fetch(ev.inception.url, metrics_dir / fid.FEATURE_NET, ev.inception.sha256)
         sources.fetch(ev.statistics.url, metrics_dir / fid.STATISTICS, ev.statistics.sha256)
-        for name, digest in ev.clip.files.items():
-            sources.fetch_hf(ev.clip, name, metrics_dir / clip_score.MODEL_DIR / name, digest)
+        checkpoints.publish(ev.clip, metrics_dir, clip_score.MODEL_DIR, f"benchmarks.{NAME}.evaluation.clip")
     fid.load_statistics(metrics_dir / fid.STATISTICS)  # bad input fails here, not at the first accuracy run
-    model_bytes = sum(p.stat().st_size for p in (out / "model").rglob("*") if p.is_file())
-    return {"dataset_samples": len(samples), "calibration_samples": len(calib), "checkpoint_bytes": model_bytes,
+    return {"dataset_samples": len(samples), "calibration_samples": len(calib),
+            "checkpoint_bytes": checkpoints.checkpoint_bytes(out, "model"),
             "latent_shape": list(latents.shape), "evaluation": ev.source}
 
 
@@ -157,7 +154,9 @@ def evaluate(outputs: dict[int, np.ndarray], samples: list[Sample], engine_dir: 
     metrics_dir = source / METRICS_DIR
     mu, sigma = fid.statistics(fid.features(fid.load_feature_net(metrics_dir / fid.FEATURE_NET), images))
     fid_score = fid.frechet_distance(mu, sigma, *fid.load_statistics(metrics_dir / fid.STATISTICS))
-    model, tokenizer = clip_score.load_clip(metrics_dir / clip_score.MODEL_DIR)
+    from .. import checkpoints
+
+    model, tokenizer = clip_score.load_clip(checkpoints.resolve(metrics_dir, clip_score.MODEL_DIR))
     clip = float(np.mean(clip_score.clip_scores(model, tokenizer, images, [s.caption for s in samples])))
     return {"FID_SCORE": fid_score, "CLIP_SCORE": clip}
 

@@ -74,7 +74,9 @@ def load_tokenizer(path: Path):
 
 
 def tokenizer_dir(source: Path) -> Path:
-    return source / "tokenizer" if (source / "tokenizer").is_dir() else source / "model"
+    from .. import checkpoints
+
+    return source / "tokenizer" if (source / "tokenizer").is_dir() else checkpoints.resolve(source)
 
 
 def load_model(model_dir: Path, dtype: str = "float32"):
