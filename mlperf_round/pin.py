@@ -28,30 +28,30 @@ URL_TARGETS = {  # --into for --url: where the URL and its sha256 go under bench
 REPO_TARGETS = {"model": ("model",), "evaluation.clip": ("evaluation", "clip")}
 
 
-def select_files(listed: dict[str, dict], variant: str = "") -> list[str]:
-    """The files a loader reads, from a repository's listing."""
+def select_files(listed: dict[str, dict]) -> list[str]:
+    """The files a loader reads, from a repository's listing: weights without a variant tag (model.fp16.safetensors
+    is a variant, which the loaders do not ask for)."""
     names = set(listed)
     if "model_index.json" in names:  # diffusers: the components' folders, not the single-file checkpoints at the root
         folders = {n.split("/", 1)[0] for n in names if "/" in n}
         keep = ["model_index.json"]
         for n in sorted(names):
             p = PurePosixPath(n)
-            if len(p.parts) == 2 and p.parts[0] in folders and _wanted(p, variant):
+            if len(p.parts) == 2 and p.parts[0] in folders and _wanted(p):
                 keep.append(n)
         return keep
-    return sorted(n for n in names if "/" not in n and _wanted(PurePosixPath(n), variant))
+    return sorted(n for n in names if "/" not in n and _wanted(PurePosixPath(n)))
 
 
-def _wanted(p: PurePosixPath, variant: str) -> bool:
+def _wanted(p: PurePosixPath) -> bool:
     if p.suffix == ".safetensors":
-        tagged = len(p.suffixes) > 1  # model.fp16.safetensors
-        return (f".{variant}" in p.suffixes) if variant else not tagged
+        return len(p.suffixes) == 1
     if p.name.endswith(".safetensors.index.json"):
-        return (f".{variant}" in p.suffixes) if variant else len(p.suffixes) == 3
+        return len(p.suffixes) == 3
     return p.suffix in TEXT_SUFFIXES
 
 
-def pin_repo(repo: str, revision: str, endpoint: str, cache: str, variant: str = "") -> tuple[str, dict[str, str], int]:
+def pin_repo(repo: str, revision: str, endpoint: str, cache: str) -> tuple[str, dict[str, str], int]:
     """(commit, {file: sha256}, bytes) for what `select_files` keeps."""
     from huggingface_hub import hf_hub_download
 
@@ -60,11 +60,11 @@ def pin_repo(repo: str, revision: str, endpoint: str, cache: str, variant: str =
     url = hub.endpoint(endpoint)
     token = hub.token_for(url, "pin")
     commit, listed = hub.repo_files(repo, revision, url, token, "pin")
-    chosen = select_files(listed, variant)
+    chosen = select_files(listed)
     if not any(n.endswith(".safetensors") for n in chosen):
         pickles = sorted(n for n in listed if PurePosixPath(n).suffix.lower() in PICKLE_SUFFIXES)
         why = f"its weights are pickle only ({pickles[0]}), which can run code when loaded" if pickles else \
-            "it has no .safetensors weights" + (f" for variant {variant}" if variant else "")
+            "it has no .safetensors weights"
         raise InputError(f"pin: {repo}@{commit}: {why}")
     files: dict[str, str] = {}
     for name in chosen:
@@ -111,7 +111,7 @@ def _main(args: argparse.Namespace) -> int:
     where = f"{params_path}: benchmarks.{args.benchmark}"
     if args.repo:
         target = REPO_TARGETS[args.into or "model"]
-        commit, files, size = pin_repo(args.repo, args.revision, args.endpoint, args.cache_dir, args.variant)
+        commit, files, size = pin_repo(args.repo, args.revision, args.endpoint, args.cache_dir)
         hf = _node(bench, target + (("hf",) if target == ("model",) else ()), where)
         hf["repo"], hf["revision"], hf["files"] = args.repo, commit, dict(files)
         for key in ("endpoint", "cache_dir"):
@@ -153,7 +153,6 @@ def add_parser(sub) -> None:
     pin.add_argument("--revision", default="main", help="branch, tag or commit (default: main); pinned as its commit")
     pin.add_argument("--into", choices=sorted({*REPO_TARGETS, *URL_TARGETS}),
                      help="where it goes (default: model for --repo, dataset for --url)")
-    pin.add_argument("--variant", default="", help="weights variant, e.g. fp16 (diffusers' model.fp16.safetensors)")
     pin.add_argument("--local", action="store_true", help="model.source local: read the files where they lie "
                      "(model.path, or the Hub cache) instead of downloading them")
     pin.add_argument("--endpoint", default="", help="hub endpoint (default: $HF_ENDPOINT, else https://huggingface.co)")

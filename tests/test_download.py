@@ -325,3 +325,43 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
     from mlperf_round import checkpoints
 
     pipeline.load_pipeline(checkpoints.resolve(source))  # a whole, loadable pipeline, where the Hub cache keeps it
+
+
+def test_pin_keeps_what_the_loaders_read():
+    from mlperf_round.pin import select_files
+
+    meta = {"size": 1, "sha256": None}
+    sdxl = dict.fromkeys(["model_index.json", "sd_xl_base_1.0.safetensors", "unet/config.json",
+                          "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                          "unet/openvino_model.bin", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                          "tokenizer/vocab.json", "tokenizer/merges.txt", "README.md", "images/x.png"], meta)
+    assert select_files(sdxl) == ["model_index.json", "tokenizer/merges.txt", "tokenizer/vocab.json", "unet/config.json",
+                                  "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                                  "vae/diffusion_pytorch_model.safetensors"]
+    llama = dict.fromkeys(["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+                           "model-00002-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                           "tokenizer.model", "tokenizer.json", "original/consolidated.00.pth", ".gitattributes"], meta)
+    assert select_files(llama) == ["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+                                   "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
+                                   "tokenizer.model"]
+
+
+def test_pin_url_writes_a_dataset_and_its_sha256(project: Path, tmp_path: Path):
+    from mlperf_round.params import load_params
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www/cnn_eval.json").write_text(json.dumps([{"instruction": "x", "input": "y", "output": "z"}]))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cnn_eval.json"
+    try:
+        run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url], project)
+        proc = run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url + ".gone", "--into", "calibration"],
+                   project, check=False)
+    finally:
+        server.shutdown()
+    ds = load_params(project / "params.yaml").benchmarks["gptj"].dataset
+    assert ds.source == "url" and ds.url == url
+    assert ds.sha256 == hashlib.sha256((tmp_path / "www/cnn_eval.json").read_bytes()).hexdigest()
+    assert proc.returncode == 3 and "HTTP 404" in proc.stderr.strip().splitlines()[-1] and not ds.calibration_url

@@ -110,7 +110,7 @@ def generate_dataset(size: int, seed: int, tokenizer=None, variation: float = RE
 
 
 def write_generated_dataset(bp: BenchmarkParams, out: Path) -> None:
-    tok = load_tokenizer(out / "tokenizer")
+    tok = load_tokenizer(tokenizer_dir(out))
     ds = bp.dataset
     text.write_json(out / "dataset.json", generate_dataset(ds.size, ds.seed, tok))
     # MLPerf's calibration list is drawn from the training split: a disjoint seed here

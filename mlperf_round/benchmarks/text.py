@@ -79,17 +79,20 @@ def tokenizer_dir(source: Path) -> Path:
     return source / "tokenizer" if (source / "tokenizer").is_dir() else checkpoints.resolve(source)
 
 
-def load_model(model_dir: Path, dtype: str = "float32"):
+def load_model(model_dir: Path, dtype: str = "auto"):
+    """A checkpoint in its own dtype by default (`auto`: 70B in bf16 is 138 GB; in fp32 it would be twice that),
+    built on the meta device and filled shard by shard, as transformers loads."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    dt = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
         from ..optimization import pruning
 
         safetensors_only(model_dir)
         if pruning.is_pruned_checkpoint(model_dir):
-            return pruning.load_pruned(model_dir, getattr(torch, dtype)).eval()
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), use_safetensors=True).eval()
+            return pruning.load_pruned(model_dir, torch.float32 if dt == "auto" else dt).eval()
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt, use_safetensors=True).eval()
     except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights that do not fit the config
         raise InputError(f"{model_dir}: cannot load the checkpoint ({str(err).splitlines()[0]})") from None
 

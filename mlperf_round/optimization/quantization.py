@@ -157,12 +157,13 @@ def load(checkpoint: Path, dtype: str = "float32") -> torch.nn.Module:
 
 
 def export_deployable(model: torch.nn.Module, out: Path) -> dict[str, float]:
-    """The real low-precision checkpoint (FP8 / INT8 tensors with scales) that TensorRT-LLM serves."""
+    """The real low-precision checkpoint (FP8 / INT8 tensors with scales) that TensorRT-LLM serves.
+
+    Model Optimizer's export replaces the model's weights with their quantized form in place: call it last."""
     from modelopt.torch.export import export_hf_checkpoint
 
-    clone = copy.deepcopy(model)
-    clone.config.architectures = [type(clone).__name__]
-    export_hf_checkpoint(clone, dtype=torch.float16, export_dir=str(out))
+    model.config.architectures = [type(model).__name__]
+    export_hf_checkpoint(model, dtype=torch.float16, export_dir=str(out))
     cfg = json.loads((out / "hf_quant_config.json").read_text()) if (out / "hf_quant_config.json").exists() else {}
     size = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     return {"deployable_bytes": size, "quant_algo": cfg.get("quantization", {}).get("quant_algo") or ""}

@@ -1,0 +1,132 @@
+"""Peak memory of download, calibrate, quantize and build against the checkpoint's bytes, on a Llama built here.
+
+    python benchmarks/memory.py                      # tiny and mid scale (a ~1 GB bf16 Llama)
+    python benchmarks/memory.py --scales mid --keep /tmp/mem
+
+A Llama checkpoint is written in bf16, sharded, with a tokenizer; a project copy points
+llama2-70b at it as `model.source: local` and runs each stage of the llama2-70b-99p9 entry as its
+own process. Peak host RSS is that process's ru_maxrss (wait4), so Python and torch themselves
+count; peak device memory is torch.cuda.max_memory_allocated, reported by the stage when it ran
+on CUDA (nothing here has CUDA: the column then says so). Goal: each stage at most 1.3 x the
+checkpoint's bytes in its own dtype (above a fixed floor of the interpreter and libraries, which
+the tiny scale measures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALES = {  # hidden, intermediate, layers, heads, kv heads
+    "tiny": (64, 128, 2, 4, 2),
+    "mid": (2048, 5632, 10, 16, 4),  # ~0.55 B parameters: ~1.1 GB in bf16
+}
+STAGES = [("download", "llama2-70b"), ("calibrate", "llama2-70b"), ("quantize", "llama2-70b-99p9"),
+          ("build", "llama2-70b-99p9")]
+
+
+def build_checkpoint(out: Path, scale: str) -> int:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(ROOT))
+    from mlperf_round.benchmarks import llama2
+
+    hidden, inter, layers, heads, kv = SCALES[scale]
+    llama2.build_tokenizer(out)
+    tok = llama2.load_tokenizer(out)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+                         max_position_embeddings=2048)
+    config.architectures = ["LlamaForCausalLM"]
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    model.save_pretrained(out, max_shard_size="300MB")
+    return sum(p.stat().st_size for p in out.glob("*.safetensors"))
+
+
+def project(dest: Path, ckpt: Path) -> Path:
+    import yaml
+
+    sys.path.insert(0, str(ROOT))
+    from mlperf_round.workspace import sync
+
+    sync(ROOT, dest)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt.iterdir() if p.is_file()}
+    bench = params["benchmarks"]["llama2-70b"]
+    bench["model"] = {"source": "local", "path": str(ckpt), "hf": {"files": sums}}
+    bench["dataset"].update(size=8, calibration_size=4)
+    bench["generation"]["max_new_tokens"] = 8
+    entry = params["entries"]["llama2-70b-99p9"]
+    entry["build"].update(dtype="bfloat16", max_batch_size=2)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+def run_stage(proj: Path, stage: str, key: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(proj), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", f"stages.{stage}", key], cwd=proj, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{stage}@{key} failed:\n{err[-3000:]}")
+    metrics = json.loads((proj / f"artifacts/{key}/{stage}/metrics.json").read_text())
+    return {"rss": usage.ru_maxrss * 1024, "s": time.perf_counter() - start,
+            "device_peak": metrics.get("device_peak_bytes")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", nargs="+", choices=sorted(SCALES), default=["tiny", "mid"])
+    ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
+    args = ap.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="mlperf-memory-"))
+    os.environ.setdefault("MLPERF_ROUND_STATE", str(root / "state"))
+    import torch
+
+    print(f"host: {_cpu()}, torch {torch.__version__}, CUDA: {torch.cuda.is_available()}")
+    print("| scale | checkpoint (bf16) | stage | peak RSS | RSS / checkpoint | (RSS - tiny's) / checkpoint | peak device | time |")
+    print("|---|---|---|---|---|---|---|---|")
+    floor: dict[str, int] = {}  # the tiny scale's RSS per stage: the interpreter and libraries, not the model
+    for scale in args.scales:
+        ckpt = root / scale / "checkpoint"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        size = build_checkpoint(ckpt, scale)
+        proj = project(root / scale / "project", ckpt)
+        for stage, key in STAGES:
+            r = run_stage(proj, stage, key)
+            if scale == "tiny":
+                floor[stage] = r["rss"]
+            above = f"{(r['rss'] - floor[stage]) / size:.2f}" if stage in floor and scale != "tiny" else "-"
+            dev = (f"{r['device_peak'] / 2**30:.2f} GiB" if r["device_peak"] else "not recorded by the stage") \
+                if torch.cuda.is_available() else "no GPU here"
+            print(f"| {scale} | {size / 2**20:,.1f} MiB | {stage} | {r['rss'] / 2**20:,.0f} MiB | "
+                  f"{r['rss'] / size:.2f} | {above} | {dev} | {r['s']:.0f} s |", flush=True)
+
+
+def _cpu() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
