@@ -6,7 +6,8 @@
 A Llama checkpoint is written in bf16, sharded, with a tokenizer; a project copy points
 llama2-70b at it as `model.source: local` and runs each stage of the llama2-70b-99p9 entry as its
 own process. Peak host RSS is that process's ru_maxrss (wait4), so Python and torch themselves
-count; peak device memory is torch.cuda.max_memory_allocated, reported by the stage when it ran
+count. Linux carries the parent's RSS into a child's ru_maxrss across fork and exec, so this script
+never imports torch itself: the checkpoint is built in a child process too; peak device memory is torch.cuda.max_memory_allocated, reported by the stage when it ran
 on CUDA (nothing here has CUDA: the column then says so). Goal: each stage at most 1.3 x the
 checkpoint's bytes in its own dtype (above a fixed floor of the interpreter and libraries, which
 the tiny scale measures).
@@ -59,6 +60,13 @@ def build_checkpoint(out: Path, scale: str) -> int:
     return sum(p.stat().st_size for p in out.glob("*.safetensors"))
 
 
+def build_in_child(out: Path, scale: str) -> int:
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import memory; " \
+           f"print(memory.build_checkpoint(__import__('pathlib').Path({str(out)!r}), {scale!r}))"
+    done = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
 def project(dest: Path, ckpt: Path) -> Path:
     import yaml
 
@@ -99,16 +107,18 @@ def main() -> None:
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="mlperf-memory-"))
     os.environ.setdefault("MLPERF_ROUND_STATE", str(root / "state"))
-    import torch
+    from importlib.metadata import version
 
-    print(f"host: {_cpu()}, torch {torch.__version__}, CUDA: {torch.cuda.is_available()}")
+    cuda = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                          stdout=subprocess.PIPE, text=True).stdout.strip() == "True"
+    print(f"host: {_cpu()}, torch {version('torch')}, CUDA: {cuda}")
     print("| scale | checkpoint (bf16) | stage | peak RSS | RSS / checkpoint | (RSS - tiny's) / checkpoint | peak device | time |")
     print("|---|---|---|---|---|---|---|---|")
     floor: dict[str, int] = {}  # the tiny scale's RSS per stage: the interpreter and libraries, not the model
     for scale in args.scales:
         ckpt = root / scale / "checkpoint"
         ckpt.mkdir(parents=True, exist_ok=True)
-        size = build_checkpoint(ckpt, scale)
+        size = build_in_child(ckpt, scale)
         proj = project(root / scale / "project", ckpt)
         for stage, key in STAGES:
             r = run_stage(proj, stage, key)
@@ -116,7 +126,7 @@ def main() -> None:
                 floor[stage] = r["rss"]
             above = f"{(r['rss'] - floor[stage]) / size:.2f}" if stage in floor and scale != "tiny" else "-"
             dev = (f"{r['device_peak'] / 2**30:.2f} GiB" if r["device_peak"] else "not recorded by the stage") \
-                if torch.cuda.is_available() else "no GPU here"
+                if cuda else "no GPU here"
             print(f"| {scale} | {size / 2**20:,.1f} MiB | {stage} | {r['rss'] / 2**20:,.0f} MiB | "
                   f"{r['rss'] / size:.2f} | {above} | {dev} | {r['s']:.0f} s |", flush=True)
 

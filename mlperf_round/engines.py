@@ -84,7 +84,8 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         from .backends.paged import measure_kv_scales
         from .optimization.quantization import load
 
-        scales = measure_kv_scales(load(model_dir, build.dtype), kv_calibration, gen.max_input_tokens)
+        device = torch_llm.resolve_device(build.device, f"{where}.device")  # measured where the engine will run
+        scales = measure_kv_scales(load(model_dir, build.dtype).to(device), kv_calibration, gen.max_input_tokens)
         (out / torch_llm.KV_SCALES_FILE).write_text(json.dumps(scales, indent=1))
     return spec
 

@@ -226,8 +226,13 @@ class ReferenceParams(Strict):
     )
 
 
+CALIBRATION_DEVICE = Field("auto", description="where calibrate and quantize run the model: auto (CUDA when torch sees "
+                           "one, else the CPU) | cpu | cuda")
+
+
 class CalibrationParams(Strict):
     batch_size: int = Field(4, ge=1, description="calibration batch size")
+    device: Literal["auto", "cpu", "cuda"] = CALIBRATION_DEVICE
 
 
 class BenchmarkParams(Strict):
@@ -330,6 +335,7 @@ class EvaluationParams(Strict):
 
 class DiffusionCalibration(Strict):
     batch_size: int = Field(4, ge=1, description="calibration captions per pipeline call")
+    device: Literal["auto", "cpu", "cuda"] = CALIBRATION_DEVICE
     steps_collected: int = Field(8, ge=1, description="denoising steps whose UNet activations are collected (v4.0 recipe: the first 8)")
     total_steps: int = Field(20, ge=1, description="steps each calibration caption is run for (v4.0 recipe: 20)")
 

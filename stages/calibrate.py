@@ -9,6 +9,7 @@ import json
 import sys
 
 from mlperf_round import benchmarks, checkpoints
+from mlperf_round.backends.torch_llm import resolve_device
 from mlperf_round.optimization import calibration
 from mlperf_round.runner import StageContext, run_stage
 
@@ -17,9 +18,10 @@ def _calibrate_image(ctx: StageContext, bench) -> tuple[dict, dict]:
     from mlperf_round.diffusion import pipeline, quantize
 
     source, bp = ctx.input("download"), ctx.benchmark
-    pipe = pipeline.load_pipeline(checkpoints.resolve(source))
-    captions = [s.caption for s in bench.load_samples(source / "calibration.json")]
     cal = bp.calibration
+    device = resolve_device(cal.device, f"benchmarks.{ctx.key}.calibration.device")
+    pipe = pipeline.load_pipeline(checkpoints.resolve(source)).to(device)
+    captions = [s.caption for s in bench.load_samples(source / "calibration.json")]
     return quantize.calibrate(pipe, captions, pipeline.load_latents(source / pipeline.LATENTS_FILE),
                               cal.steps_collected, cal.total_steps, bp.generation.guidance_scale, cal.batch_size)
 
@@ -31,7 +33,8 @@ def body(ctx: StageContext) -> dict:
     else:
         source = ctx.input("download")
         batches = bench.calibration_batches(source, ctx.benchmark)
-        model = bench.load_model(checkpoints.resolve(source))
+        device = resolve_device(ctx.benchmark.calibration.device, f"benchmarks.{ctx.key}.calibration.device")
+        model = bench.load_model(checkpoints.resolve(source)).to(device)
         stats = calibration.collect_absmax(model, batches)
         summary = {"samples": sum(len(b["input_ids"]) for b in batches),
                    "tokens": int(sum(b["attention_mask"].sum() for b in batches))}

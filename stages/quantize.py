@@ -11,7 +11,8 @@ import json
 import sys
 
 from mlperf_round import benchmarks, checkpoints
-from mlperf_round.optimization import calibration, distillation, pruning, quantization, sparsity
+from mlperf_round.optimization import (calibration, distillation, pruning, quantization, quantized_checkpoint,
+                                       sparsity)
 from mlperf_round.plots import write_csv
 from mlperf_round.runner import StageContext, run_stage
 
@@ -85,7 +86,11 @@ def body(ctx: StageContext) -> dict:
         ctx.tracker.log_artifact(ctx.out / "sparsity.json")
     model, layers = quantization.quantize(model, recipe.precision, stats, recipe.smoothquant_alpha, recipe.quantize_lm_head)
     quantized = bool(layers["quantized_layers"])
-    quantization.save(model, ctx.out / "model", quantized)
+    if quantized and not recipe.prune.active:  # only the quantized layers changed: they alone are written
+        metrics["checkpoint_bytes"] = quantized_checkpoint.save(
+            model, ctx.out / "model", layers["quantized_layers"], recipe.precision, recipe.quantize_lm_head, source)
+    else:  # a pruned model changed everywhere; an unquantized one is written in its new dtype
+        quantization.save(model, ctx.out / "model", quantized)
     metrics.update(quantized_layers=len(layers["quantized_layers"]), skipped_layers=len(layers["skipped_layers"]))
     if sparse is not None:  # measured on the model as served (after quantization)
         metrics["sparsity"] = sparsity.measure_24(model, sparse["sparsified_layers"])

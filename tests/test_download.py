@@ -365,3 +365,17 @@ def test_pin_url_writes_a_dataset_and_its_sha256(project: Path, tmp_path: Path):
     assert ds.source == "url" and ds.url == url
     assert ds.sha256 == hashlib.sha256((tmp_path / "www/cnn_eval.json").read_bytes()).hexdigest()
     assert proc.returncode == 3 and "HTTP 404" in proc.stderr.strip().splitlines()[-1] and not ds.calibration_url
+
+
+def test_calibration_on_a_cuda_device_this_machine_lacks_is_one_line(project: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: calibration.device cuda is valid here")
+    edit_params(project, lambda d: (d["benchmarks"]["gptj"]["model"]["tiny"].update(train_steps=0),
+                                    d["benchmarks"]["gptj"]["calibration"].update(device="cuda")))
+    _download(project, check=True)
+    proc = run([sys.executable, "-m", "stages.calibrate", "gptj"], project, check=False)
+    assert proc.returncode == 3 and _last_line(proc).endswith(
+        "benchmarks.gptj.calibration.device: cuda was asked for, but torch sees no CUDA device"), proc.stderr[-2000:]
+    assert not (project / "artifacts/gptj/calibrate/stats").exists()

@@ -72,3 +72,33 @@ def test_save_and_load_restore_the_quantized_model_exactly(tiny, tmp_path):
     x = batches[1]["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(q(input_ids=x).logits, back(input_ids=x).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp8", "int8_sq"])
+def test_the_quantized_layers_alone_rebuild_the_quantized_model_exactly(tiny, tmp_path, precision):
+    """The quantize stage writes only what quantization changed (grid values in E4M3 / int8, ranges, SmoothQuant's
+    scales) and names the source; loading rebuilds the same fake-quantized model, bit for bit."""
+    from safetensors import safe_open
+
+    from mlperf_round.optimization import quantized_checkpoint
+
+    model, batches = tiny
+    model.config.architectures = ["GPTJForCausalLM"]
+    model.save_pretrained(tmp_path / "source" / "model")  # a download stage's output
+    stats = calibration.collect_absmax(copy.deepcopy(model), batches)
+    q, summary = quantization.quantize(copy.deepcopy(model), precision, stats, alpha=0.5)
+    written = quantized_checkpoint.save(q, tmp_path / "quantize" / "model", summary["quantized_layers"], precision,
+                                        False, tmp_path / "source")
+    assert not (tmp_path / "quantize/model/model.safetensors").exists()
+    full = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert written < full / 2, (written, full)  # one byte a quantized weight, nothing unchanged
+    with safe_open(str(tmp_path / "quantize/model" / quantized_checkpoint.TENSORS_FILE), "pt") as f:
+        weight = f.get_tensor(summary["quantized_layers"][0] + ".weight")
+    assert weight.dtype == (torch.float8_e4m3fn if precision == "fp8" else torch.int8)
+    back = quantization.load(tmp_path / "quantize" / "model")
+    x = batches[1]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(q(input_ids=x).logits, back(input_ids=x).logits, rtol=0, atol=0)
+    (tmp_path / "source" / "model").rename(tmp_path / "gone")
+    with pytest.raises(Exception, match="re-run download"):
+        quantization.load(tmp_path / "quantize" / "model")

@@ -86,10 +86,10 @@ def read_spec(engine_dir: Path, spec_type: type = EngineSpec):
         raise InputError(f"{path}: not a valid {spec_type.__name__} engine description ({err})") from None
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, where: str = "build.device") -> torch.device:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise InputError("build.device: cuda was asked for, but torch sees no CUDA device")
+            raise InputError(f"{where}: cuda was asked for, but torch sees no CUDA device")
         return torch.device("cuda")
     return torch.device("cpu")
 

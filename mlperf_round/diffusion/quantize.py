@@ -99,7 +99,7 @@ def calibrate(pipe, captions: list[str], latents: torch.Tensor, steps_collected:
     for name, mod in pipe.unet.named_modules():
         q = getattr(mod, "input_quantizer", None)
         if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and q is not None and q.is_enabled and q.amax is not None:
-            stats[name] = q.amax.detach().float().reshape(-1).clone()
+            stats[name] = q.amax.detach().float().reshape(-1).cpu().clone()
     collected = sorted(record["unet_calls_collected"])
     return stats, {"samples": len(captions), "total_steps": total_steps, "steps_collected": collected,
                    "unet_calls_collected": sum(record["unet_calls_collected"].values()), "steps_run": record["steps_run"]}

@@ -31,17 +31,19 @@ def collect_absmax(model: torch.nn.Module, batches: list[dict], desc: str = "cal
     """Run `batches` through `model` under modelopt's calibration loop; return {linear: per-channel absmax}."""
     import modelopt.torch.quantization as mtq
 
+    device = next(model.parameters()).device
+
     def forward_loop(m: torch.nn.Module) -> None:
         with torch.no_grad():
             for batch in tqdm(batches, desc=desc, unit="batch"):
-                m(**batch)
+                m(**{k: v.to(device) for k, v in batch.items()})
 
     mtq.quantize(model, _STATS_CFG, forward_loop)
     stats = {}
     for name, mod in model.named_modules():
         q = getattr(mod, "input_quantizer", None)
         if isinstance(mod, torch.nn.Linear) and q is not None and q.is_enabled and q.amax is not None:
-            stats[name] = q.amax.detach().float().reshape(-1).clone()
+            stats[name] = q.amax.detach().float().reshape(-1).cpu().clone()
     return stats
 
 

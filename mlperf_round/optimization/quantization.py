@@ -139,8 +139,12 @@ def save(model: torch.nn.Module, out: Path, quantized: bool) -> None:
 def load(checkpoint: Path, dtype: str = "float32") -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from . import quantized_checkpoint
+
     dt = getattr(torch, dtype)
     try:
+        if quantized_checkpoint.is_quantized_checkpoint(checkpoint):
+            return quantized_checkpoint.load(checkpoint, dt)
         if (checkpoint / MODELOPT_FILE).exists():
             import modelopt.torch.opt as mto
 

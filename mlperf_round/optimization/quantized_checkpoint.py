@@ -1,0 +1,118 @@
+"""The quantize stage's checkpoint as what quantization changed: low-precision weights, their ranges, the source.
+
+Quantizing Llama 2 70B to FP8 changes its Linear layers and nothing else. Writing the whole model
+again (Model Optimizer's `modelopt.pth` holds every weight in the model's dtype) would add 138 GB
+per entry, and the DVC cache a second copy. Here each quantized layer is stored on its grid in its
+own type (E4M3 for FP8, int8 for INT8 SmoothQuant, so 1 byte a weight) with its weight and input
+ranges and SmoothQuant's input scale; everything else is read from the source checkpoint, which
+`quantized.json` names. Loading rebuilds the fake-quantized model Model Optimizer made: the source
+in the engine's dtype, the recipe's quantizers inserted, then each layer's grid values and ranges
+put back, so every later stage sees the layers the quantize stage calibrated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+
+META_FILE = "quantized.json"
+TENSORS_FILE = "quantized.safetensors"
+FP8_MAX = 448.0
+
+
+def _grid(mod: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's weight as grid indices in its low-precision type, and the scale per output row (or one)."""
+    wq = mod.weight_quantizer
+    with torch.no_grad():
+        folded = wq(mod.weight).float()  # the values every fake-quantized call multiplies with
+    amax = wq.amax.detach().float()
+    amax = torch.where(amax <= 0, torch.ones_like(amax), amax)
+    if wq.num_bits == (4, 3):
+        scale = amax.reshape(()) / FP8_MAX
+        return (folded / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+    top = 2.0 ** (wq.num_bits - 1) - 1.0
+    scale = (amax / top).reshape(-1, 1) if amax.numel() > 1 else amax.reshape(()) / top
+    return (folded / scale).round().clamp(-top - 1, top).to(torch.int8), scale
+
+
+def save(model: torch.nn.Module, out: Path, layers: list[str], precision: str, quantize_lm_head: bool,
+         source: Path) -> int:
+    """Write the quantized layers of `model` to `out`; `source` is the download stage's output the model came from.
+    Returns the bytes written."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in layers:
+        mod = model.get_submodule(name)
+        grid, scale = _grid(mod)
+        tensors[f"{name}.weight"] = grid.contiguous()
+        tensors[f"{name}.weight_scale"] = scale.contiguous()
+        tensors[f"{name}.weight_amax"] = mod.weight_quantizer.amax.detach().float().contiguous()
+        tensors[f"{name}.input_amax"] = mod.input_quantizer.amax.detach().float().contiguous()
+        pqs = mod.input_quantizer.pre_quant_scale
+        if pqs is not None:
+            tensors[f"{name}.pre_quant_scale"] = pqs.detach().float().contiguous()
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(out / TENSORS_FILE))
+    model.config.save_pretrained(out)
+    source = Path(source)
+    meta = {"precision": precision, "quantize_lm_head": quantize_lm_head, "layers": layers,
+            "source": os.path.relpath(source.resolve(), out.resolve()), "source_absolute": str(source.resolve())}
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    return (out / TENSORS_FILE).stat().st_size
+
+
+def is_quantized_checkpoint(checkpoint: Path) -> bool:
+    return (Path(checkpoint) / META_FILE).is_file()
+
+
+def source_of(checkpoint: Path) -> Path:
+    """The source checkpoint the layers were quantized from, through the download stage's output that holds or
+    references it: found by its path relative to the checkpoint (an engine links the checkpoint at the same
+    depth), else by its absolute path."""
+    from ..checkpoints import resolve
+
+    meta = json.loads((Path(checkpoint) / META_FILE).read_text())
+    for candidate in (Path(checkpoint) / meta["source"], Path(meta["source_absolute"])):
+        if candidate.is_dir():
+            return resolve(candidate)
+    raise InputError(f"{checkpoint / META_FILE}: its source {meta['source_absolute']} is gone; re-run download "
+                     "(the quantized layers need the rest of the model)")
+
+
+def load(checkpoint: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """The fake-quantized model the quantize stage calibrated, rebuilt from the source and the stored layers."""
+    import modelopt.torch.quantization as mtq
+    from safetensors.torch import load_file
+
+    from ..benchmarks.text import load_model
+    from .quantization import _config
+
+    checkpoint = Path(checkpoint)
+    meta = json.loads((checkpoint / META_FILE).read_text())
+    model = load_model(source_of(checkpoint), str(dtype).removeprefix("torch."))
+    model = mtq.quantize(model, _config(meta["precision"], meta["quantize_lm_head"]), forward_loop=None)
+    stored = load_file(str(checkpoint / TENSORS_FILE))
+    enabled = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+               and getattr(m, "input_quantizer", None) is not None and m.input_quantizer.is_enabled}
+    if enabled != set(meta["layers"]):
+        raise InputError(f"{checkpoint / META_FILE}: its layers are not the ones recipe {meta['precision']} quantizes "
+                         f"in the source ({len(enabled ^ set(meta['layers']))} differ); re-run quantize")
+    with torch.no_grad():
+        for name in meta["layers"]:
+            mod = model.get_submodule(name)
+            grid, scale = stored[f"{name}.weight"], stored[f"{name}.weight_scale"]
+            if grid.shape != mod.weight.shape:
+                raise InputError(f"{checkpoint / TENSORS_FILE}: {name}.weight is {tuple(grid.shape)}, the source's "
+                                 f"{tuple(mod.weight.shape)}; re-run quantize")
+            mod.weight.copy_((grid.float() * scale).to(mod.weight.dtype))
+            mod.weight_quantizer.amax = stored[f"{name}.weight_amax"].to(mod.weight.device)
+            mod.input_quantizer.amax = stored[f"{name}.input_amax"].to(mod.weight.device)
+            if f"{name}.pre_quant_scale" in stored:
+                mod.input_quantizer.pre_quant_scale = stored[f"{name}.pre_quant_scale"].to(mod.weight.device)
+    return model.eval()
