@@ -167,7 +167,9 @@ def export_deployable(model: torch.nn.Module, out: Path) -> dict[str, float]:
     from modelopt.torch.export import export_hf_checkpoint
 
     model.config.architectures = [type(model).__name__]
-    export_hf_checkpoint(model, dtype=torch.float16, export_dir=str(out))
+    dtype = next(model.parameters()).dtype  # a bf16 checkpoint stays bf16: casting would copy every other tensor
+    export_hf_checkpoint(model, dtype=dtype if dtype in (torch.bfloat16, torch.float16) else torch.float16,
+                         export_dir=str(out))
     cfg = json.loads((out / "hf_quant_config.json").read_text()) if (out / "hf_quant_config.json").exists() else {}
     size = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     return {"deployable_bytes": size, "quant_algo": cfg.get("quantization", {}).get("quant_algo") or ""}
