@@ -232,7 +232,7 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
             (org / "calibration.md").write_text(_calibration_md(in_division, params, root))
         for r in in_division:
             bench, bp = r.entry.mlperf_id, params.benchmarks[r.entry.benchmark]
-            source = f"{bp.model.hf.repo}@{bp.model.hf.revision}" if bp.model.source == "hf" else "tiny model built from params (seeded)"
+            source = _model_source(bp.model)
             code = tree.code(bench)
             code.mkdir(parents=True, exist_ok=True)
             (code / "README.md").write_text(
@@ -329,3 +329,11 @@ def _write_tables(out: Path, rows: list[dict], smoke: bool, warnings: list[str],
         md += [f"- `{rule}`: {SMOKE_RULES[rule]}" for rule in unmet]
     md += [f"- {w}" for w in warnings]
     (out / "results.md").write_text("\n".join(md) + "\n")
+
+
+def _model_source(model) -> str:
+    if model.source == "tiny":
+        return "tiny model built from params (seeded)"
+    if model.hf.repo:
+        return f"{model.hf.repo}@{model.hf.revision}" + (" (read from disk)" if model.source == "local" else "")
+    return f"checkpoint read from disk, verified against {len(model.hf.files)} pinned sha256"
