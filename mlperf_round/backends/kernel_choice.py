@@ -127,9 +127,9 @@ def _time_us(fn, device: torch.device, budget_s: float = BUDGET_S, stop_above: f
     return statistics.median(times)
 
 
-def _emulated_twin(mod: torch.nn.Module) -> torch.nn.Module:
+def _emulated_twin(mod: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The emulated candidate as the engine would run it: weight rounded once (folded), input fake-quantized."""
-    twin = copy.deepcopy(mod)
+    twin = copy.deepcopy(mod).to(device)
     twin.fold_weight()
     return twin
 
@@ -164,7 +164,7 @@ def choose(model: torch.nn.Module, device: torch.device, rows: int, budget_s: fl
         inputs = {s: torch.randn(rows, s[0], device=device, dtype=dtype) for s in order}
         emulated = 0.0
         for s in order:
-            twin = _emulated_twin(shapes[s][0])
+            twin = _emulated_twin(shapes[s][0], device)
             emulated += len(shapes[s]) * _time_us(lambda: twin(inputs[s]), device, budget_s)
         native = 0.0
         for i, s in enumerate(order):

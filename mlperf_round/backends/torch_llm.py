@@ -143,8 +143,9 @@ class TorchLLM:
 
         self.spec = read_spec(engine_dir)
         self.device = open_spec(self.spec, engine_dir)
-        self.model = load(engine_dir / "model", self.spec.dtype).to(self.device)
+        self.model = load(engine_dir / "model", self.spec.dtype)  # on the host: the device gets FP8 layers, not bf16 ones
         self.kernels, self.kernel_record = place_kernels(self.model, self.spec, self.device, str(engine_dir))
+        self.model.to(self.device)
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
         self.kv_scales = None
         if self.spec.kv_cache == "fp8":
