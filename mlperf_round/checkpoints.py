@@ -83,7 +83,6 @@ def verify_directory(root: Path, files: dict[str, str], on_mismatch=None) -> dic
 
     if not root.is_dir():
         raise InputError(f"{root}: not a directory")
-    check_shards_pinned(set(files), lambda n: (root / n).read_bytes(), str(root))
     known, checked = _read_record(root), {}
     todo = []
     for name, digest in sorted(files.items()):
@@ -95,8 +94,9 @@ def verify_directory(root: Path, files: dict[str, str], on_mismatch=None) -> dic
             checked[name] = known[name]
         else:
             todo.append((name, digest, path, stamp))
+    check_shards_pinned(set(files), lambda n: (root / n).read_bytes(), str(root))
     total = sum(s["size"] for *_, s in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"verify {root.name}", disable=not todo,
+    with tqdm(total=total, unit="B", unit_scale=True, desc="verify checkpoint", disable=not todo,
               mininterval=2.0) as bar:
         for name, digest, path, stamp in todo:
             actual = sha256_file(path)
