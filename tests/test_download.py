@@ -11,6 +11,7 @@ import json
 import hashlib
 import http.server
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from mlperf_round.benchmarks import gptj
 from mlperf_round.params import TinyGPTJ
 
-from .conftest import edit_params, run
+from .conftest import edit_params, env, run
 from .hub import LocalHub
 
 REPO, REV = "example/gpt-j-tiny", "0123456789abcdef0123456789abcdef01234567"
@@ -379,3 +380,23 @@ def test_calibration_on_a_cuda_device_this_machine_lacks_is_one_line(project: Pa
     assert proc.returncode == 3 and _last_line(proc).endswith(
         "benchmarks.gptj.calibration.device: cuda was asked for, but torch sees no CUDA device"), proc.stderr[-2000:]
     assert not (project / "artifacts/gptj/calibrate/stats").exists()
+
+
+def test_the_error_after_a_progress_bar_starts_a_line_of_its_own(project: Path, tmp_path: Path):
+    """tqdm ends a bar with a carriage return; a log reader splitting on newlines must still find the error."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www/set.json").write_bytes(b"[]" * 300_000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    edit_params(project, lambda d: (d["benchmarks"]["gptj"]["model"]["tiny"].update(train_steps=0),
+                                    d["benchmarks"]["gptj"].update(dataset={
+                                        "source": "url", "url": f"http://127.0.0.1:{server.server_address[1]}/set.json",
+                                        "sha256": "0" * 64})))
+    try:  # bytes: text mode would turn the bar's carriage returns into newlines
+        proc = subprocess.run([sys.executable, "-m", "stages.download", "gptj"], cwd=project, env=env(),
+                              capture_output=True, timeout=600)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 3 and b"dataset.json:" in proc.stderr, proc.stderr[-800:]  # the bar ran
+    assert b"\rerror:" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(b"error: download@gptj: http://")
