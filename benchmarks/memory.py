@@ -7,10 +7,11 @@ A Llama checkpoint is written in bf16, sharded, with a tokenizer; a project copy
 llama2-70b at it as `model.source: local` and runs each stage of the llama2-70b-99p9 entry as its
 own process. Peak host RSS is that process's ru_maxrss (wait4), so Python and torch themselves
 count. Linux carries the parent's RSS into a child's ru_maxrss across fork and exec, so this script
-never imports torch itself: the checkpoint is built in a child process too; peak device memory is torch.cuda.max_memory_allocated, reported by the stage when it ran
-on CUDA (nothing here has CUDA: the column then says so). Goal: each stage at most 1.3 x the
-checkpoint's bytes in its own dtype (above a fixed floor of the interpreter and libraries, which
-the tiny scale measures).
+never imports torch itself: the checkpoint is built in a child process too. Peak device memory is
+the stage's `device_peak_bytes` metric (torch.cuda.max_memory_allocated, recorded by the runner when
+the stage used CUDA). Goal: each stage at most 1.3 x the checkpoint's bytes in its own dtype, above
+the fixed floor of the interpreter and libraries that the tiny scale measures. A second table gives
+the disk each stage's output takes, hard links counted once.
 """
 
 from __future__ import annotations
@@ -100,6 +101,17 @@ def run_stage(proj: Path, stage: str, key: str) -> dict:
             "device_peak": metrics.get("device_peak_bytes")}
 
 
+def disk_bytes(root: Path, seen: set) -> int:
+    """Bytes under root, each inode once (an engine's hard links to its checkpoint cost nothing)."""
+    total = 0
+    for path in root.rglob("*"):
+        st = path.lstat()
+        if path.is_file() and not path.is_symlink() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scales", nargs="+", choices=sorted(SCALES), default=["tiny", "mid"])
@@ -115,6 +127,7 @@ def main() -> None:
     print("| scale | checkpoint (bf16) | stage | peak RSS | RSS / checkpoint | (RSS - tiny's) / checkpoint | peak device | time |")
     print("|---|---|---|---|---|---|---|---|")
     floor: dict[str, int] = {}  # the tiny scale's RSS per stage: the interpreter and libraries, not the model
+    disks: dict[str, tuple[int, dict]] = {}
     for scale in args.scales:
         ckpt = root / scale / "checkpoint"
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -129,6 +142,14 @@ def main() -> None:
                 if cuda else "no GPU here"
             print(f"| {scale} | {size / 2**20:,.1f} MiB | {stage} | {r['rss'] / 2**20:,.0f} MiB | "
                   f"{r['rss'] / size:.2f} | {above} | {dev} | {r['s']:.0f} s |", flush=True)
+        seen: set = set()
+        disk = {stage: disk_bytes(proj / "artifacts" / key / stage, seen) for stage, key in STAGES}
+        disks[scale] = (size, disk)
+    print("\n| scale | checkpoint on disk | " + " | ".join(f"{s} output" for s, _ in STAGES) + " | all / checkpoint |")
+    print("|---|---|" + "---|" * len(STAGES) + "---|")
+    for scale, (size, disk) in disks.items():
+        print(f"| {scale} | {size / 2**20:,.1f} MiB | " + " | ".join(f"{b / 2**20:,.1f} MiB" for b in disk.values())
+              + f" | {(size + sum(disk.values())) / size:.2f} |")
 
 
 def _cpu() -> str:

@@ -203,6 +203,9 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
             tracker.log_params(stage_params(params, scope, key))
             ctx = StageContext(params=params, key=key, stage=stage, out=partial, plots=plots_partial, tracker=tracker)
             metrics = body(ctx) or {}
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+                metrics["device_peak_bytes"] = torch.cuda.max_memory_allocated()  # benchmarks/memory.py reads it
             metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "git_commit": round_tags["git.commit"]}
             write_manifest(partial)
             if any(plots_partial.iterdir()):
