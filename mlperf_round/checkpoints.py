@@ -172,18 +172,59 @@ def publish(model, out: Path, name: str, where: str) -> int:
     return sum(f["size"] for f in files.values())
 
 
-def link_tree(src: Path, dst: Path, skip: str | None = None) -> None:
+def link_tree(src: Path, dst: Path) -> None:
     """`src` under `dst` by hard links (a symlink across filesystems): an engine holds the checkpoint it serves
-    without a second copy of its bytes. `skip` leaves out one top-level entry."""
+    without a second copy of its bytes."""
     src = Path(src)
     for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if skip and rel.parts[0] == skip or not path.is_file():
+        if not path.is_file():
             continue
-        target = dst / rel
+        target = dst / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         real = path.resolve()
         try:
             os.link(real, target)
         except OSError:  # another filesystem, or links refused
             os.symlink(real, target)
+
+
+SOURCE_FILE = "source.json"
+TOKENIZER_SUFFIXES = {".json", ".model", ".txt", ".tiktoken", ".jinja"}  # no weights, no shard index
+
+
+def link_source(out: Path, source: Path) -> None:
+    """Name, from `out`, the checkpoint it was made from and still needs (a directory, or a download stage output
+    that holds or references one): by its path relative to `out`, which holds wherever `out`'s files are linked at
+    the same depth (an engine links its checkpoint so), and by its absolute path."""
+    out.mkdir(parents=True, exist_ok=True)
+    source = Path(source).resolve()
+    (out / SOURCE_FILE).write_text(json.dumps({"relative": os.path.relpath(source, out.resolve()),
+                                              "absolute": str(source)}, indent=1))
+
+
+def linked_source(out: Path) -> Path:
+    """The checkpoint directory `link_source` named, checked as `resolve` checks it."""
+    path = out / SOURCE_FILE
+    try:
+        data = json.loads(path.read_text())
+        candidates = (out / data["relative"], Path(data["absolute"]))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; {out} does not name the checkpoint it was made from") from None
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: not a source reference") from None
+    for candidate in candidates:
+        if (candidate / "model").is_dir() or (candidate / ("model" + REF_SUFFIX)).is_file():  # a stage output
+            return resolve(candidate)
+        if any((candidate / name).is_file() for name in ("config.json", "model_index.json")):  # a checkpoint
+            return candidate
+    raise InputError(f"{path}: the checkpoint it names ({data['absolute']}) is gone; re-run download")
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """A tokenizer's files out of a checkpoint directory, without its weights."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(src).iterdir()):
+        if path.is_file() and path.suffix in TOKENIZER_SUFFIXES and not path.name.endswith(WEIGHT_INDEX_SUFFIX):
+            shutil.copy2(path, dst / path.name)

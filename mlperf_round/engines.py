@@ -98,9 +98,10 @@ def torch_compile_available() -> bool:
     return torch.cuda.is_available() or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
-def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, deepcache, pipeline_dir: Path,
+def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, deepcache, pipeline: Path,
                        unet_dir: Path, latents: Path, out: Path, where: str = "build"):
-    """A text-to-image engine directory: the pipeline with the entry's UNet, latents, sampling rules."""
+    """A text-to-image engine directory: the entry's UNet, the pipeline it runs in (a pipeline directory, or the
+    download stage's output that holds or references one), latents, sampling rules."""
     from .backends import torch_sdxl
     from .diffusion.pipeline import load_latents
 
@@ -116,5 +117,5 @@ def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, 
         deepcache_branch=deepcache.branch, threads=build.threads, versions=torch_sdxl.package_versions(),
         device=build.device, kernels=build.kernels, compile=build.compile, channels_last=build.channels_last,
     )
-    torch_sdxl.build(pipeline_dir, unet_dir, latents, spec, out)
+    torch_sdxl.build(pipeline, unet_dir, latents, spec, out)
     return spec

@@ -3,7 +3,7 @@
 import sys
 import time
 
-from mlperf_round import benchmarks, checkpoints, engines
+from mlperf_round import benchmarks, engines
 from mlperf_round.backends.torch_llm import TorchLLM, generate_all, record_kernel_choice
 from mlperf_round.benchmarks.text import sample_ids
 from mlperf_round.runner import StageContext, run_stage
@@ -24,7 +24,7 @@ def _build_image(ctx: StageContext, bench, source) -> dict:
 
     entry = ctx.entry
     spec = engines.build_image_engine(ctx.benchmark_name, entry.recipe.precision, entry.build, ctx.benchmark.generation,
-                                      entry.recipe.deepcache, checkpoints.resolve(source), ctx.input("quantize") / "model",
+                                      entry.recipe.deepcache, source, ctx.input("quantize") / "model",
                                       source / LATENTS_FILE, ctx.out, f"entries.{ctx.key}.build")
     start = time.perf_counter()
     engine = TorchSDXL(ctx.out)

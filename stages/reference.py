@@ -32,7 +32,7 @@ def body(ctx: StageContext) -> dict:
                 from mlperf_round.diffusion.pipeline import LATENTS_FILE
 
                 engines.build_image_engine(ctx.key, "fp32", BuildParams(), bp.generation, DeepCacheParams(),
-                                           model_dir, model_dir / "unet", source / LATENTS_FILE, engine)
+                                           source, model_dir / "unet", source / LATENTS_FILE, engine)
             else:
                 engines.build_engine(ctx.key, "fp32", BuildParams(), bp.generation, model_dir,
                                      bench.tokenizer_dir(source), engine)

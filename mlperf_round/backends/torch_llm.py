@@ -68,10 +68,10 @@ def package_versions() -> dict[str, str]:
 
 
 def build(model_dir: Path, tokenizer_dir: Path, spec: EngineSpec, out: Path) -> None:
-    from ..checkpoints import link_tree
+    from ..checkpoints import copy_tokenizer, link_tree
 
     link_tree(model_dir, out / "model")  # linked, not copied: the quantize stage's bytes, once on disk
-    link_tree(tokenizer_dir, out / "tokenizer")
+    copy_tokenizer(tokenizer_dir, out / "tokenizer")  # a real checkpoint's folder: its tokenizer files only
     (out / ENGINE_FILE).write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
 
 

@@ -1,7 +1,8 @@
 """The torch backend for text-to-image: an engine directory and the batcher that serves it.
 
-An engine directory holds the SDXL pipeline with the entry's UNet (fake-quantized INT8 or
-not), MLPerf's fixed initial latents and `engine.json`: sampling rules, batch limit, the
+An engine directory holds the entry's UNet (fake-quantized INT8 or not), names the pipeline
+whose other components it runs with (`source.json`: they are read where they were verified),
+and holds MLPerf's fixed initial latents and `engine.json`: sampling rules, batch limit, the
 DeepCache schedule and package versions. Requests are captions; answers are HWC uint8
 images, the bytes MLPerf's reference SUT returns.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoints import link_tree
+from ..checkpoints import link_source, link_tree, linked_source
 from ..errors import InputError
 from . import torch_llm
 from .torch_llm import ENGINE_FILE, open_spec, package_versions, place_kernels  # noqa: F401  (versions: the build's interface)
@@ -52,10 +53,11 @@ class DiffusionSpec:
         return min(4096, 2 * self.max_batch_size * latent * latent)
 
 
-def build(pipeline_dir: Path, unet_dir: Path, latents: Path, spec: DiffusionSpec, out: Path) -> None:
-    """The pipeline's components as downloaded, the entry's UNet in place of the original."""
-    link_tree(pipeline_dir, out / "pipeline", skip=UNET_DIR)  # linked, not copied
-    link_tree(unet_dir, out / "pipeline" / UNET_DIR)
+def build(pipeline: Path, unet_dir: Path, latents: Path, spec: DiffusionSpec, out: Path) -> None:
+    """The entry's UNet (linked, not copied) and the pipeline it replaces the UNet of, named, not copied: its text
+    encoders and VAE are read where the download stage verified them."""
+    link_tree(unet_dir, out / UNET_DIR)
+    link_source(out, pipeline)
     shutil.copy2(latents, out / "latents.pt")
     (out / ENGINE_FILE).write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
 
@@ -73,8 +75,8 @@ class TorchSDXL:
 
         self.spec = read_spec(engine_dir)
         self.device = open_spec(self.spec, engine_dir)
-        unet = load_unet(engine_dir / "pipeline" / UNET_DIR, self.spec.dtype)
-        self.pipe = load_pipeline(engine_dir / "pipeline", self.spec.dtype, unet=unet, device=str(self.device))
+        unet = load_unet(engine_dir / UNET_DIR, self.spec.dtype)
+        self.pipe = load_pipeline(linked_source(engine_dir), self.spec.dtype, unet=unet, device=str(self.device))
         self.kernels, self.kernel_record = place_kernels(self.pipe.unet, self.spec, self.device, str(engine_dir))
         self.latents = load_latents(engine_dir / "latents.pt")
         self.deepcache = None

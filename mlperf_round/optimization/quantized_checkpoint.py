@@ -5,7 +5,7 @@ again (Model Optimizer's `modelopt.pth` holds every weight in the model's dtype)
 per entry, and the DVC cache a second copy. Here each quantized layer is stored on its grid in its
 own type (E4M3 for FP8, int8 for INT8 SmoothQuant, so 1 byte a weight) with its weight and input
 ranges and SmoothQuant's input scale; everything else is read from the source checkpoint, which
-`quantized.json` names. Loading rebuilds the fake-quantized model Model Optimizer made: the source
+`source.json` names. Loading rebuilds the fake-quantized model Model Optimizer made: the source
 in the engine's dtype, the recipe's quantizers inserted, then each layer's grid values and ranges
 put back, so every later stage sees the layers the quantize stage calibrated.
 """
@@ -13,11 +13,11 @@ put back, so every later stage sees the layers the quantize stage calibrated.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from ..checkpoints import link_source, linked_source
 from ..errors import InputError
 
 META_FILE = "quantized.json"
@@ -60,29 +60,14 @@ def save(model: torch.nn.Module, out: Path, layers: list[str], precision: str, q
             tensors[f"{name}.pre_quant_scale"] = pqs.detach().float().contiguous()
     save_file({k: v.cpu() for k, v in tensors.items()}, str(out / TENSORS_FILE))
     model.config.save_pretrained(out)
-    source = Path(source)
-    meta = {"precision": precision, "quantize_lm_head": quantize_lm_head, "layers": layers,
-            "source": os.path.relpath(source.resolve(), out.resolve()), "source_absolute": str(source.resolve())}
+    link_source(out, source)
+    meta = {"precision": precision, "quantize_lm_head": quantize_lm_head, "layers": layers}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
     return (out / TENSORS_FILE).stat().st_size
 
 
 def is_quantized_checkpoint(checkpoint: Path) -> bool:
     return (Path(checkpoint) / META_FILE).is_file()
-
-
-def source_of(checkpoint: Path) -> Path:
-    """The source checkpoint the layers were quantized from, through the download stage's output that holds or
-    references it: found by its path relative to the checkpoint (an engine links the checkpoint at the same
-    depth), else by its absolute path."""
-    from ..checkpoints import resolve
-
-    meta = json.loads((Path(checkpoint) / META_FILE).read_text())
-    for candidate in (Path(checkpoint) / meta["source"], Path(meta["source_absolute"])):
-        if candidate.is_dir():
-            return resolve(candidate)
-    raise InputError(f"{checkpoint / META_FILE}: its source {meta['source_absolute']} is gone; re-run download "
-                     "(the quantized layers need the rest of the model)")
 
 
 def load(checkpoint: Path, dtype: torch.dtype) -> torch.nn.Module:
@@ -95,7 +80,7 @@ def load(checkpoint: Path, dtype: torch.dtype) -> torch.nn.Module:
 
     checkpoint = Path(checkpoint)
     meta = json.loads((checkpoint / META_FILE).read_text())
-    model = load_model(source_of(checkpoint), str(dtype).removeprefix("torch."))
+    model = load_model(linked_source(checkpoint), str(dtype).removeprefix("torch."))
     model = mtq.quantize(model, _config(meta["precision"], meta["quantize_lm_head"]), forward_loop=None)
     stored = load_file(str(checkpoint / TENSORS_FILE))
     enabled = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
