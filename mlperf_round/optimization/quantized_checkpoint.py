@@ -73,7 +73,7 @@ def is_quantized_checkpoint(checkpoint: Path) -> bool:
 def load(checkpoint: Path, dtype: torch.dtype) -> torch.nn.Module:
     """The fake-quantized model the quantize stage calibrated, rebuilt from the source and the stored layers."""
     import modelopt.torch.quantization as mtq
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     from ..benchmarks.text import load_model
     from .quantization import _config
@@ -81,23 +81,27 @@ def load(checkpoint: Path, dtype: torch.dtype) -> torch.nn.Module:
     checkpoint = Path(checkpoint)
     meta = json.loads((checkpoint / META_FILE).read_text())
     model = load_model(linked_source(checkpoint), str(dtype).removeprefix("torch."))
+    # one layer at a time, into new parameters: the source's own weights for these layers are never read
+    with safe_open(str(checkpoint / TENSORS_FILE), "pt") as stored, torch.no_grad():
+        for name in meta["layers"]:
+            mod = model.get_submodule(name)
+            grid, scale = stored.get_tensor(f"{name}.weight"), stored.get_tensor(f"{name}.weight_scale")
+            if grid.shape != mod.weight.shape:
+                raise InputError(f"{checkpoint / TENSORS_FILE}: {name}.weight is {tuple(grid.shape)}, the source's "
+                                 f"{tuple(mod.weight.shape)}; re-run quantize")
+            mod.weight = torch.nn.Parameter((grid.float() * scale).to(mod.weight.dtype), requires_grad=False)
+            del grid
+        ranges = {k: stored.get_tensor(k) for k in stored.keys() if not k.endswith((".weight", ".weight_scale"))}
     model = mtq.quantize(model, _config(meta["precision"], meta["quantize_lm_head"]), forward_loop=None)
-    stored = load_file(str(checkpoint / TENSORS_FILE))
     enabled = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
                and getattr(m, "input_quantizer", None) is not None and m.input_quantizer.is_enabled}
     if enabled != set(meta["layers"]):
         raise InputError(f"{checkpoint / META_FILE}: its layers are not the ones recipe {meta['precision']} quantizes "
                          f"in the source ({len(enabled ^ set(meta['layers']))} differ); re-run quantize")
-    with torch.no_grad():
-        for name in meta["layers"]:
-            mod = model.get_submodule(name)
-            grid, scale = stored[f"{name}.weight"], stored[f"{name}.weight_scale"]
-            if grid.shape != mod.weight.shape:
-                raise InputError(f"{checkpoint / TENSORS_FILE}: {name}.weight is {tuple(grid.shape)}, the source's "
-                                 f"{tuple(mod.weight.shape)}; re-run quantize")
-            mod.weight.copy_((grid.float() * scale).to(mod.weight.dtype))
-            mod.weight_quantizer.amax = stored[f"{name}.weight_amax"].to(mod.weight.device)
-            mod.input_quantizer.amax = stored[f"{name}.input_amax"].to(mod.weight.device)
-            if f"{name}.pre_quant_scale" in stored:
-                mod.input_quantizer.pre_quant_scale = stored[f"{name}.pre_quant_scale"].to(mod.weight.device)
+    for name in meta["layers"]:  # the calibrated ranges, not the ones just measured on the grid values
+        mod = model.get_submodule(name)
+        mod.weight_quantizer.amax = ranges[f"{name}.weight_amax"].to(mod.weight.device)
+        mod.input_quantizer.amax = ranges[f"{name}.input_amax"].to(mod.weight.device)
+        if f"{name}.pre_quant_scale" in ranges:
+            mod.input_quantizer.pre_quant_scale = ranges[f"{name}.pre_quant_scale"].to(mod.weight.device)
     return model.eval()
