@@ -84,8 +84,13 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         from .backends.paged import measure_kv_scales
         from .optimization.quantization import load
 
+        import gc
+
         device = torch_llm.resolve_device(build.device, f"{where}.device")  # measured where the engine will run
-        scales = measure_kv_scales(load(model_dir, build.dtype).to(device), kv_calibration, gen.max_input_tokens)
+        model = load(model_dir, build.dtype).to(device)
+        scales = measure_kv_scales(model, kv_calibration, gen.max_input_tokens)
+        del model
+        gc.collect()  # before the build opens the engine: never two models at once
         (out / torch_llm.KV_SCALES_FILE).write_text(json.dumps(scales, indent=1))
     return spec
 

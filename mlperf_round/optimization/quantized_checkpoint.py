@@ -15,10 +15,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Imported here, not inside load(): a library that catches a failed optional import keeps its traceback, and
+# through the frames' chain the caller's locals, so a model built in that caller would outlive it.
+import modelopt.torch.quantization as mtq
 import torch
+from safetensors import safe_open
 
+from ..benchmarks.text import load_model
 from ..checkpoints import link_source, linked_source
 from ..errors import InputError
+from .quantization import _config
 
 META_FILE = "quantized.json"
 TENSORS_FILE = "quantized.safetensors"
@@ -72,12 +78,6 @@ def is_quantized_checkpoint(checkpoint: Path) -> bool:
 
 def load(checkpoint: Path, dtype: torch.dtype) -> torch.nn.Module:
     """The fake-quantized model the quantize stage calibrated, rebuilt from the source and the stored layers."""
-    import modelopt.torch.quantization as mtq
-    from safetensors import safe_open
-
-    from ..benchmarks.text import load_model
-    from .quantization import _config
-
     checkpoint = Path(checkpoint)
     meta = json.loads((checkpoint / META_FILE).read_text())
     model = load_model(linked_source(checkpoint), str(dtype).removeprefix("torch."))
