@@ -23,8 +23,9 @@ from mlperf_round.metrics.psnr import psnr
 
 
 def variant(engine: Path, kernels: str, root: Path) -> Path:
+    """A copy at the engine's own depth (inside `root`, a sibling folder): its source.json paths are relative."""
     out = root / kernels
-    shutil.copytree(engine, out)
+    shutil.copytree(engine, out, symlinks=True)
     spec = json.loads((out / ENGINE_FILE).read_text())
     spec["kernels"] = kernels
     (out / ENGINE_FILE).write_text(json.dumps(spec))
@@ -42,7 +43,7 @@ def main() -> None:
     dataset = Path("artifacts") / spec["benchmark"] / "download" / "source" / "dataset.json"
     samples = bench.load_samples(dataset)[: args.queries]
     image = benchmarks.is_image(bench)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.engine.parent.parent) as tmp:  # tmp/<kind>: the engine's depth
         engines = {k: benchmarks.open_engine(bench, variant(args.engine, k, Path(tmp))) for k in ("emulated", "native")}
         inputs = [engines["native"].sample_ids(s) for s in samples]
         rates: dict[str, list[float]] = {k: [] for k in engines}

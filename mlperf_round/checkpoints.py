@@ -194,30 +194,28 @@ TOKENIZER_SUFFIXES = {".json", ".model", ".txt", ".tiktoken", ".jinja"}  # no we
 
 def link_source(out: Path, source: Path) -> None:
     """Name, from `out`, the checkpoint it was made from and still needs (a directory, or a download stage output
-    that holds or references one): by its path relative to `out`, which holds wherever `out`'s files are linked at
-    the same depth (an engine links its checkpoint so), and by its absolute path."""
+    that holds or references one), by its path relative to `out`: the same bytes in every workspace (DVC's hash,
+    the run cache), and right wherever `out`'s files are linked at the same depth (an engine links its
+    checkpoint so)."""
     out.mkdir(parents=True, exist_ok=True)
-    source = Path(source).resolve()
-    (out / SOURCE_FILE).write_text(json.dumps({"relative": os.path.relpath(source, out.resolve()),
-                                              "absolute": str(source)}, indent=1))
+    relative = os.path.relpath(Path(source).resolve(), out.resolve())
+    (out / SOURCE_FILE).write_text(json.dumps({"relative": relative}, indent=1))
 
 
 def linked_source(out: Path) -> Path:
     """The checkpoint directory `link_source` named, checked as `resolve` checks it."""
     path = out / SOURCE_FILE
     try:
-        data = json.loads(path.read_text())
-        candidates = (out / data["relative"], Path(data["absolute"]))
+        candidate = out / json.loads(path.read_text())["relative"]
     except FileNotFoundError:
         raise InputError(f"{path}: missing; {out} does not name the checkpoint it was made from") from None
     except (ValueError, KeyError, TypeError):
         raise InputError(f"{path}: not a source reference") from None
-    for candidate in candidates:
-        if (candidate / "model").is_dir() or (candidate / ("model" + REF_SUFFIX)).is_file():  # a stage output
-            return resolve(candidate)
-        if any((candidate / name).is_file() for name in ("config.json", "model_index.json")):  # a checkpoint
-            return candidate
-    raise InputError(f"{path}: the checkpoint it names ({data['absolute']}) is gone; re-run download")
+    if (candidate / "model").is_dir() or (candidate / ("model" + REF_SUFFIX)).is_file():  # a stage output
+        return resolve(candidate)
+    if any((candidate / name).is_file() for name in ("config.json", "model_index.json")):  # a checkpoint
+        return candidate
+    raise InputError(f"{path}: the checkpoint it names ({os.path.normpath(candidate)}) is gone; re-run download")
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:

@@ -11,8 +11,7 @@ import json
 import sys
 
 from mlperf_round import benchmarks, checkpoints
-from mlperf_round.optimization import (calibration, distillation, pruning, quantization, quantized_checkpoint,
-                                       sparsity)
+from mlperf_round.optimization import calibration, distillation, pruning, quantization, sparsity
 from mlperf_round.plots import write_csv
 from mlperf_round.runner import StageContext, run_stage
 
@@ -87,6 +86,8 @@ def body(ctx: StageContext) -> dict:
     model, layers = quantization.quantize(model, recipe.precision, stats, recipe.smoothquant_alpha, recipe.quantize_lm_head)
     quantized = bool(layers["quantized_layers"])
     if quantized and not recipe.prune.active:  # only the quantized layers changed: they alone are written
+        from mlperf_round.optimization import quantized_checkpoint  # imports Model Optimizer: after params are checked
+
         metrics["checkpoint_bytes"] = quantized_checkpoint.save(
             model, ctx.out / "model", layers["quantized_layers"], recipe.precision, recipe.quantize_lm_head, source)
     else:  # a pruned model changed everywhere; an unquantized one is written in its new dtype
