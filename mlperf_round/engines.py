@@ -81,10 +81,10 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
     if build.kv_cache == "fp8":
         import json
 
+        import gc
+
         from .backends.paged import measure_kv_scales
         from .optimization.quantization import load
-
-        import gc
 
         device = torch_llm.resolve_device(build.device, f"{where}.device")  # measured where the engine will run
         model = load(model_dir, build.dtype).to(device)
