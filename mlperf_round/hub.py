@@ -72,7 +72,8 @@ def _hub_error(err: Exception, what: str, url: str, token) -> Exception:
     return TransientError(f"{what}: cannot reach {url} ({reason}); a retry may succeed")
 
 
-def _call(fn, what: str, url: str, token):
+def call(fn, what: str, url: str, token):
+    """fn(), with huggingface_hub's exceptions turned into the round's one-line errors."""
     from huggingface_hub import errors as e
 
     try:
@@ -93,7 +94,7 @@ def repo_files(repo: str, revision: str, url: str, token, where: str) -> tuple[s
     """(the commit `revision` resolves to, {file: {size, sha256 of an LFS file or None}}) as the Hub lists them."""
     from huggingface_hub import HfApi
 
-    info = _call(lambda: HfApi(endpoint=url, token=token).model_info(repo, revision=revision, files_metadata=True),
+    info = call(lambda: HfApi(endpoint=url, token=token).model_info(repo, revision=revision, files_metadata=True),
                  f"{where}: {repo}@{revision}", url, token)
     files = {s.rfilename: {"size": s.size, "sha256": s.lfs.sha256 if s.lfs else None} for s in info.siblings or ()}
     return info.sha, files
@@ -124,7 +125,7 @@ def download(hf, where: str) -> tuple[Path, dict[str, dict]]:
     root = snapshot_dir(hf.repo, hf.revision, hf.cache_dir)
 
     def fetch(name: str) -> None:
-        _call(lambda: hf_hub_download(hf.repo, name, revision=hf.revision, cache_dir=hf.cache_dir or None,
+        call(lambda: hf_hub_download(hf.repo, name, revision=hf.revision, cache_dir=hf.cache_dir or None,
                                       endpoint=url, token=token),
               f"{where}: {hf.repo}@{hf.revision}: {name}", url, token)
 

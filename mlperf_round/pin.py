@@ -70,7 +70,7 @@ def pin_repo(repo: str, revision: str, endpoint: str, cache: str) -> tuple[str, 
     for name in chosen:
         digest = listed[name]["sha256"]
         if digest is None:  # a small file in git, not LFS: the Hub lists its git blob id only
-            path = hub._call(lambda: hf_hub_download(repo, name, revision=commit, cache_dir=cache or None,
+            path = hub.call(lambda: hf_hub_download(repo, name, revision=commit, cache_dir=cache or None,
                                                      endpoint=url, token=token), f"pin: {repo}@{commit}: {name}",
                              url, token)
             digest = sha256_file(Path(path))
