@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import checkpoints
 from .errors import InputError, ParamsError, TransientError
+from .params import PICKLE_SUFFIXES
 
 TOKEN_ENV = "HF_TOKEN"  # huggingface_hub's name; gated repositories (Llama 2) need it. Sent only to the Hub's hosts.
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -118,7 +119,7 @@ def download(hf, where: str) -> tuple[Path, dict[str, dict]]:
             raise InputError(f"{where}: {hf.repo}@{hf.revision}: {name}: the pinned sha256 {digest} is not the Hub's "
                              f"{listed[name]['sha256']}")
     if not any(n.endswith(".safetensors") for n in hf.files):
-        pickles = sorted(n for n in listed if Path(n).suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"))
+        pickles = sorted(n for n in listed if Path(n).suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
             raise InputError(f"{where}: {hf.repo}@{hf.revision}: weights only as pickle ({pickles[0]}), which can run "
                              "code when loaded; pin a repository (or revision) with .safetensors weights")
