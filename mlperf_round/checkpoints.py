@@ -151,9 +151,9 @@ def checkpoint_bytes(parent: Path, name: str = "model") -> int:
     return sum(p.stat().st_size for p in (parent / name).rglob("*") if p.is_file())
 
 
-def publish(model, out: Path, name: str, where: str) -> int:
+def publish(model, out: Path, name: str, where: str) -> None:
     """A real checkpoint (params.ModelParams with source hf or local; or an HFSource) verified and referenced as
-    `<out>/<name>.ref.json`. Returns its bytes."""
+    `<out>/<name>.ref.json`."""
     from . import hub
 
     hf = getattr(model, "hf", model)
@@ -169,7 +169,6 @@ def publish(model, out: Path, name: str, where: str) -> int:
         files = verify_directory(root, hf.files)
         origin = {"source": "local", "repo": hf.repo, "revision": hf.revision}
     write_reference(out, name, root, files, origin)
-    return sum(f["size"] for f in files.values())
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -189,7 +188,7 @@ def link_tree(src: Path, dst: Path) -> None:
 
 
 SOURCE_FILE = "source.json"
-TOKENIZER_SUFFIXES = {".json", ".model", ".txt", ".tiktoken", ".jinja"}  # no weights, no shard index
+TEXT_SUFFIXES = {".json", ".model", ".txt", ".tiktoken", ".jinja"}  # configs, tokenizers, chat templates: no weights
 
 
 def link_source(out: Path, source: Path) -> None:
@@ -224,5 +223,5 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
 
     dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(Path(src).iterdir()):
-        if path.is_file() and path.suffix in TOKENIZER_SUFFIXES and not path.name.endswith(WEIGHT_INDEX_SUFFIX):
+        if path.is_file() and path.suffix in TEXT_SUFFIXES and not path.name.endswith(WEIGHT_INDEX_SUFFIX):
             shutil.copy2(path, dst / path.name)

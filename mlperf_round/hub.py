@@ -101,6 +101,11 @@ def repo_files(repo: str, revision: str, url: str, token, where: str) -> tuple[s
     return info.sha, files
 
 
+def pickle_weights(names) -> list[str]:
+    """A repository's pickle files (which params and the loaders refuse: loading one can run code)."""
+    return sorted(n for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES)
+
+
 def download(hf, where: str) -> tuple[Path, dict[str, dict]]:
     """The pinned files of `hf` (params.HFSource) in the Hub cache, every one checked; returns the snapshot folder
     and each file's sha256, size and mtime. Files already verified stay in the cache when another one fails, so a
@@ -119,7 +124,7 @@ def download(hf, where: str) -> tuple[Path, dict[str, dict]]:
             raise InputError(f"{where}: {hf.repo}@{hf.revision}: {name}: the pinned sha256 {digest} is not the Hub's "
                              f"{listed[name]['sha256']}")
     if not any(n.endswith(".safetensors") for n in hf.files):
-        pickles = sorted(n for n in listed if Path(n).suffix.lower() in PICKLE_SUFFIXES)
+        pickles = pickle_weights(listed)
         if pickles:
             raise InputError(f"{where}: {hf.repo}@{hf.revision}: weights only as pickle ({pickles[0]}), which can run "
                              "code when loaded; pin a repository (or revision) with .safetensors weights")

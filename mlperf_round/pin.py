@@ -15,9 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from . import hub
 from .errors import InputError, ParamsError
-from .params import PICKLE_SUFFIXES
-
-TEXT_SUFFIXES = {".json", ".model", ".txt", ".tiktoken"}  # configs, sentencepiece / BPE tokenizer files
+from .checkpoints import TEXT_SUFFIXES
 URL_TARGETS = {  # --into for --url: where the URL and its sha256 go under benchmarks.<name>
     "dataset": (("dataset",), "url", "sha256", ("source", "url")),
     "calibration": (("dataset",), "calibration_url", "calibration_sha256", None),
@@ -62,7 +60,7 @@ def pin_repo(repo: str, revision: str, endpoint: str, cache: str) -> tuple[str, 
     commit, listed = hub.repo_files(repo, revision, url, token, "pin")
     chosen = select_files(listed)
     if not any(n.endswith(".safetensors") for n in chosen):
-        pickles = sorted(n for n in listed if PurePosixPath(n).suffix.lower() in PICKLE_SUFFIXES)
+        pickles = hub.pickle_weights(listed)
         why = f"its weights are pickle only ({pickles[0]}), which can run code when loaded" if pickles else \
             "it has no .safetensors weights"
         raise InputError(f"pin: {repo}@{commit}: {why}")

@@ -22,13 +22,13 @@ import torch
 from safetensors import safe_open
 
 from ..benchmarks.text import load_model
+from ..backends.lowp import FP8_MAX, _int_bounds, _safe
 from ..checkpoints import link_source, linked_source
 from ..errors import InputError
 from .quantization import _config
 
 META_FILE = "quantized.json"
 TENSORS_FILE = "quantized.safetensors"
-FP8_MAX = 448.0
 
 
 def _grid(mod: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,14 +36,13 @@ def _grid(mod: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     wq = mod.weight_quantizer
     with torch.no_grad():
         folded = wq(mod.weight).float()  # the values every fake-quantized call multiplies with
-    amax = wq.amax.detach().float()
-    amax = torch.where(amax <= 0, torch.ones_like(amax), amax)
+    amax = _safe(wq.amax)  # the scales the native kernels (lowp.py) derive from the same ranges
     if wq.num_bits == (4, 3):
         scale = amax.reshape(()) / FP8_MAX
         return (folded / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
-    top = 2.0 ** (wq.num_bits - 1) - 1.0
+    lo, top = _int_bounds(wq)
     scale = (amax / top).reshape(-1, 1) if amax.numel() > 1 else amax.reshape(()) / top
-    return (folded / scale).round().clamp(-top - 1, top).to(torch.int8), scale
+    return (folded / scale).round().clamp(lo, top).to(torch.int8), scale
 
 
 def save(model: torch.nn.Module, out: Path, layers: list[str], precision: str, quantize_lm_head: bool,
