@@ -151,6 +151,14 @@ def checkpoint_bytes(parent: Path, name: str = "model") -> int:
     return sum(p.stat().st_size for p in (parent / name).rglob("*") if p.is_file())
 
 
+def stored_dtype(model_dir: Path) -> str:
+    """The dtype a checkpoint's config says its weights are in: an unoptimized reference runs in it (Llama 2 70B
+    in bf16, 138 GB; not in fp32, 280 GB). float32 where the config names none."""
+    config = json.loads((Path(model_dir) / "config.json").read_text()) if (Path(model_dir) / "config.json").is_file() else {}
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
 def publish(model, out: Path, name: str, where: str) -> None:
     """A real checkpoint (params.ModelParams with source hf or local; or an HFSource) verified and referenced as
     `<out>/<name>.ref.json`."""

@@ -42,7 +42,8 @@ INFLIGHT_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCau
 def build_engine(benchmark: str, precision: str, build: BuildParams, gen: GenerationParams,
                  model_dir: Path, tokenizer_dir: Path, out: Path, where: str = "build",
                  kv_calibration: list[list[int]] | None = None) -> torch_llm.EngineSpec:
-    """The engine directory; an fp8 KV cache is calibrated on `kv_calibration` (prompt token ids)."""
+    """The engine directory. An fp8 KV cache needs `kv_calibration` (prompt token ids): its scales are measured when
+    the engine first opens, on the model as it will serve (`TorchLLM(out, kv_calibration)`), so the build loads it once."""
     from .backends.paged import default_pool_blocks
     from .benchmarks import get
 
@@ -77,21 +78,7 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         kernels=build.kernels,
         max_num_tokens=build.max_num_tokens,
     )
-    torch_llm.build(model_dir, tokenizer_dir, spec, out)
-    if build.kv_cache == "fp8":
-        import json
-
-        import gc
-
-        from .backends.paged import measure_kv_scales
-        from .optimization.quantization import load
-
-        device = torch_llm.resolve_device(build.device, f"{where}.device")  # measured where the engine will run
-        model = load(model_dir, build.dtype).to(device)
-        scales = measure_kv_scales(model, kv_calibration, gen.max_input_tokens)
-        del model
-        gc.collect()  # before the build opens the engine: never two models at once
-        (out / torch_llm.KV_SCALES_FILE).write_text(json.dumps(scales, indent=1))
+    torch_llm.build(model_dir, tokenizer_dir, spec, out)  # an fp8 KV cache's scales: TorchLLM(out, kv_calibration)
     return spec
 
 

@@ -399,6 +399,10 @@ class RecipeParams(Strict):
     deepcache: DeepCacheParams = Field(default_factory=DeepCacheParams, description="DeepCache (text-to-image, open division only)")
     prune: PruneParams = Field(default_factory=PruneParams, description="structured pruning of layers and heads (GPT-J, open division only)")
     distill: DistillParams = Field(default_factory=DistillParams, description="knowledge distillation of the pruned model from the original")
+    export_hf: bool = Field(
+        False, description="also write deployable/, Model Optimizer's unified Hugging Face checkpoint of the quantized LLM "
+        "(FP8 / INT8 tensors with their scales), which TensorRT-LLM, vLLM and SGLang load; it holds every tensor of the "
+        "model again, so it is off unless a serving stack outside this round needs it")
 
 
 class BuildParams(Strict):
@@ -513,6 +517,13 @@ class EntryParams(Strict):
                 raise ValueError("recipe.prune: removing layers and heads changes the model, which the closed division forbids (set division: open)")
         if self.recipe.distill.steps and not self.recipe.prune.active:
             raise ValueError("recipe.distill: distillation recovers a pruned model; set recipe.prune too (or distill.steps: 0)")
+        if self.recipe.export_hf:
+            if self.recipe.precision not in ("fp8", "int8_sq") or self.benchmark in RANGE_TARGETED:
+                raise ValueError(f"recipe.export_hf: the export is of a quantized LLM (fp8, int8_sq), not {self.benchmark} "
+                                 f"at {self.recipe.precision}")
+        elif self.recipe.sparsity != "none" and self.recipe.prune.active and self.recipe.precision in ("fp8", "int8_sq"):
+            raise ValueError("recipe.sparsity: a pruned, quantized model's 2:4 checkpoint is compressed from the export; "
+                             "set recipe.export_hf: true")
         if self.recipe.deepcache.interval > 1:
             if self.benchmark not in RANGE_TARGETED:
                 raise ValueError(f"recipe.deepcache: DeepCache caches UNet features; {self.benchmark} has no UNet")

@@ -60,7 +60,7 @@ def body(ctx: StageContext) -> dict:
                                 checkpoint, bench.tokenizer_dir(source), ctx.out, f"entries.{ctx.key}.build",
                                 kv_calibration)
     start = time.perf_counter()
-    engine = TorchLLM(ctx.out)
+    engine = TorchLLM(ctx.out, kv_calibration)  # loaded once: the fp8 KV scales are measured on the engine's own model
     loaded = time.perf_counter()
     _record_kernels(ctx, spec, engine)
     first = bench.load_samples(source / "dataset.json")[0]

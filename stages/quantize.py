@@ -95,16 +95,15 @@ def body(ctx: StageContext) -> dict:
     metrics.update(quantized_layers=len(layers["quantized_layers"]), skipped_layers=len(layers["skipped_layers"]))
     if sparse is not None:  # measured on the model as served (after quantization)
         metrics["sparsity"] = sparsity.measure_24(model, sparse["sparsified_layers"])
+    written = ctx.out / "model"  # the low-precision weights as this stage wrote them
     if quantized:
         metrics.update(quantization.quantizer_summary(model))
-        deployable = ctx.out / "deployable"
-        # the model's last use: the export rewrites its weights in place rather than on a second copy of it
-        metrics["deployable_bytes"] = quantization.export_deployable(model, deployable)["deployable_bytes"]
-    else:
-        deployable = ctx.out / "model"
+        if recipe.export_hf:  # the model's last use: the export rewrites its weights in place, not on a second copy
+            written = ctx.out / "deployable"
+            metrics["deployable_bytes"] = quantization.export_deployable(model, written)["deployable_bytes"]
     del model
     if sparse is not None:  # and as bytes of a 2:4-compressed checkpoint
-        sizes = sparsity.compress_checkpoint(deployable, ctx.out / "deployable-24", sparse["sparsified_layers"])
+        sizes = sparsity.compress_checkpoint(written, ctx.out / "deployable-24", sparse["sparsified_layers"])
         metrics["sparsity"].update(checkpoint_bytes_dense=sizes["dense_bytes"], checkpoint_bytes_24=sizes["compressed_bytes"],
                                    checkpoint_size_ratio=sizes["compressed_bytes"] / sizes["dense_bytes"])
     (ctx.out / "layers.json").write_text(json.dumps(layers, indent=1))

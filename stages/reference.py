@@ -34,7 +34,9 @@ def body(ctx: StageContext) -> dict:
                 engines.build_image_engine(ctx.key, "fp32", BuildParams(), bp.generation, DeepCacheParams(),
                                            source, model_dir / "unet", source / LATENTS_FILE, engine)
             else:
-                engines.build_engine(ctx.key, "fp32", BuildParams(), bp.generation, model_dir,
+                dtype = checkpoints.stored_dtype(model_dir)  # the checkpoint as shipped: bf16 for the real LLMs
+                precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
+                engines.build_engine(ctx.key, precision, BuildParams(dtype=dtype), bp.generation, model_dir,
                                      bench.tokenizer_dir(source), engine)
             scores = evaluation.run_accuracy(engine, ctx.key, source / "dataset.json", conf, "Offline",
                                              ctx.out / "Offline", ctx.params.round.test_timeout_s)

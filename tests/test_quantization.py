@@ -95,6 +95,9 @@ def test_the_quantized_layers_alone_rebuild_the_quantized_model_exactly(tiny, tm
     with safe_open(str(tmp_path / "quantize/model" / quantized_checkpoint.TENSORS_FILE), "pt") as f:
         weight = f.get_tensor(summary["quantized_layers"][0] + ".weight")
     assert weight.dtype == (torch.float8_e4m3fn if precision == "fp8" else torch.int8)
+    layer = q.get_submodule(summary["quantized_layers"][0])
+    whole, in_rows = quantized_checkpoint._grid(layer, chunk=1 << 30), quantized_checkpoint._grid(layer, chunk=40)
+    assert torch.equal(whole[0].view(torch.uint8), in_rows[0].view(torch.uint8))  # rounded a few rows at a time alike
     back = quantization.load(tmp_path / "quantize" / "model")
     x = batches[1]["input_ids"]
     with torch.no_grad():
@@ -102,3 +105,21 @@ def test_the_quantized_layers_alone_rebuild_the_quantized_model_exactly(tiny, tm
     (tmp_path / "source" / "model").rename(tmp_path / "gone")
     with pytest.raises(Exception, match="re-run download"):
         quantization.load(tmp_path / "quantize" / "model")
+
+
+def test_the_export_for_serving_stacks_holds_e4m3_weights_with_their_scales(tiny, tmp_path):
+    """recipe.export_hf: Model Optimizer's unified checkpoint, the layout TensorRT-LLM, vLLM and SGLang read."""
+    import json
+
+    from safetensors import safe_open
+
+    model, batches = tiny
+    stats = calibration.collect_absmax(copy.deepcopy(model), batches)
+    q, summary = quantization.quantize(copy.deepcopy(model), "fp8", stats)
+    result = quantization.export_deployable(q, tmp_path / "deployable")
+    assert result["quant_algo"] == "FP8"
+    assert json.loads((tmp_path / "deployable/hf_quant_config.json").read_text())["quantization"]["quant_algo"] == "FP8"
+    layer = summary["quantized_layers"][0]
+    with safe_open(str(next((tmp_path / "deployable").glob("*.safetensors"))), "pt") as f:
+        assert f.get_tensor(f"{layer}.weight").dtype == torch.float8_e4m3fn
+        assert f.get_tensor(f"{layer}.weight_scale").numel() == 1 and f"{layer}.input_scale" in f.keys()

@@ -129,8 +129,10 @@ def _time_us(fn, device: torch.device, budget_s: float = BUDGET_S, stop_above: f
 
 def _emulated_twin(mod: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The emulated candidate as the engine would run it: weight rounded once (folded), input fake-quantized."""
+    from .lowp import fold_weights
+
     twin = copy.deepcopy(mod).to(device)
-    twin.fold_weight()
+    fold_weights(twin)
     return twin
 
 

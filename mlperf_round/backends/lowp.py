@@ -194,13 +194,13 @@ def convert(model: torch.nn.Module, device: torch.device | str = "cpu", kinds: s
     the rest stay calibrated, with their weights rounded onto their grid once (the same values each call gives)."""
     done = Conversion()
     native = {name: kind for name, _, kind in native_layers(model, device)}
-    swaps = []
-    for name, mod in model.named_modules():
-        if not _quantized(mod):
-            continue
+    for name in [n for n, m in model.named_modules() if _quantized(m)]:  # names only: no layer kept alive by the list
+        mod = model.get_submodule(name)
         kind = native.get(name)
-        if kind in kinds:
-            swaps.append((name, Fp8Linear.from_quantized(mod) if kind == "fp8" else Int8Linear(mod)))
+        if kind in kinds:  # swapped at once: the layer's full-precision weight is freed before the next one converts
+            new = Fp8Linear.from_quantized(mod) if kind == "fp8" else Int8Linear(mod)
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, new.to(device))
             (done.fp8_linear if kind == "fp8" else done.int8_linear).append(name)
         elif isinstance(mod, torch.nn.Conv2d) and "int8" in kinds and _native_kind(mod) == "int8":
             _bake_conv_weight(mod)
@@ -209,16 +209,23 @@ def convert(model: torch.nn.Module, device: torch.device | str = "cpu", kinds: s
             done.emulated_by_choice.append(name)
         else:
             done.left_fake.append(name)
-    for name, new in swaps:
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, new.to(device))
     fold_weights(model)
     return done
 
 
+ON_GRID = "_weight_on_grid"  # set by a loader that put the grid values themselves into the weight
+
+
 def fold_weights(model: torch.nn.Module) -> None:
     """Every fake-quantized weight rounded onto its grid once, its quantizer off: what emulated layers compute
-    each call, computed at load."""
-    import modelopt.torch.quantization as mtq
+    each call, computed at load. A weight a loader marked ON_GRID already holds those values (rounding them again
+    gives them back), so its quantizer is only switched off: no full-size temporaries per layer."""
+    from modelopt.torch.quantization.nn import QuantModule
 
-    mtq.fold_weight(model)
+    for mod in model.modules():
+        if not isinstance(mod, QuantModule):
+            continue
+        if getattr(mod, ON_GRID, False):
+            mod.weight_quantizer.disable()
+        else:
+            mod.fold_weight()  # what mtq.fold_weight does per module

@@ -303,8 +303,10 @@ def supports(model) -> bool:
 
 
 def measure_kv_scales(model, prompts: list[list[int]], max_input: int) -> dict[str, list[float]]:
-    """Per-layer FP8 scales of K (after RoPE) and V: their absmax over the prompts' prefill, / 448."""
-    eng = InflightEngine(model, max_batch=8, block_size=16, pool_blocks=8 * math.ceil((max_input + 1) / 16),
+    """Per-layer FP8 scales of K (after RoPE) and V: their absmax over the prompts' prefill, / 448.
+
+    One prompt at a time: the pool and the prefill's activations stay one prompt's size beside the model."""
+    eng = InflightEngine(model, max_batch=1, block_size=16, pool_blocks=math.ceil((max_input + 1) / 16),
                          max_input=max_input, max_new=1, min_new=0, eos_token_id=-1)
     eng.observe = True
     for i, p in enumerate(prompts):

@@ -137,7 +137,8 @@ def record_kernel_choice(engine_dir: Path, spec, record: dict | None) -> None:
 class TorchLLM:
     """The engine: model, tokenizer and limits as built; `scheduler()` serves requests."""
 
-    def __init__(self, engine_dir: Path):
+    def __init__(self, engine_dir: Path, kv_calibration: list[list[int]] | None = None):
+        """`kv_calibration` (prompt token ids): the build's first open measures an fp8 KV cache's scales on them."""
         from ..benchmarks.text import load_tokenizer
         from ..optimization.quantization import load
 
@@ -148,7 +149,14 @@ class TorchLLM:
         self.model.to(self.device)
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
         self.kv_scales = None
-        if self.spec.kv_cache == "fp8":
+        if self.spec.kv_cache == "fp8" and kv_calibration is not None:
+            from .paged import measure_kv_scales
+
+            self.kv_scales = measure_kv_scales(self.model, kv_calibration, self.spec.max_input_len)
+            tmp = engine_dir / (KV_SCALES_FILE + ".partial")
+            tmp.write_text(json.dumps(self.kv_scales, indent=1))
+            tmp.replace(engine_dir / KV_SCALES_FILE)
+        elif self.spec.kv_cache == "fp8":
             from ..jsonfile import read_json
 
             self.kv_scales = read_json(engine_dir / KV_SCALES_FILE, "missing; an fp8 KV cache needs its scales")
