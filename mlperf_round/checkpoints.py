@@ -24,7 +24,7 @@ from .sources import sha256_file
 
 REF_SUFFIX = ".ref.json"
 STATE_ENV = "MLPERF_ROUND_STATE"
-WEIGHT_INDEX_SUFFIX = ".safetensors.index.json"
+WEIGHT_INDEX_SUFFIXES = (".safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def state_dir() -> Path:
@@ -61,18 +61,36 @@ def _write_record(root: Path, files: dict) -> None:
 
 
 def check_shards_pinned(names: set[str], read_index, where: str) -> None:
-    """Every shard a safetensors index names must be pinned, or a checkpoint could be published incomplete."""
-    for name in sorted(n for n in names if n.endswith(WEIGHT_INDEX_SUFFIX)):
+    """Every shard a weight index names must be pinned, or a checkpoint could be published incomplete."""
+    for name in sorted(n for n in names if n.endswith(WEIGHT_INDEX_SUFFIXES)):
         folder = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
         try:
             weight_map = json.loads(read_index(name))["weight_map"]
             shards = {folder + shard for shard in weight_map.values()}
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise InputError(f"{where}/{name}: not a safetensors index (no weight_map)") from None
+            raise InputError(f"{where}/{name}: not a weight index (no weight_map)") from None
         missing = sorted(shards - names)
         if missing:
             raise InputError(f"{where}/{name}: names shard {missing[0]}, which is not among the pinned files "
                              f"({len(missing)} missing); re-pin with mlperf-round pin")
+
+
+def hash_directory(root: Path, names: list[str]) -> dict[str, str]:
+    """Each named file's sha256, recorded as verify_directory records it, so pinning a directory (a checkpoint
+    that is on no Hub, such as MLCommons' GPT-J) hashes it once and its first download trusts the record."""
+    from tqdm import tqdm
+
+    known, record = _read_record(root), {}
+    with tqdm(total=sum((root / n).stat().st_size for n in names), unit="B", unit_scale=True, desc="hash checkpoint",
+              mininterval=2.0) as bar:
+        for name in names:
+            stamp = _stamp(root / name)
+            same = known.get(name, {})
+            digest = same["sha256"] if {k: same.get(k) for k in stamp} == stamp else sha256_file(root / name)
+            record[name] = {**stamp, "sha256": digest}
+            bar.update(stamp["size"])
+    _write_record(root, {**known, **record})
+    return {name: r["sha256"] for name, r in record.items()}
 
 
 def verify_directory(root: Path, files: dict[str, str], on_mismatch=None) -> dict[str, dict]:
@@ -231,5 +249,5 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
 
     dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(Path(src).iterdir()):
-        if path.is_file() and path.suffix in TEXT_SUFFIXES and not path.name.endswith(WEIGHT_INDEX_SUFFIX):
+        if path.is_file() and path.suffix in TEXT_SUFFIXES and not path.name.endswith(WEIGHT_INDEX_SUFFIXES):
             shutil.copy2(path, dst / path.name)

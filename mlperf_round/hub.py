@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import checkpoints
 from .errors import InputError, ParamsError, TransientError
-from .params import PICKLE_SUFFIXES
+from .params import TORCH_WEIGHTS, refused_pickle
 
 TOKEN_ENV = "HF_TOKEN"  # huggingface_hub's name; gated repositories (Llama 2) need it. Sent only to the Hub's hosts.
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -102,8 +102,14 @@ def repo_files(repo: str, revision: str, url: str, token, where: str) -> tuple[s
 
 
 def pickle_weights(names) -> list[str]:
-    """A repository's pickle files (which params and the loaders refuse: loading one can run code)."""
-    return sorted(n for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES)
+    """A repository's pickle files that no loader reads (loading one can run code); transformers' weight shards are
+    read, with weights_only."""
+    return sorted(n for n in names if refused_pickle(n))
+
+
+def has_weights(names) -> bool:
+    """Weights a loader reads: safetensors, or transformers' pytorch_model*.bin shards."""
+    return any(n.endswith(".safetensors") or TORCH_WEIGHTS.fullmatch(n) for n in names)
 
 
 def download(hf, where: str) -> tuple[Path, dict[str, dict]]:
@@ -123,7 +129,7 @@ def download(hf, where: str) -> tuple[Path, dict[str, dict]]:
         if listed[name]["sha256"] and listed[name]["sha256"] != digest:
             raise InputError(f"{where}: {hf.repo}@{hf.revision}: {name}: the pinned sha256 {digest} is not the Hub's "
                              f"{listed[name]['sha256']}")
-    if not any(n.endswith(".safetensors") for n in hf.files):
+    if not has_weights(hf.files):
         pickles = pickle_weights(listed)
         if pickles:
             raise InputError(f"{where}: {hf.repo}@{hf.revision}: weights only as pickle ({pickles[0]}), which can run "
@@ -135,7 +141,7 @@ def download(hf, where: str) -> tuple[Path, dict[str, dict]]:
                                       endpoint=url, token=token),
               f"{where}: {hf.repo}@{hf.revision}: {name}", url, token)
 
-    indexes = [n for n in hf.files if n.endswith(checkpoints.WEIGHT_INDEX_SUFFIX)]
+    indexes = [n for n in hf.files if n.endswith(checkpoints.WEIGHT_INDEX_SUFFIXES)]
     for name in indexes:  # small: the shard list is checked before gigabytes move
         fetch(name)
     checkpoints.check_shards_pinned(set(hf.files), lambda n: (root / n).read_bytes(), f"{hf.repo}@{hf.revision}")

@@ -123,7 +123,15 @@ class TinyLlama(Strict):
         return self
 
 
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}  # weights only as safetensors
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+# PyTorch's weight shards as transformers writes them (MLCommons' GPT-J checkpoint): read with
+# torch.load(weights_only=True), which rebuilds tensors and refuses anything else. Other pickles stay refused.
+TORCH_WEIGHTS = re.compile(r"(.*/)?pytorch_model(-\d+-of-\d+)?\.bin")
+
+
+def refused_pickle(name: str) -> bool:
+    """A pickle file no loader of the round reads (a transformers weight shard is read, with weights_only)."""
+    return Path(name).suffix.lower() in PICKLE_SUFFIXES and not TORCH_WEIGHTS.fullmatch(name)
 
 
 class HFSource(Strict):
@@ -147,9 +155,9 @@ class HFSource(Strict):
                 raise ValueError(f"files.{name}: {digest!r} is not a sha256")
             if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
                 raise ValueError(f"files.{name}: not a plain relative file name inside the repository")
-            if Path(name).suffix.lower() in PICKLE_SUFFIXES:
+            if refused_pickle(name):
                 raise ValueError(f"files.{name}: a pickle file runs code when it is loaded; fetch the repository's "
-                                 ".safetensors weights instead")
+                                 ".safetensors weights (or transformers' pytorch_model*.bin shards) instead")
         return self
 
     @property
@@ -192,7 +200,8 @@ class DatasetParams(Strict):
     size: int = Field(64, ge=1, description="samples in the accuracy set (the QSL)")
     calibration_size: int = Field(16, ge=1, description="samples in the calibration list")
     seed: int = Field(0, description="seed of the generated set")
-    url: str = Field("", description="dataset file (MLPerf's preprocessed JSON) for source 'url'")
+    url: str = Field("", description="dataset file for source 'url', as MLCommons ships it (OpenOrca: the pandas pickle; "
+                     "CNN-DailyMail: cnn_eval.json)")
     sha256: str = Field("", description="sha256 of the dataset file")
     calibration_url: str = Field("", description="calibration file for source 'url'")
     calibration_sha256: str = Field("", description="sha256 of the calibration file")
@@ -201,6 +210,22 @@ class DatasetParams(Strict):
     def _sizes(self) -> DatasetParams:
         if self.source == "url" and not (self.url and re.fullmatch(r"[0-9a-f]{64}", self.sha256)):
             raise ValueError("url: source 'url' needs url and a sha256")
+        if self.source == "url" and not (self.calibration_url and re.fullmatch(r"[0-9a-f]{64}", self.calibration_sha256)):
+            raise ValueError("calibration_url: source 'url' needs the calibration list too (calibration_url and its "
+                             "calibration_sha256)")
+        return self
+
+
+class CaptionDatasetParams(DatasetParams):
+    captions_url: str = Field("", description="source 'url': the captions table (id, caption; MLCommons' "
+                              "captions_source.tsv) a caption-id calibration list (coco_cal_captions_list.txt) is "
+                              "resolved against; empty: against the dataset file itself")
+    captions_sha256: str = Field("", description="sha256 of the captions table")
+
+    @model_validator(mode="after")
+    def _captions(self) -> CaptionDatasetParams:
+        if self.captions_url and not (self.source == "url" and re.fullmatch(r"[0-9a-f]{64}", self.captions_sha256)):
+            raise ValueError("captions_url: a captions table needs source 'url' and its captions_sha256")
         return self
 
 
@@ -354,7 +379,7 @@ class DiffusionGeneration(Strict):
 
 class SDXLBenchmark(BenchmarkParams):
     model: SDXLModelParams = Field(default_factory=SDXLModelParams, description="where the pipeline comes from")
-    dataset: DatasetParams = Field(default_factory=lambda: DatasetParams(size=32, calibration_size=8),
+    dataset: CaptionDatasetParams = Field(default_factory=lambda: CaptionDatasetParams(size=32, calibration_size=8),
                                    description="captions (id, caption) and the calibration caption list")
     calibration: DiffusionCalibration = Field(default_factory=DiffusionCalibration, description="the calibration window")
     generation: DiffusionGeneration = Field(default_factory=DiffusionGeneration, description="MLPerf's sampling rules")

@@ -13,12 +13,16 @@ import argparse
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from . import hub
+from . import checkpoints, hub
 from .errors import InputError, ParamsError
 from .checkpoints import TEXT_SUFFIXES
+from .params import TORCH_WEIGHTS
+
+TORCH_INDEX = "pytorch_model.bin.index.json"
 URL_TARGETS = {  # --into for --url: where the URL and its sha256 go under benchmarks.<name>
     "dataset": (("dataset",), "url", "sha256", ("source", "url")),
     "calibration": (("dataset",), "calibration_url", "calibration_sha256", None),
+    "captions": (("dataset",), "captions_url", "captions_sha256", None),
     "model.latents": (("model", "latents"), "url", "sha256", None),
     "evaluation.inception": (("evaluation", "inception"), "url", "sha256", None),
     "evaluation.statistics": (("evaluation", "statistics"), "url", "sha256", None),
@@ -38,7 +42,10 @@ def select_files(listed: dict[str, dict]) -> list[str]:
             if len(p.parts) == 2 and p.parts[0] in folders and _wanted(p):
                 keep.append(n)
         return keep
-    return sorted(n for n in names if "/" not in n and _wanted(PurePosixPath(n)))
+    keep = sorted(n for n in names if "/" not in n and _wanted(PurePosixPath(n)))
+    if not any(n.endswith(".safetensors") for n in keep):  # PyTorch shards only where no safetensors weights exist
+        keep += sorted(n for n in names if TORCH_WEIGHTS.fullmatch(n) or n == TORCH_INDEX)
+    return keep
 
 
 def _wanted(p: PurePosixPath) -> bool:
@@ -46,6 +53,8 @@ def _wanted(p: PurePosixPath) -> bool:
         return len(p.suffixes) == 1
     if p.name.endswith(".safetensors.index.json"):
         return len(p.suffixes) == 3
+    if p.name == TORCH_INDEX:  # with its shards, where there are no safetensors weights (select_files)
+        return False
     return p.suffix in TEXT_SUFFIXES
 
 
@@ -59,7 +68,7 @@ def pin_repo(repo: str, revision: str, endpoint: str, cache: str) -> tuple[str, 
     token = hub.token_for(url, "pin")
     commit, listed = hub.repo_files(repo, revision, url, token, "pin")
     chosen = select_files(listed)
-    if not any(n.endswith(".safetensors") for n in chosen):
+    if not hub.has_weights(chosen):
         pickles = hub.pickle_weights(listed)
         why = f"its weights are pickle only ({pickles[0]}), which can run code when loaded" if pickles else \
             "it has no .safetensors weights"
@@ -120,6 +129,20 @@ def _main(args: argparse.Namespace) -> int:
         else:
             bench["evaluation"]["source"] = "url"
         what = f"{len(files)} files ({size / 1e9:.2f} GB) of {args.repo}@{commit}"
+    elif args.path:
+        root = Path(args.path).expanduser().resolve()
+        if not root.is_dir():
+            raise InputError(f"pin: --path {args.path}: not a directory")
+        chosen = select_files({str(p.relative_to(root)): {} for p in root.rglob("*") if p.is_file()})
+        if not hub.has_weights(chosen):
+            raise InputError(f"pin: {root}: no .safetensors weights and no pytorch_model*.bin shards")
+        files = checkpoints.hash_directory(root, chosen)
+        model = _node(bench, ("model",), where)
+        hf = _node(model, ("hf",), where)
+        for key in ("repo", "revision"):  # a directory on disk, not a Hub snapshot
+            hf.pop(key, None)
+        hf["files"], model["path"], model["source"] = dict(files), str(root), "local"
+        what = f"{len(files)} files of {root}"
     else:
         into = args.into or "dataset"
         path, url_key, sha_key, source = URL_TARGETS[into]
@@ -148,6 +171,8 @@ def add_parser(sub) -> None:
     what = pin.add_mutually_exclusive_group(required=True)
     what.add_argument("--repo", help="Hugging Face repository, e.g. EleutherAI/gpt-j-6b")
     what.add_argument("--url", help="a dataset (or other single) file to fetch once and pin by sha256")
+    what.add_argument("--path", help="a checkpoint directory on disk (one on no Hub, such as MLCommons' GPT-J "
+                      "checkpoint-final/): its loader files hashed once, model.source local")
     pin.add_argument("--revision", default="main", help="branch, tag or commit (default: main); pinned as its commit")
     pin.add_argument("--into", choices=sorted({*REPO_TARGETS, *URL_TARGETS}),
                      help="where it goes (default: model for --repo, dataset for --url)")
@@ -163,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         raise ParamsError(f"--into {args.into}: a repository goes into {' or '.join(REPO_TARGETS)}")
     if args.url and args.into and args.into not in URL_TARGETS:
         raise ParamsError(f"--into {args.into}: a URL goes into {', '.join(URL_TARGETS)}")
+    if args.path and args.into not in (None, "model"):
+        raise ParamsError(f"--into {args.into}: a directory goes into model")
     if args.local and not args.repo:
         raise ParamsError("--local: only with --repo (a model read where it lies)")
     return _main(args)

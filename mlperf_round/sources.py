@@ -59,6 +59,26 @@ def fetch(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) -> st
     return h.hexdigest()
 
 
+SHIPPED = "shipped"
+
+
+def fetch_shipped(url: str, out: Path, sha256: str) -> Path:
+    """A file as MLCommons ships it, under its own name in `out`/shipped/ (so an error names the file it is about),
+    verified, for a reader to turn into the round's rows; `drop_shipped` removes it once read."""
+    from urllib.parse import urlparse
+
+    name = Path(urlparse(url).path).name or "download"
+    dest = out / SHIPPED / name
+    fetch(url, dest, sha256)
+    return dest
+
+
+def drop_shipped(out: Path) -> None:
+    import shutil
+
+    shutil.rmtree(out / SHIPPED, ignore_errors=True)
+
+
 def write_manifest(root: Path) -> dict[str, str]:
     """sha256 of every file under root, so later stages can prove their inputs are whole."""
     files = {

@@ -6,6 +6,7 @@ Text-to-image also needs its fixed latents and the FID and CLIP networks (sdxl.d
 import sys
 
 from mlperf_round import benchmarks, checkpoints, sources
+from mlperf_round.benchmarks.text import write_json
 from mlperf_round.runner import StageContext, run_stage
 
 
@@ -22,10 +23,12 @@ def body(ctx: StageContext) -> dict:
         checkpoints.publish(bp.model, out, "model", f"benchmarks.{ctx.key}.model")
     if bp.dataset.source == "generated":
         bench.write_generated_dataset(bp, out)
-    else:
-        sources.fetch(bp.dataset.url, out / "dataset.json", bp.dataset.sha256)
-        if bp.dataset.calibration_url:
-            sources.fetch(bp.dataset.calibration_url, out / "calibration.json", bp.dataset.calibration_sha256)
+    else:  # MLCommons' files as shipped, verified, read by the benchmark's reader, kept in the round's rows
+        ds = bp.dataset
+        for url, sha, name in ((ds.url, ds.sha256, "dataset"), (ds.calibration_url, ds.calibration_sha256, "calibration")):
+            shipped = sources.fetch_shipped(url, out, sha)
+            write_json(out / f"{name}.json", bench.read_shipped(shipped, calibration=name == "calibration"))
+            sources.drop_shipped(out)
     samples = bench.load_samples(out / "dataset.json")
     calib = bench.load_samples(out / "calibration.json")
     ctx.tracker.log_artifact(checkpoints.resolve(out, "model") / "config.json", "model")

@@ -123,11 +123,11 @@ def test_bad_checkpoints_get_one_line_and_nothing_is_published_or_cached(project
         monkeypatch.delenv("HF_TOKEN")
         expected = f"{REPO}@{REV}: gated repository on {hub.endpoint}; set HF_TOKEN to a token that has been granted access"
     else:
-        hub.add_repo("example/pickled", {"config.json": b"{}", "pytorch_model.bin": b"\x80" * 2000}, commit="1" * 40)
+        hub.add_repo("example/pickled", {"config.json": b"{}", "model.ckpt": b"\x80" * 2000}, commit="1" * 40)
         edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"].update(source="hf", hf={
             "repo": "example/pickled", "revision": "1" * 40, "endpoint": hub.endpoint,
             "files": {"config.json": hashlib.sha256(b"{}").hexdigest()}}))
-        expected = "example/pickled@" + "1" * 40 + ": weights only as pickle (pytorch_model.bin)"
+        expected = "example/pickled@" + "1" * 40 + ": weights only as pickle (model.ckpt)"
     if case != "pickle-only":
         _point_at(project, hub.endpoint, sums)
     proc = _download(project)
@@ -142,7 +142,7 @@ def test_bad_checkpoints_get_one_line_and_nothing_is_published_or_cached(project
         proc = run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--repo", "example/pickled",
                     "--endpoint", hub.endpoint], project, check=False)
         assert proc.returncode == 3 and _last_line(proc).endswith(
-            "error: pin: example/pickled@" + "1" * 40 + ": its weights are pickle only (pytorch_model.bin), "
+            "error: pin: example/pickled@" + "1" * 40 + ": its weights are pickle only (model.ckpt), "
             "which can run code when loaded"), proc.stderr
 
 
@@ -197,7 +197,7 @@ def test_params_refuse_a_branch_a_path_out_of_the_folder_and_a_pickle(project: P
     cases = {"main": "revision 'main' is not a 40-hex-digit commit (mlperf-round pin resolves a branch or tag to its commit)",
              "../escape.json": "files.../escape.json: not a plain relative file name inside the repository",
              "/etc/passwd": "files./etc/passwd: not a plain relative file name inside the repository",
-             "pytorch_model.bin": "files.pytorch_model.bin: a pickle file runs code when it is loaded"}
+             "model.pt": "files.model.pt: a pickle file runs code when it is loaded"}
     for value, expected in cases.items():
         hf = {"repo": REPO, "revision": value if value == "main" else REV,
               "files": {"config.json" if value == "main" else value: "0" * 64}}
@@ -293,9 +293,12 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
     fid.build_tiny_feature_net(data / "inception.pt", 8, 64, seed=0)
     fid.save_statistics(data / "val2014.npz", np.zeros(8), np.eye(8))
     header = "id\timage_id\tcaption\theight\twidth\tfile_name\tcoco_url\n"  # MLPerf's captions_source.tsv columns
-    for name, rows in (("captions.tsv", sdxl.generate_captions(6, 1)), ("calib.tsv", sdxl.generate_captions(2, 2))):
+    calib = sdxl.generate_captions(2, 2)
+    # the calibration list as MLCommons ships it: caption ids (coco_cal_captions_list.txt) into a captions table
+    for name, rows in (("captions.tsv", sdxl.generate_captions(6, 1)), ("captions_source.tsv", sdxl.generate_captions(5, 3) + calib)):
         (data / name).write_text(header + "".join(f"{r['id']}\t{r['id']}\t{r['caption']}\t1024\t1024\tx.jpg\thttp://x\n"
                                                   for r in rows))
+    (data / "coco_cal_captions_list.txt").write_text("".join(f"{r['id']}\n" for r in calib))
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     tree = lambda d: {str(p.relative_to(d)): digest(p) for p in d.rglob("*") if p.is_file()}  # noqa: E731
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
@@ -311,7 +314,9 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
             model={"source": "hf", "latents": file("latents.pt"),
                    "hf": {"repo": "stabilityai/sdxl-tiny", "revision": REV, "endpoint": hub.endpoint, "files": tree(pipe_files)}},
             dataset={"source": "url", "url": file("captions.tsv")["url"], "sha256": file("captions.tsv")["sha256"],
-                     "calibration_url": file("calib.tsv")["url"], "calibration_sha256": file("calib.tsv")["sha256"]},
+                     "calibration_url": file("coco_cal_captions_list.txt")["url"],
+                     "calibration_sha256": file("coco_cal_captions_list.txt")["sha256"],
+                     "captions_url": file("captions_source.tsv")["url"], "captions_sha256": file("captions_source.tsv")["sha256"]},
             evaluation={"source": "url", "inception": file("inception.pt"), "statistics": file("val2014.npz"),
                         "clip": {"repo": "laion/clip-tiny", "revision": REV, "endpoint": hub.endpoint, "files": tree(clip_files)}}))
         run([sys.executable, "-m", "stages.download", "stable-diffusion-xl"], project)
@@ -323,6 +328,7 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
     source = project / "artifacts/stable-diffusion-xl/download/source"
     assert torch.equal(pipeline.load_latents(source / pipeline.LATENTS_FILE), pipeline.make_latents(64, 3))
     assert sdxl.load_samples(source / "dataset.json")[0].caption == sdxl.generate_captions(6, 1)[0]["caption"]
+    assert [(s.id, s.caption) for s in sdxl.load_samples(source / "calibration.json")] == [(r["id"], r["caption"]) for r in calib]
     from mlperf_round import checkpoints
 
     pipeline.load_pipeline(checkpoints.resolve(source))  # a whole, loadable pipeline, where the Hub cache keeps it
@@ -345,6 +351,13 @@ def test_pin_keeps_what_the_loaders_read():
     assert select_files(llama) == ["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
                                    "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
                                    "tokenizer.model"]
+    # MLCommons' GPT-J checkpoint-final/: PyTorch shards only, beside the trainer's own pickles (never read)
+    gptj = dict.fromkeys(["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
+                          "pytorch_model.bin.index.json", "training_args.bin", "rng_state.pth", "optimizer.pt",
+                          "trainer_state.json", "vocab.json", "merges.txt", "tokenizer_config.json"], meta)
+    assert select_files(gptj) == ["config.json", "merges.txt", "tokenizer_config.json", "trainer_state.json", "vocab.json",
+                                  "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
+                                  "pytorch_model.bin.index.json"]
 
 
 def test_pin_url_writes_a_dataset_and_its_sha256(project: Path, tmp_path: Path):
@@ -357,15 +370,18 @@ def test_pin_url_writes_a_dataset_and_its_sha256(project: Path, tmp_path: Path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/cnn_eval.json"
     try:
+        early = run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url], project, check=False)
+        run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url, "--into", "calibration"], project)
+        proc = run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url + ".gone"], project, check=False)
         run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url], project)
-        proc = run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url + ".gone", "--into", "calibration"],
-                   project, check=False)
     finally:
         server.shutdown()
+    # the dataset before its calibration list would leave a round that cannot download: refused, params unchanged
+    assert early.returncode != 0 and "calibration_url: source 'url' needs the calibration list" in early.stderr
     ds = load_params(project / "params.yaml").benchmarks["gptj"].dataset
-    assert ds.source == "url" and ds.url == url
-    assert ds.sha256 == hashlib.sha256((tmp_path / "www/cnn_eval.json").read_bytes()).hexdigest()
-    assert proc.returncode == 3 and "HTTP 404" in proc.stderr.strip().splitlines()[-1] and not ds.calibration_url
+    assert ds.source == "url" and ds.url == url == ds.calibration_url
+    assert ds.sha256 == hashlib.sha256((tmp_path / "www/cnn_eval.json").read_bytes()).hexdigest() == ds.calibration_sha256
+    assert proc.returncode == 3 and "HTTP 404" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_calibration_on_a_cuda_device_this_machine_lacks_is_one_line(project: Path):
@@ -392,11 +408,12 @@ def test_the_error_after_a_progress_bar_starts_a_line_of_its_own(project: Path, 
     edit_params(project, lambda d: (d["benchmarks"]["gptj"]["model"]["tiny"].update(train_steps=0),
                                     d["benchmarks"]["gptj"].update(dataset={
                                         "source": "url", "url": f"http://127.0.0.1:{server.server_address[1]}/set.json",
-                                        "sha256": "0" * 64})))
+                                        "sha256": "0" * 64, "calibration_url": "http://127.0.0.1:9/never.json",
+                                        "calibration_sha256": "0" * 64})))
     try:  # bytes: text mode would turn the bar's carriage returns into newlines
         proc = subprocess.run([sys.executable, "-m", "stages.download", "gptj"], cwd=project, env=env(),
                               capture_output=True, timeout=600)
     finally:
         server.shutdown()
-    assert proc.returncode == 3 and b"dataset.json:" in proc.stderr, proc.stderr[-800:]  # the bar ran
+    assert proc.returncode == 3 and b"set.json:" in proc.stderr, proc.stderr[-800:]  # the bar ran
     assert b"\rerror:" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(b"error: download@gptj: http://")

@@ -1,4 +1,4 @@
-"""Security: weights from safetensors only, a token never leaves the process that uses it, servers on 127.0.0.1."""
+"""Security: weights from safetensors (or PyTorch shards read with weights_only), a token never leaves the process that uses it, servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class _Payload:
         return (Path.write_text, (self.marker, "unpickled"))
 
 
-@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "weights.CKPT", "unet/diffusion_pytorch_model.bin"])
+@pytest.mark.parametrize("name", ["model.pt", "weights.CKPT", "training_args.bin", "unet/diffusion_pytorch_model.bin"])
 def test_params_refuse_pickle_weights_before_anything_is_fetched(name):
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["benchmarks"]["gptj"]["model"].update(source="hf", hf={"repo": REPO, "revision": REV, "files": {name: "0" * 64}})
@@ -38,20 +38,25 @@ def test_params_refuse_pickle_weights_before_anything_is_fetched(name):
         parse_params(data)
 
 
-def test_a_checkpoint_of_pickle_weights_is_refused_unopened(tmp_path: Path):
+def test_pickle_weights_are_refused_or_read_with_weights_only_and_never_run(tmp_path: Path):
+    """A directory of other pickles is refused unopened; transformers' pytorch_model*.bin shards are opened with
+    torch.load(weights_only=True), which refuses the payload: one line naming the shard, and the code never runs."""
     model_dir = tmp_path / "model"
     gptj.build_tokenizer(tmp_path / "tok")
     gptj.build_tiny_model(TinyGPTJ(train_steps=0), gptj.load_tokenizer(tmp_path / "tok"), model_dir)
     (model_dir / "model.safetensors").unlink()
     marker = tmp_path / "ran"
-    with open(model_dir / "pytorch_model.bin", "wb") as f:
+    with open(model_dir / "weights.pt", "wb") as f:
         pickle.dump({"transformer.wte.weight": _Payload(marker)}, f)
-    with pytest.raises(InputError, match=r"pytorch_model\.bin: pickle weights are refused"):
+    with pytest.raises(InputError, match=r"weights\.pt: pickle weights are refused"):
         gptj.load_model(model_dir)
+    (model_dir / "weights.pt").rename(model_dir / "pytorch_model.bin")
     from mlperf_round.optimization import quantization
 
-    with pytest.raises(InputError, match=r"pytorch_model\.bin: pickle weights are refused"):
-        quantization.load(model_dir)
+    for load in (gptj.load_model, quantization.load):
+        with pytest.raises(InputError, match=r"pytorch_model\.bin: refused by torch\.load\(weights_only=True\)") as err:
+            load(model_dir)
+        assert "\n" not in str(err.value)
     assert not marker.exists()
 
 

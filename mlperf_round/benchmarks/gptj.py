@@ -126,6 +126,12 @@ class Sample:
     input_ids: tuple[int, ...] | None = None  # the prompt is tokenized by the engine
 
 
+def read_shipped(path: Path, calibration: bool = False) -> list[dict]:
+    """MLCommons' CNN-DailyMail files as shipped (`cnn_eval.json`, `cnn_dailymail_calibration.json`): JSON lists of
+    instruction, input and output, which the round keeps as they are."""
+    return text.read_rows(path, {"instruction", "input", "output"})
+
+
 def load_samples(path: Path) -> list[Sample]:
     rows = text.read_rows(path, {"instruction", "input", "output"})
     return [Sample(PROMPT.format(instruction=r["instruction"], input=r["input"]), r["output"]) for r in rows]

@@ -167,6 +167,39 @@ def load_samples(path: Path) -> list[Sample]:
     return samples
 
 
+SHIPPED_COLUMNS = ("id", "system_prompt", "question", "input", "output", "tok_input")
+
+
+def read_shipped(path: Path, calibration: bool = False) -> list[dict]:
+    """MLCommons' processed OpenOrca as shipped: a pandas pickle (`open_orca_gpt4_tokenized_llama.sampled_24576.pkl`,
+    `...calibration_1000.pkl`) read by the restricted unpickler, or rows already in the round's JSON. The prompts'
+    token ids (`tok_input`) are kept: the reference SUT serves them as given."""
+    import operator
+
+    from ..safe_pickle import is_pickle, read_dataframe
+
+    if not is_pickle(path):
+        return text.read_rows(path, {"input", "output"})
+    frame = read_dataframe(path)
+    missing = [c for c in ("input", "tok_input", *(() if calibration else ("output",))) if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: no column {', '.join(missing)} (MLCommons' OpenOrca pickle has input, output and "
+                         f"tok_input; this one has {', '.join(map(str, frame.columns))})")
+    rows = []
+    for i, record in enumerate(frame.to_dict("records")):
+        row = {k: str(record[k]) for k in SHIPPED_COLUMNS if k in record and k != "tok_input"}
+        try:
+            ids = [operator.index(t) for t in record["tok_input"]]
+        except TypeError:
+            ids = []
+        if not ids or min(ids) < 0:
+            raise InputError(f"{path}: row {i}: tok_input is not a non-empty list of token ids")
+        rows.append({**row, "output": row.get("output", ""), "tok_input": ids})
+    if not rows:
+        raise InputError(f"{path}: holds no samples")
+    return rows
+
+
 def calibration_batches(source: Path, bp: BenchmarkParams) -> list[dict]:
     """MLPerf calibrates on the prompts of its calibration list."""
     tok = load_tokenizer(tokenizer_dir(source))

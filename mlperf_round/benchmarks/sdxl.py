@@ -85,6 +85,29 @@ def load_samples(path: Path) -> list[Sample]:
     return samples
 
 
+def read_captions(path: Path) -> list[dict]:
+    """Captions as the round keeps them (id, caption), from JSON records or MLCommons' TSV (`captions_source.tsv`,
+    `captions.tsv`: id, image_id, caption, ...)."""
+    return [{"id": s.id, "caption": s.caption} for s in load_samples(path)]
+
+
+def read_caption_ids(path: Path) -> list[int] | None:
+    """MLCommons' SDXL calibration list (`coco_cal_captions_list.txt`): one COCO caption id per line. None when the
+    file is not such a list."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return [int(line) for line in lines] if lines and all(line.isdigit() for line in lines) else None
+
+
+def resolve_caption_ids(ids: list[int], table: list[dict], where: str, table_name: str) -> list[dict]:
+    """Each calibration caption id looked up in a captions table; an id it lacks is an error naming both files."""
+    by_id = {int(row["id"]): row["caption"] for row in table}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise InputError(f"{where}: caption id {missing[0]} ({len(missing)} of {len(ids)} ids) is not in {table_name}; "
+                         "set dataset.captions_url to the captions file the ids come from")
+    return [{"id": i, "caption": by_id[i]} for i in ids]
+
+
 # ---------------------------------------------------------------- download
 def download(bp, out: Path) -> dict:
     """Pipeline, latents, captions and the FID / CLIP networks, built (tiny) or fetched and verified."""
@@ -107,10 +130,19 @@ def download(bp, out: Path) -> dict:
     if ds.source == "generated":
         (out / "dataset.json").write_text(json.dumps(generate_captions(ds.size, ds.seed), indent=1))
         (out / "calibration.json").write_text(json.dumps(generate_captions(ds.calibration_size, ds.seed + 1_000_003), indent=1))
-    else:
-        sources.fetch(ds.url, out / "dataset.json", ds.sha256)
-        if ds.calibration_url:
-            sources.fetch(ds.calibration_url, out / "calibration.json", ds.calibration_sha256)
+    else:  # MLCommons' files as shipped: captions TSV, and the calibration list as caption ids into COCO's captions
+        captions = read_captions(sources.fetch_shipped(ds.url, out, ds.sha256))
+        (out / "dataset.json").write_text(json.dumps(captions, indent=1))
+        shipped = sources.fetch_shipped(ds.calibration_url, out, ds.calibration_sha256)
+        ids = read_caption_ids(shipped)
+        if ids is None:  # captions themselves
+            calibration = read_captions(shipped)
+        else:
+            table = read_captions(sources.fetch_shipped(ds.captions_url, out, ds.captions_sha256)) if ds.captions_url \
+                else captions
+            calibration = resolve_caption_ids(ids, table, ds.calibration_url, ds.captions_url or ds.url)
+        (out / "calibration.json").write_text(json.dumps(calibration, indent=1))
+        sources.drop_shipped(out)
     samples = load_samples(out / "dataset.json")
     calib = load_samples(out / "calibration.json")
     ev = bp.evaluation

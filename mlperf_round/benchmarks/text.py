@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..jsonfile import read_json
-from ..weights import safetensors_only
+from ..weights import check_weights
 
 UNK = "<unk>"
 VOCAB_WORDS = 400
@@ -89,10 +89,10 @@ def load_model(model_dir: Path, dtype: str = "auto"):
     try:
         from ..optimization import pruning
 
-        safetensors_only(model_dir)
+        safetensors = check_weights(model_dir)  # False: transformers' .bin shards, read with weights_only
         if pruning.is_pruned_checkpoint(model_dir):
             return pruning.load_pruned(model_dir, torch.float32 if dt == "auto" else dt).eval()
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt, use_safetensors=True).eval()
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt, use_safetensors=safetensors).eval()
     except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights that do not fit the config
         raise InputError(f"{model_dir}: cannot load the checkpoint ({str(err).splitlines()[0]})") from None
 

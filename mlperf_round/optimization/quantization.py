@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError, RoundError
 from . import pruning
-from ..weights import safetensors_only
+from ..weights import check_weights
 
 MODELOPT_FILE = "modelopt.pth"
 
@@ -152,10 +152,10 @@ def load(checkpoint: Path, dtype: str = "float32") -> torch.nn.Module:
             model = pruning.shrink(AutoModelForCausalLM.from_config(config, dtype=torch.float32))
             model = mto.restore(model, str(checkpoint / MODELOPT_FILE), weights_only=True)
             return model.to(dt).eval()
-        safetensors_only(checkpoint)
+        safetensors = check_weights(checkpoint)  # False: transformers' .bin shards, read with weights_only
         if pruning.is_pruned_checkpoint(checkpoint):
             return pruning.load_pruned(checkpoint, dt).eval()
-        return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dt, use_safetensors=True).eval()
+        return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dt, use_safetensors=safetensors).eval()
     except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
         raise InputError(f"{checkpoint}: cannot load the checkpoint ({str(err).splitlines()[0][:200]})") from None
 
