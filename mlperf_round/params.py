@@ -63,7 +63,8 @@ class RoundSection(Strict):
     test_timeout_s: int = Field(3600, ge=10, description="watchdog on each LoadGen test: a hung SUT fails the stage")
     system: SystemParams = Field(default_factory=SystemParams, description="the system under test")
     mlcommons_inference: str = Field(
-        "", description="a local clone of mlcommons/inference: package then also runs MLCommons' submission checker")
+        "", description="a local clone of mlcommons/inference: compliance runs its audit.config files, and package "
+        "also runs its submission checker")
 
     @model_validator(mode="after")
     def _names(self) -> RoundSection:

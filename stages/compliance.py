@@ -11,7 +11,7 @@ import sys
 from mlperf_round import benchmarks
 from mlperf_round.errors import ComplianceError
 from mlperf_round.harness import compliance
-from mlperf_round.harness.logs import ACCURACY, SUMMARY
+from mlperf_round.harness.logs import ACCURACY
 from mlperf_round.harness.run import run_test
 from mlperf_round.runner import StageContext, run_stage
 
@@ -28,13 +28,13 @@ def _verify(ctx: StageContext, bench, test: str, scenario: str, run_dir) -> dict
         accuracy = compliance.verify_test01_accuracy(ctx.input("accuracy") / scenario / ACCURACY, run_dir / ACCURACY,
                                                      bench.RESPONSE_DTYPE)
     threshold = compliance.SMOKE_PERFORMANCE_THRESHOLD if ctx.params.round.smoke else compliance.PERFORMANCE_THRESHOLD
-    performance = compliance.verify_performance(ctx.input("performance") / scenario / SUMMARY, run_dir / SUMMARY,
-                                                scenario, test, threshold)
+    performance = compliance.verify_performance(ctx.input("performance") / scenario, run_dir, scenario, test,
+                                                ctx.params.round.version, threshold)
     compliance.write_audit(test, accuracy, performance, run_dir, ctx.out / scenario / test)
     failures = list((accuracy or {}).get("failures", []))
     if not performance["passed"]:
-        failures.append(f"{performance['test_score']:.3f} samples/s against the performance run's "
-                        f"{performance['reference_score']:.3f} (ratio {performance['ratio']:.3f})")
+        failures.append(f"{performance['reason']}: score {performance['test_score']:.3f} against the performance "
+                        f"run's {performance['reference_score']:.3f} (ratio {performance['ratio']:.3f})")
     return {"passed": (accuracy is None or accuracy["passed"]) and performance["passed"], "failures": failures,
             "performance_ratio": performance["ratio"], "performance_threshold": threshold,
             **({"identical": accuracy["identical"], "matched": accuracy["matched"]} if accuracy else {})}
@@ -54,7 +54,7 @@ def body(ctx: StageContext) -> dict:
     failed = []
     for test in tests:
         audit = ctx.out / f"{test}.audit.config"
-        audit.write_text(compliance.AUDITS[test])
+        audit.write_text(compliance.audit_config(test, ctx.params.round.mlcommons_inference, bench.LOADGEN_MODEL))
         for scenario in entry.scenarios:
             run_dir = ctx.out / scenario / test / "run"
             run_test({"engine": str(engine), "benchmark": ctx.benchmark_name, "dataset": str(dataset),

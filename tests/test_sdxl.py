@@ -170,18 +170,23 @@ def test_test01_compares_logged_images_with_the_accuracy_run(tmp_path):
     assert not unmatched["passed"]
 
 
-def _summary(path: Path, scenario: str, score: float) -> Path:
+def _summary(run_dir: Path, scenario: str, score: float, valid: str = "VALID") -> Path:
     key = "Samples per second" if scenario == "Offline" else "Completed samples per second"
-    path.write_text(f"Scenario : {scenario}\n{key} : {score}\nResult is : VALID\n\nNo errors encountered during test.\n")
-    return path
+    run_dir.mkdir()
+    (run_dir / "mlperf_log_summary.txt").write_text(
+        f"Scenario : {scenario}\n{key} : {score}\nResult is : {valid}\n\nNo errors encountered during test.\n")
+    return run_dir
 
 
 @pytest.mark.parametrize("test, score, passed", [("TEST04", 10.5, True), ("TEST04", 11.5, False), ("TEST04", 5.0, True),
                                                  ("TEST01", 9.5, True), ("TEST01", 8.5, False), ("TEST01", 11.5, False)])
 def test_performance_verification(tmp_path, test, score, passed):
-    ref = _summary(tmp_path / "ref.txt", "Offline", 10.0)
-    result = verify_performance(ref, _summary(tmp_path / "t.txt", "Offline", score), "Offline", test)
+    """v5.0's summary-reading verify_performance.py (later versions: tests/test_mlcommons_verification.py)."""
+    ref = _summary(tmp_path / "ref", "Offline", 10.0)
+    result = verify_performance(ref, _summary(tmp_path / "t", "Offline", score), "Offline", test, "v5.0")
     assert result["passed"] is passed
-    server = verify_performance(_summary(tmp_path / "r2.txt", "Server", 10.0), _summary(tmp_path / "t2.txt", "Server", 10.2),
-                                "Server", test)
+    server = verify_performance(_summary(tmp_path / "r2", "Server", 10.0), _summary(tmp_path / "t2", "Server", 10.2),
+                                "Server", test, "v5.0")
     assert server["passed"]
+    invalid = verify_performance(ref, _summary(tmp_path / "t3", "Offline", 10.0, "INVALID"), "Offline", test, "v5.0")
+    assert not invalid["passed"] and invalid["reason"] == "Test results are invalid"

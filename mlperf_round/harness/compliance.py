@@ -32,6 +32,7 @@ AUDITS = {
         "*.*.accuracy_log_sampling_target = 100\n"
         "*.*.min_query_count = 100\n"
         "*.*.min_duration = 0\n"
+        "*.*.sample_concatenate_permutation = 0\n"
     ),
     "TEST01": (
         "# MLPerf compliance TEST01: accuracy logging in performance mode\n"
@@ -45,14 +46,34 @@ AUDITS = {
         "*.*.performance_issue_unique = 0\n"
         "*.*.performance_issue_same = 1\n"
         "*.*.performance_issue_same_index = 3\n"
+        "stable-diffusion-xl.Offline.min_query_count = 500\n"
     ),
 }
+
+
+def audit_config(test: str, mlcommons_inference: str = "", model: str = "") -> str:
+    """The audit.config LoadGen runs a test with: from a named clone of mlcommons/inference (its checked-out
+    version's file, under compliance/nvidia/ in v5.0 and compliance/ later, per model where the test has one folder
+    per model, as TEST01 does), else the settings above, which equal MLCommons' files of v5.0.1 and of current
+    master (tests/test_mlcommons_verification.py compares them)."""
+    if mlcommons_inference:
+        for folder in ("compliance/nvidia", "compliance"):
+            for path in (Path(mlcommons_inference) / folder / test / model / "audit.config",
+                         Path(mlcommons_inference) / folder / test / "audit.config"):
+                if path.is_file():
+                    return path.read_text()
+        raise InputError(f"{mlcommons_inference}: no compliance/{test}/{model + '/' if model else ''}audit.config "
+                         "(nor under compliance/nvidia/)")
+    return AUDITS[test]
 PERFORMANCE_THRESHOLD = 0.10  # verify_performance.py, Offline and Server
 # A smoke round's runs last seconds, where warm-up and a busy core move throughput by 10%;
 # its audits still catch what TEST04 exists for (a cache answers many times faster).
 SMOKE_PERFORMANCE_THRESHOLD = 0.50
 _SCORE_LINE = {"Offline": ("Samples per second",), "Server": ("Completed samples per second",),
-               "SingleStream": ("90.0th percentile latency (ns)", "90th percentile latency (ns)")}
+               "SingleStream": ("Early stopping 90th percentile estimate", "Early stopping 90.0th percentile estimate",
+                                "Early stopping 99.9th percentile estimate")}
+_DETAIL_FIELD = {"Offline": "result_samples_per_second", "Server": "result_completed_samples_per_sec",
+                 "SingleStream": "early_stopping_latency_ss"}
 _LATENCY_SCORED = {"SingleStream"}  # a latency: the audit compares its inverse, a rate, like the others
 
 
@@ -115,8 +136,8 @@ def verify_test01_accuracy(accuracy_log: Path, audit_log: Path, dtype: str) -> d
             continue
         matched += 1
         ref, got = _tokens(reference[qsl], dtype), _tokens(row["data"], dtype)
-        if ref.size == 0 or got.size == 0 or ref[0] != got[0]:
-            first_mismatch += 1
+        if (ref.size == 0 or got.size == 0) and ref.size != got.size or ref.size and got.size and ref[0] != got[0]:
+            first_mismatch += 1  # as verify_accuracy.py: two empty answers agree
             failures.append(f"sample {qsl}: answer differs from the accuracy run's")
         elif np.array_equal(ref, got):
             exact += 1
@@ -124,27 +145,72 @@ def verify_test01_accuracy(accuracy_log: Path, audit_log: Path, dtype: str) -> d
             "mismatched": first_mismatch, "identical": exact, "failures": failures[:10]}
 
 
-def summary_score(summary: Path, scenario: str) -> float:
-    """The figure verify_performance.py compares, as a rate: samples per second (Offline), completed ones
-    (Server), 1 / 90th percentile latency (SingleStream), so that higher is faster everywhere."""
-    from .logs import read_summary
+def _summary_score(run_dir: Path, scenario: str, keys: tuple[str, ...], invert: bool) -> tuple[float | None, bool, None]:
+    """What a summary-reading verify_performance.py takes: the last line ending in one of `keys` (its value inverted
+    into a rate where the script does so), and whether LoadGen called the run VALID. None where no line matches:
+    the script then compares a score of 0."""
+    from .logs import SUMMARY, read_summary
 
-    values = read_summary(summary)
-    key = next((k for k in _SCORE_LINE[scenario] if k in values), None)
-    if key is None:
-        raise InputError(f"{summary}: no '{_SCORE_LINE[scenario][0]}' line; not a {scenario} summary")
-    value = float(values[key])
-    return 1e9 / value if scenario in _LATENCY_SCORED and value else value
+    values = read_summary(run_dir / SUMMARY)
+    found = [values[k] for k in values if any(k == want or k.endswith(" " + want) for want in keys)]
+    if not found:
+        return None, values.get("Result is") == "VALID", None
+    value = float(found[-1])
+    return (1e9 / value if invert and value else value), values.get("Result is") == "VALID", None
 
 
-def verify_performance(reference: Path, audit: Path, scenario: str, test: str,
-                       threshold: float = PERFORMANCE_THRESHOLD) -> dict:
-    """TEST01: within `threshold` either way; TEST04: not more than `threshold` faster."""
-    ref, got = summary_score(reference, scenario), summary_score(audit, scenario)
-    upper = got < ref * (1 + threshold)
-    passed = upper and (test == "TEST04" or got > ref * (1 - threshold))
-    return {"passed": passed, "reference_score": ref, "test_score": got, "ratio": got / ref if ref else float("inf"),
-            "threshold": threshold}
+def _detail_score(run_dir: Path, scenario: str) -> tuple[float, bool, object]:
+    """What the detail-reading verify_performance.py (v5.1 and later, TEST01) takes: the result field of the
+    scenario (a latency in ns for SingleStream), result_validity, and Server's effective target latency."""
+    from .logs import DETAIL, read_detail
+
+    values = read_detail(run_dir / DETAIL, performance=True)
+    field = _DETAIL_FIELD[scenario]
+    if field not in values:
+        raise InputError(f"{run_dir / DETAIL}: no {field}; not a {scenario} performance log")
+    return float(values[field]), values.get("result_validity") == "VALID", values.get("effective_target_latency_ns")
+
+
+def verify_performance(reference: Path, audit: Path, scenario: str, test: str, version: str,
+                       threshold: float | None = None) -> dict:
+    """MLCommons' verify_performance.py of the round's version on two run folders (summary and detail logs).
+
+    TEST04, and TEST01 up to v5.0, read the summaries: an INVALID run fails; the score is a rate (SingleStream: one
+    over the early-stopping latency estimate); TEST04 fails a test more than 10% faster, TEST01 one outside 10%
+    either way. From v5.1 TEST01 reads the detail logs: result_validity, Server's target latency must match, and a
+    SingleStream latency (in ns) within 10% either way. A SingleStream reference under 200,000 (rate, or ns) gets
+    20%. `threshold` widens the band for a smoke round's seconds-long runs, never narrows it."""
+    detail = test == "TEST01" and version != "v5.0"
+    if detail:
+        (ref, ref_valid, ref_target), (got, got_valid, got_target) = (_detail_score(reference, scenario),
+                                                                      _detail_score(audit, scenario))
+    else:
+        keys = _SCORE_LINE[scenario]
+        if scenario == "SingleStream" and version == "v5.0":  # v5.0's scripts know the "90th" spelling only
+            keys = ("Early stopping 90th percentile estimate",)
+        invert = scenario in _LATENCY_SCORED and not (version == "v5.0" and test == "TEST01")  # v5.0 TEST01: ns as is
+        (ref, ref_valid, ref_target), (got, got_valid, got_target) = (_summary_score(reference, scenario, keys, invert),
+                                                                      _summary_score(audit, scenario, keys, invert))
+    missing = ref is None or got is None
+    ref, got = ref or 0.0, got or 0.0
+    limit = 0.20 if scenario == "SingleStream" and ref <= 200000 else PERFORMANCE_THRESHOLD
+    limit = max(limit, threshold or 0.0)
+    if missing:
+        reason = f"no '{keys[0]}' line, the score verify_performance.py of {version} reads"
+    elif not ref_valid:
+        reason = "Reference results are invalid"
+    elif not got_valid:
+        reason = "Test results are invalid"
+    elif detail and scenario == "Server" and ref_target != got_target:
+        reason = "Server target latency mismatch"
+    elif test == "TEST04":
+        reason = "" if got < ref * (1 + limit) else "Test score invalid"
+    elif detail:
+        reason = "" if ref * (1 - limit) <= got <= ref * (1 + limit) else "Test score invalid"
+    else:
+        reason = "" if ref * (1 - limit) < got < ref * (1 + limit) else "Test score invalid"
+    return {"passed": not reason, "reason": reason, "reference_score": ref, "test_score": got,
+            "ratio": got / ref if ref else float("inf"), "threshold": limit}
 
 
 def write_audit(test: str, accuracy: dict | None, performance: dict, run_dir: Path, out: Path) -> None:
@@ -153,7 +219,7 @@ def write_audit(test: str, accuracy: dict | None, performance: dict, run_dir: Pa
     perf_dir.mkdir(parents=True, exist_ok=True)
     for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
         shutil.copy2(run_dir / name, perf_dir / name)
-    verdict = "TEST PASS" if performance["passed"] else "TEST FAIL: Test score invalid"
+    verdict = "TEST PASS" if performance["passed"] else f"TEST FAIL: {performance['reason']}"
     (out / "verify_performance.txt").write_text(
         f"reference score = {performance['reference_score']}\ntest score = {performance['test_score']}\n"
         f"threshold = {performance['threshold']}\n{verdict}\n")
