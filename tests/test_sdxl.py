@@ -168,6 +168,9 @@ def test_test01_compares_logged_images_with_the_accuracy_run(tmp_path):
     assert not wrong["passed"] and "sample 1" in wrong["failures"][0]
     unmatched = verify_test01_accuracy(acc, _log(tmp_path / "c.json", {7: b"\x20"}), "uint8")
     assert not unmatched["passed"]
+    empty = _log(tmp_path / "e.json", {4: b""})  # two empty answers agree, as in MLCommons' verify_accuracy.py
+    assert verify_test01_accuracy(empty, _log(tmp_path / "f.json", {4: b""}), "uint8")["passed"]
+    assert not verify_test01_accuracy(empty, _log(tmp_path / "g.json", {4: b"\x01"}), "uint8")["passed"]
 
 
 def _summary(run_dir: Path, scenario: str, score: float, valid: str = "VALID") -> Path:

@@ -16,6 +16,7 @@ from ..harness.logs import performance_metrics
 from ..params import EntryParams, RoundParams
 from ..sources import verify_manifest
 from ..versions import scenarios_for
+from . import code
 from .check import SMOKE_RULES, Finding, check_tree, summarize
 from .provenance import Provenance, markdown
 from .system import describe
@@ -208,7 +209,8 @@ def _round_targets(results: list[EntryResults], params: RoundParams) -> dict[tup
             for r in results if params.benchmarks[r.entry.benchmark].reference.source == "measured"}
 
 
-def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS, lock: Path = Path("dvc.lock")) -> dict:
+def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS, lock: Path = Path("dvc.lock"),
+                  project: Path = Path(".")) -> dict:
     smoke, rnd = params.round.smoke, params.round
     results = [_load(k, e, root) for k, e in params.entries.items()]
     problems, warnings = [], []
@@ -221,6 +223,7 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
     provenance = Provenance.load(lock)
     versions = results[0].engine["versions"] if results else {}
     tree_root = out / TREE
+    source_code = code.snapshot(project)  # once: every benchmark's code/ folder holds the same archive
     conf_text, conf_sha1 = mlperf_conf.embedded()
     rows, headline, records = [], {}, {}
     for division in sorted({r.entry.division for r in results}):
@@ -233,11 +236,7 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
         for r in in_division:
             bench, bp = r.entry.mlperf_id, params.benchmarks[r.entry.benchmark]
             source = _model_source(bp.model)
-            code = tree.code(bench)
-            code.mkdir(parents=True, exist_ok=True)
-            (code / "README.md").write_text(
-                f"# {bench}\n\nReproduce with the mlperf-round pipeline: set `params.yaml` as in this round and run `dvc repro`.\n"
-            )
+            code.write(tree.code(bench), bench, source_code, rnd.version)
             records[r.key] = provenance.entry(r.key, r.entry.benchmark, root)
             for scenario in r.entry.scenarios:
                 res = tree.results(bench, scenario)
