@@ -108,6 +108,7 @@ def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, 
         max_input_len=gen.max_input_tokens, deepcache_interval=deepcache.interval if deepcache.interval > 1 else 0,
         deepcache_branch=deepcache.branch, threads=build.threads, versions=torch_sdxl.package_versions(),
         device=build.device, kernels=build.kernels, compile=build.compile, channels_last=build.channels_last,
+        negative_prompt=gen.negative_prompt,
     )
     torch_sdxl.build(pipeline, unet_dir, latents, spec, out)
     return spec

@@ -376,6 +376,10 @@ class DiffusionGeneration(Strict):
     steps: int = Field(20, ge=1, le=200, description="denoising steps (MLPerf: 20)")
     guidance_scale: float = Field(8.0, ge=0, description="classifier-free guidance (MLPerf: 8.0)")
     max_input_tokens: int = Field(77, ge=8, le=77, description="caption tokens the text encoders read (CLIP: 77)")
+    negative_prompt: str = Field(
+        "normal quality, low quality, worst quality, low res, blurry, nsfw, nude",
+        description="the unconditional branch's prompt, as MLPerf's reference SUT passes it (text_to_image/"
+        "backend_pytorch.py); empty: none, and the pipeline then guides against zeros")
 
 
 class SDXLBenchmark(BenchmarkParams):

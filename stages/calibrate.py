@@ -23,7 +23,8 @@ def _calibrate_image(ctx: StageContext, bench) -> tuple[dict, dict]:
     pipe = pipeline.load_pipeline(checkpoints.resolve(source)).to(device)
     captions = [s.caption for s in bench.load_samples(source / "calibration.json")]
     return quantize.calibrate(pipe, captions, pipeline.load_latents(source / pipeline.LATENTS_FILE),
-                              cal.steps_collected, cal.total_steps, bp.generation.guidance_scale, cal.batch_size)
+                              cal.steps_collected, cal.total_steps, bp.generation.guidance_scale, cal.batch_size,
+                              bp.generation.negative_prompt)  # the trajectories the engine will run
 
 
 def body(ctx: StageContext) -> dict:

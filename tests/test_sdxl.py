@@ -58,6 +58,20 @@ def _step_maxima(pipe, latents) -> dict[str, list[float]]:
     return maxima
 
 
+def test_the_negative_prompt_steers_the_unconditional_branch(pipe):
+    """MLPerf's reference SUT guides every image away from a fixed negative prompt; without one, the pipeline guides
+    against zero embeddings. The same latent and caption give a different image, so the prompt reaches the UNet."""
+    from mlperf_round.params import DiffusionGeneration
+
+    p, latents = pipe
+    negative = DiffusionGeneration().negative_prompt
+    assert negative == "normal quality, low quality, worst quality, low res, blurry, nsfw, nude"
+    with_it = pipeline.generate(p, CAPTIONS[:1], latents, 4, 8.0, output="latent", negative_prompt=negative)
+    without = pipeline.generate(p, CAPTIONS[:1], latents, 4, 8.0, output="latent")
+    again = pipeline.generate(p, CAPTIONS[:1], latents, 4, 8.0, output="latent", negative_prompt=negative)
+    assert torch.equal(with_it, again) and not torch.allclose(with_it, without)
+
+
 def test_calibration_collects_the_first_8_of_20_steps(pipe):
     base, latents = pipe
     fresh = copy.copy(base)
@@ -143,16 +157,25 @@ def test_frechet_distance_and_clip_score(tmp_path):
 
     clip_score.build_tiny_clip(tmp_path / "clip", seed=0)
     model, tok = clip_score.load_clip(tmp_path / "clip")
-    scores = clip_score.clip_scores(model, tok, images[:2], CAPTIONS)
-    with torch.no_grad():  # by hand: 100 x cosine of the two embeddings
-        x = torch.from_numpy(images[:2]).permute(0, 3, 1, 2).float() / 255
-        x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bicubic", align_corners=False).clamp(0, 1)
+    from PIL import Image
+
+    large = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    scores = clip_score.clip_scores(model, tok, large, CAPTIONS)
+    with torch.no_grad():  # by hand: open_clip's transform (PIL bicubic to 32 px), then 100 x cosine
+        x = torch.from_numpy(np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BICUBIC)) for im in large]))
+        x = x.permute(0, 3, 1, 2).float() / 255
         x = (x - torch.tensor(clip_score.MEAN).view(1, 3, 1, 1)) / torch.tensor(clip_score.STD).view(1, 3, 1, 1)
         img = clip_score._pooled(model.get_image_features(pixel_values=x))
         t = tok(CAPTIONS, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
         txt = clip_score._pooled(model.get_text_features(**t))
         manual = 100 * torch.nn.functional.cosine_similarity(img, txt).numpy()
     np.testing.assert_allclose(scores, manual, rtol=1e-5)
+    # a non-square image: the shorter side to 32 (the longer one 64 x 32 / 48 = 42, truncated), then a center crop
+    tall = rng.integers(0, 256, (1, 64, 48, 3), dtype=np.uint8)
+    resized = np.asarray(Image.fromarray(tall[0]).resize((32, 42), Image.BICUBIC), dtype=np.float32)[5:37] / 255
+    expected = (torch.from_numpy(resized).permute(2, 0, 1)[None] - torch.tensor(clip_score.MEAN).view(1, 3, 1, 1)) \
+        / torch.tensor(clip_score.STD).view(1, 3, 1, 1)
+    assert torch.equal(clip_score.preprocess(tall, 32), expected)
 
 
 def _log(path: Path, rows: dict[int, bytes]) -> Path:

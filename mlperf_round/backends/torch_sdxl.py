@@ -45,6 +45,7 @@ class DiffusionSpec:
     compile: str = "off"  # torch.compile mode of the UNet (whole, or per block under DeepCache) and the VAE decoder
     channels_last: bool = False
     kernel_choice: dict | None = None  # auto: kernel_choice.KernelChoice as measured when the engine was built
+    negative_prompt: str = ""  # the unconditional branch's prompt (MLPerf's reference SUT: a fixed one)
 
     def kernel_rows(self) -> int:
         """Rows of the UNet's attention and feed-forward GEMMs at its first attention level (half the latent side),
@@ -103,7 +104,8 @@ class TorchSDXL:
             before = (self.deepcache.full_steps, self.deepcache.shallow_steps)
         n = len(captions)  # every image of a batch takes the same steps
         padded = n if s.compile == "off" else bucket(n, s.max_batch_size)  # compiled graphs: a few batch sizes only
-        images = generate(self.pipe, captions + captions[-1:] * (padded - n), self.latents, s.steps, s.guidance_scale)[:n]
+        images = generate(self.pipe, captions + captions[-1:] * (padded - n), self.latents, s.steps, s.guidance_scale,
+                          negative_prompt=s.negative_prompt)[:n]
         if cached:
             self.unet_calls["full"] += n * (self.deepcache.full_steps - before[0])
             self.unet_calls["shallow"] += n * (self.deepcache.shallow_steps - before[1])

@@ -122,13 +122,16 @@ def load_pipeline(model_dir: Path, dtype: str = "float32", unet=None, device: st
 
 
 def generate(pipe, prompts: list[str], latents: torch.Tensor, steps: int, guidance: float,
-             on_step_end=None, output: str = "uint8") -> np.ndarray | torch.Tensor:
-    """Images for `prompts`, uint8 (N, H, W, 3): from one shared initial latent (MLPerf), or one each."""
+             on_step_end=None, output: str = "uint8", negative_prompt: str = "") -> np.ndarray | torch.Tensor:
+    """Images for `prompts`, uint8 (N, H, W, 3): from one shared initial latent (MLPerf), or one each; guided away
+    from `negative_prompt` (MLPerf's reference SUT passes one to every image)."""
     unet = pipe.unet
     lat = latents.expand(len(prompts), -1, -1, -1) if latents.shape[0] == 1 else latents
     lat = lat.to(unet.device, unet.dtype)  # the pipeline does not cast
     side = lat.shape[-1] * VAE_SCALE
     kwargs = {"callback_on_step_end": on_step_end} if on_step_end is not None else {}
+    if negative_prompt:
+        kwargs["negative_prompt"] = [negative_prompt] * len(prompts)
     with torch.no_grad():
         result = pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, latents=lat, height=side,
                       width=side, output_type="latent" if output == "latent" else "np", **kwargs)

@@ -52,7 +52,7 @@ def int8_config() -> dict:
 
 
 def calibrate(pipe, captions: list[str], latents: torch.Tensor, steps_collected: int, total_steps: int,
-              guidance: float, batch_size: int) -> tuple[dict[str, torch.Tensor], dict]:
+              guidance: float, batch_size: int, negative_prompt: str = "") -> tuple[dict[str, torch.Tensor], dict]:
     """Per-channel input absmax of the UNet's Linear and Conv2d layers over steps 0..steps_collected-1.
 
     The pipeline's step-end callback switches the quantizers' statistics off after the last
@@ -88,7 +88,8 @@ def calibrate(pipe, captions: list[str], latents: torch.Tensor, steps_collected:
             for q in quantizers:  # re-armed for every batch: each trajectory starts at step 0
                 q.enable_calib()
             state.update(step=0, collecting=True)
-            generate(pipe, batch, latents, total_steps, guidance, on_step_end=on_step_end, output="latent")
+            generate(pipe, batch, latents, total_steps, guidance, on_step_end=on_step_end, output="latent",
+                     negative_prompt=negative_prompt)
 
     hook = pipe.unet.register_forward_pre_hook(count, with_kwargs=True)
     try:

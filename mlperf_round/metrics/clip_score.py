@@ -2,7 +2,10 @@
 
 The model is a transformers CLIPModel (MLPerf's is open_clip ViT-bigG-14 on laion2b, which
 exists in that format too); the tiny round builds a small one with fixed seeds. Images are
-resized to the model's input size (bicubic) and normalized with CLIP's mean and std.
+prepared as open_clip's transform prepares them (torchvision on a PIL image): the shorter side
+resized to the model's input size with PIL's bicubic filter (which antialiases), a center crop,
+then CLIP's mean and std. A torch bicubic resize of the tensor, without antialiasing, gives other
+pixels at 1024 -> 224, and CLIP's accepted window is 0.2% wide.
 """
 
 from __future__ import annotations
@@ -30,6 +33,24 @@ def load_clip(path: Path):
         raise InputError(f"{path}: cannot load the CLIP model ({str(err).splitlines()[0][:160]})") from None
 
 
+def preprocess(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images as open_clip's transform gives them: Resize(size, bicubic) of the shorter side on a
+    PIL image, CenterCrop(size), ToTensor, Normalize(CLIP's mean and std). (N, 3, size, size) float32."""
+    from PIL import Image
+
+    out = []
+    for image in images:
+        h, w = image.shape[:2]
+        short, long = (w, h) if w <= h else (h, w)
+        other = int(size * long / short)  # torchvision's rounding of the longer side
+        new_w, new_h = (size, other) if w <= h else (other, size)
+        pil = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BICUBIC)
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        out.append(np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0)
+    x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
 def _pooled(out) -> torch.Tensor:
     # transformers 5 returns a ModelOutput from get_*_features, 4.x a tensor
     return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -39,12 +60,9 @@ def _pooled(out) -> torch.Tensor:
 def clip_scores(model, tokenizer, images: np.ndarray, captions: list[str], batch: int = 64) -> np.ndarray:
     """Per-image score: 100 x cos(image embedding, caption embedding)."""
     size = model.config.vision_config.image_size
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     scores = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).permute(0, 3, 1, 2).float() / 255.0
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-        img = _pooled(model.get_image_features(pixel_values=(x - mean) / std))
+        img = _pooled(model.get_image_features(pixel_values=preprocess(images[i:i + batch], size)))
         tok = tokenizer(captions[i:i + batch], padding="max_length", truncation=True, return_tensors="pt",
                         max_length=model.config.text_config.max_position_embeddings)
         txt = _pooled(model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
