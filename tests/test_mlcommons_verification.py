@@ -1,8 +1,9 @@
-"""The round's performance verification gives MLCommons' verdicts: their own verify_performance.py scripts (v5.0.1 and
-current master, pinned in ../shared/mlcommons) run on the same LoadGen logs, passing and failing cases alike.
+"""The round's compliance verification gives MLCommons' verdicts: their own scripts (v5.0.1 and current master, pinned
+in ../shared/mlcommons) run on the same logs, passing and failing cases alike: verify_performance.py (TEST01, TEST04),
+TEST01's verify_accuracy.py and TEST06's run_verification.py; and the audits run with MLCommons' audit.config.
 
-The logs are real LoadGen runs of a SUT that answers after a set delay: a slower or faster audit, and a Server run
-whose latency bound is missed (INVALID).
+The performance logs are real LoadGen runs of a SUT that answers after a set delay: a slower or faster audit, and a
+Server run whose latency bound is missed (INVALID).
 """
 
 from __future__ import annotations
@@ -154,3 +155,66 @@ def test_audit_configs_are_mlcommons_own(folder, test, tmp_path):
     copy.write_text(path.read_text() + "# the clone's own\n")
     clone = tmp_path / "inference"
     assert audit_config(test, str(clone), "stable-diffusion-xl") == path.read_text() + "# the clone's own\n"
+
+
+TEST06_LOGS = {  # one answer each (int32 token ids, EOS = 2, MLCommons' default), as LoadGen logs it
+    "consistent": ([5, 6, 7, 2], [5], 4),
+    "two-eos": ([5, 6, 2, 2], [5], 4),
+    "only-eos": ([2, 2], [2], 2),
+    "count-off": ([5, 6, 7], [5], 4),
+    "first-differs": ([5, 6, 7], [9], 3),
+    "first-empty": ([5, 6, 7], [], 3),
+    "first-longer": ([5, 6], [5, 6, 7], 2),
+}
+
+
+@pytest.mark.parametrize("snapshot", ["v5.0.1/compliance/nvidia", "main-b66003e1/compliance"])
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_test06_verdicts_are_mlcommons_verdicts(tmp_path, snapshot, scenario):
+    import json
+
+    import numpy as np
+
+    from mlperf_round.harness.compliance import verify_test06
+
+    for case, (answer, first, count) in TEST06_LOGS.items():
+        run = tmp_path / case / "run"
+        run.mkdir(parents=True)
+        hexed = lambda tokens: np.asarray(tokens, dtype=np.int32).tobytes().hex().upper()  # noqa: E731
+        (run / "mlperf_log_accuracy.json").write_text(json.dumps(
+            [{"seq_id": 0, "qsl_idx": 3, "data": hexed(answer), "token_data": hexed(first), "token_count": count}]))
+        subprocess.run([sys.executable, str(SNAPSHOTS / snapshot / "TEST06/run_verification.py"), "-c", str(run),
+                        "-o", str(tmp_path / case / "out"), "-s", scenario], capture_output=True, timeout=60, check=True)
+        theirs = (tmp_path / case / "out/TEST06/verify_accuracy.txt").read_text()
+        ours = verify_test06(run / "mlperf_log_accuracy.json", scenario, eos_token_id=2)
+        assert ours["passed"] is ("TEST06 verification complete" in theirs), (case, ours, theirs)
+
+
+TEST01_LOGS = {  # the performance run's logged answers against the accuracy run's {0: 10 11, 1: 20 21, 2: empty}
+    "identical": {0: "1011", 1: "2021"},
+    "later-byte-differs": {1: "2099"},
+    "first-byte-differs": {1: "2121"},
+    "both-empty": {2: ""},
+    "one-empty": {2: "01"},
+    "no-sample-in-common": {7: "10"},
+}
+
+
+@pytest.mark.parametrize("snapshot", ["v5.0.1/compliance/nvidia", "main-b66003e1/compliance"])
+def test_test01_accuracy_verdicts_are_mlcommons_verdicts(tmp_path, snapshot):
+    import json
+
+    from mlperf_round.harness.compliance import verify_test01_accuracy
+
+    def log(path: Path, rows: dict[int, str]) -> Path:
+        path.write_text(json.dumps([{"seq_id": i, "qsl_idx": k, "data": v} for i, (k, v) in enumerate(rows.items())]))
+        return path
+
+    reference = log(tmp_path / "accuracy.json", {0: "1011", 1: "2021", 2: ""})
+    for case, rows in TEST01_LOGS.items():
+        audit = log(tmp_path / f"{case}.json", rows)
+        proc = subprocess.run([sys.executable, str(SNAPSHOTS / snapshot / "TEST01/verify_accuracy.py"), "-r",
+                               str(reference), "-t", str(audit), "--dtype", "byte"], capture_output=True, text=True,
+                              timeout=60)
+        ours = verify_test01_accuracy(reference, audit, "uint8")
+        assert ours["passed"] is ("TEST PASS" in proc.stdout), (case, ours, proc.stdout[-300:])
