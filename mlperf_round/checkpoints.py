@@ -172,7 +172,8 @@ def checkpoint_bytes(parent: Path, name: str = "model") -> int:
 def stored_dtype(model_dir: Path) -> str:
     """The dtype a checkpoint's config says its weights are in: an unoptimized reference runs in it (Llama 2 70B
     in bf16, 138 GB; not in fp32, 280 GB). float32 where the config names none."""
-    config = json.loads((Path(model_dir) / "config.json").read_text()) if (Path(model_dir) / "config.json").is_file() else {}
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
     dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
     return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
 

@@ -37,8 +37,9 @@ def snapshot(project: Path) -> Snapshot:
     proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=project,
                           capture_output=True, timeout=120)
     if proc.returncode != 0:
-        raise InputError(f"{Path(project).resolve()}: not a git repository ({proc.stderr.decode(errors='replace').strip()[:160]}); "
-                         "the submission's code/ archives the project's files as git sees them")
+        why = proc.stderr.decode(errors="replace").strip()[:160]
+        raise InputError(f"{Path(project).resolve()}: not a git repository ({why}); the submission's code/ archives the "
+                         "project's files as git sees them")
     names = sorted(n for n in proc.stdout.decode().split("\0") if n and (Path(project) / n).is_file())
     hidden = [n for n in names if _refused(n)]  # MLCommons' checker refuses them in a tree: packed in one file
     buf = io.BytesIO()
