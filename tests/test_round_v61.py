@@ -88,3 +88,19 @@ def test_v61_runs_carry_v61_seeds_and_single_stream_reports_its_latency(workspac
     assert comp["SingleStream.TEST04"]["passed"] and comp["SingleStream.TEST01"]["matched"] > 0
     conf = (workspace / layout.out_dir("stable-diffusion-xl", "performance") / "user.conf").read_text()
     assert "stable-diffusion-xl.SingleStream.target_latency = " in conf
+
+
+MLCOMMONS = Path(__file__).resolve().parent.parent.parent / "shared" / "mlcommons"
+
+
+@pytest.mark.skipif(not (MLCOMMONS / "main-b66003e1").is_dir(), reason=f"MLCommons' checker is not at {MLCOMMONS}")
+def test_mlcommons_current_checker_finds_nothing_but_what_a_smoke_round_cannot_meet(workspace: Path, tmp_path: Path):
+    """MLCommons' current checker (master, pinned) on the v6.1 tree, as strict as the v5.0 one (test_round.py)."""
+    from mlperf_round.submission.mlcommons import run_checker
+
+    from .checker_findings import unexplained
+
+    verdict = run_checker(MLCOMMONS / "main-b66003e1", workspace / "submission/package/tree", "v6.1", tmp_path)
+    log = (tmp_path / "mlcommons_checker.log").read_text()
+    assert not verdict["passed"] and " ERROR] " in log, log[-2000:]
+    assert unexplained(log) == []

@@ -148,7 +148,7 @@ def verify_test01_accuracy(accuracy_log: Path, audit_log: Path, dtype: str) -> d
             "mismatched": first_mismatch, "identical": exact, "failures": failures[:10]}
 
 
-def _summary_score(run_dir: Path, scenario: str, keys: tuple[str, ...], invert: bool) -> tuple[float | None, bool, None]:
+def _summary_score(run_dir: Path, keys: tuple[str, ...], invert: bool) -> tuple[float | None, bool, None]:
     """What a summary-reading verify_performance.py takes: the last line ending in one of `keys` (its value inverted
     into a rate where the script does so), and whether LoadGen called the run VALID. None where no line matches:
     the script then compares a score of 0."""
@@ -192,8 +192,8 @@ def verify_performance(reference: Path, audit: Path, scenario: str, test: str, v
         if scenario == "SingleStream" and version == "v5.0":  # v5.0's scripts know the "90th" spelling only
             keys = ("Early stopping 90th percentile estimate",)
         invert = scenario in _LATENCY_SCORED and not (version == "v5.0" and test == "TEST01")  # v5.0 TEST01: ns as is
-        (ref, ref_valid, ref_target), (got, got_valid, got_target) = (_summary_score(reference, scenario, keys, invert),
-                                                                      _summary_score(audit, scenario, keys, invert))
+        (ref, ref_valid, ref_target), (got, got_valid, got_target) = (_summary_score(reference, keys, invert),
+                                                                      _summary_score(audit, keys, invert))
     missing = ref is None or got is None
     ref, got = ref or 0.0, got or 0.0
     limit = 0.20 if scenario == "SingleStream" and ref <= 200000 else PERFORMANCE_THRESHOLD
