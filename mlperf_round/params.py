@@ -344,7 +344,9 @@ class EvaluationParams(Strict):
         "tiny", description="tiny: small seeded networks and statistics of images the unoptimized pipeline renders from "
         "other latents (scores comparable within a round only); url: MLPerf's Inception, CLIP and COCO statistics")
     tiny: TinyEvaluation = Field(default_factory=TinyEvaluation, description="the tiny networks")
-    inception: URLFile = Field(default_factory=URLFile, description="FID Inception-v3 as TorchScript (forward(uint8 NCHW, return_features=True))")
+    inception: URLFile = Field(default_factory=URLFile, description="FID Inception-v3: TorchScript (forward(uint8 NCHW, "
+                               "return_features=True)), or MLPerf's pytorch-fid weights pt_inception-2015-12-05-6726825d.pth "
+                               "(needs the evaluation extra)")
     statistics: URLFile = Field(default_factory=URLFile, description="FID statistics of the real images (npz with mu and sigma)")
     clip: HFSource = Field(default_factory=HFSource, description="CLIP model in transformers format (MLPerf: ViT-bigG-14, laion2b)")
 

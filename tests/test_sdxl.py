@@ -216,3 +216,43 @@ def test_performance_verification(tmp_path, test, score, passed):
     assert server["passed"]
     invalid = verify_performance(ref, _summary(tmp_path / "t3", "Offline", 10.0, "INVALID"), "Offline", test, "v5.0")
     assert not invalid["passed"] and invalid["reason"] == "Test results are invalid"
+
+def _fid_inception_state(path: Path) -> dict:
+    """Seeded weights in the layout of pytorch-fid's pt_inception-2015-12-05 file: torchvision's Inception-v3 with
+    1,008 classes and no auxiliary head has the same names and shapes (pytorch-fid changes pooling, not weights)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    state = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, init_weights=True, weights=None).state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_pytorch_fid_weights_give_pytorch_fids_own_features(tmp_path):
+    """MLPerf's FID network as pytorch-fid builds it, from the pinned weights file (weights_only), never fetched."""
+    inception = pytest.importorskip("pytorch_fid.inception")
+    state = _fid_inception_state(tmp_path / "pt_inception.pth")
+    net = fid.load_feature_net(tmp_path / "pt_inception.pth")
+    fetch = inception.load_state_dict_from_url
+    inception.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        theirs = inception.InceptionV3([3]).eval()
+    finally:
+        inception.load_state_dict_from_url = fetch
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        batch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().float() / 255  # the layout features() feeds
+        expected = theirs(batch)[0].flatten(1).double().numpy()
+    ours = fid.features(net, images)
+    assert ours.shape == (2, 2048)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_pytorch_fid_weights_without_the_extra_are_one_line(tmp_path):
+    try:
+        import pytorch_fid  # noqa: F401
+        pytest.skip("pytorch-fid is installed here")
+    except ImportError:
+        pass
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, tmp_path / "pt_inception.pth")
+    with pytest.raises(InputError, match=r"pt_inception\.pth: pytorch-fid's Inception weights .* need pytorch-fid"):
+        fid.load_feature_net(tmp_path / "pt_inception.pth")

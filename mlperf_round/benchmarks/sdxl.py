@@ -155,6 +155,7 @@ def download(bp, out: Path) -> dict:
         fid.save_statistics(metrics_dir / fid.STATISTICS, mu, sigma)
     else:
         sources.fetch(ev.inception.url, metrics_dir / fid.FEATURE_NET, ev.inception.sha256)
+        fid.load_feature_net(metrics_dir / fid.FEATURE_NET)  # a format or package problem fails here, not at accuracy
         sources.fetch(ev.statistics.url, metrics_dir / fid.STATISTICS, ev.statistics.sha256)
         checkpoints.publish(ev.clip, metrics_dir, clip_score.MODEL_DIR, f"benchmarks.{NAME}.evaluation.clip")
     fid.load_statistics(metrics_dir / fid.STATISTICS)  # bad input fails here, not at the first accuracy run

@@ -1,10 +1,12 @@
 """FID as MLPerf's text_to_image/tools/accuracy_coco.py computes it.
 
-Features come from a TorchScript network called as `net(uint8 NCHW, return_features=True)`:
-the FID Inception-v3 for real runs (it resizes to 299 px itself), or a small seeded
-convolutional network the tiny round builds. The generated images' mean and covariance are
-compared with the real images' statistics (an npz with `mu` and `sigma`) by the Frechet
-distance, with the same retry and imaginary-part rules as MLPerf's fid_score.py.
+Features come from a network called as `net(uint8 NCHW, return_features=True)`: a TorchScript
+FID Inception-v3 (it resizes to 299 px itself); pytorch-fid's own Inception with MLPerf's
+`pt_inception-2015-12-05` weights (a state dict, read with weights_only; the `evaluation` extra
+installs pytorch-fid); or a small seeded convolutional network the tiny round builds. The
+generated images' mean and covariance are compared with the real images' statistics (an npz
+with `mu` and `sigma`) by the Frechet distance, with the same retry and imaginary-part rules as
+MLPerf's fid_score.py.
 """
 
 from __future__ import annotations
@@ -21,10 +23,57 @@ STATISTICS = "fid_statistics.npz"
 
 
 def load_feature_net(path: Path):
+    """A TorchScript feature network, or pytorch-fid's Inception around a state dict of its weights."""
+    if not _torchscript(path):
+        return _pytorch_fid(path)
     try:
         return torch.jit.load(str(path), map_location="cpu").eval()
     except (RuntimeError, ValueError, OSError) as err:
         raise InputError(f"{path}: not a TorchScript FID feature network ({str(err).splitlines()[0][:160]})") from None
+
+
+def _torchscript(path: Path) -> bool:
+    """A TorchScript archive holds its code (`<name>/code/...`); a torch.save state dict holds data only."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return True  # not an archive at all: let TorchScript's loader name what is wrong
+
+
+class _PytorchFID(torch.nn.Module):
+    """pytorch-fid's InceptionV3 (pool3, 2048 features) behind the feature-network call: uint8 in, as MLPerf's
+    fid_score.py feeds it images scaled to [0, 1]; the network resizes to 299 px and maps to [-1, 1] itself."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, img: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+        return self.net(img.float() / 255.0)[0].flatten(1)
+
+
+def _pytorch_fid(path: Path):
+    try:
+        from pytorch_fid import inception
+    except ImportError:
+        raise InputError(f"{path}: pytorch-fid's Inception weights (a state dict, not TorchScript) need pytorch-fid and "
+                         "torchvision: pip install torch==2.14.1 torchvision==0.29.1 'mlperf-round[evaluation]'") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not pytorch-fid's Inception weights ({str(err).splitlines()[0][:160]})") from None
+    fetch = inception.load_state_dict_from_url  # pytorch-fid asks GitHub for these weights: give it the pinned file
+    inception.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        net = inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    except RuntimeError as err:  # keys or shapes that are not the FID Inception's
+        raise InputError(f"{path}: not pytorch-fid's Inception weights ({str(err).splitlines()[0][:160]})") from None
+    finally:
+        inception.load_state_dict_from_url = fetch
+    return _PytorchFID(net).eval()
 
 
 @torch.no_grad()
