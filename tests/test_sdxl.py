@@ -256,3 +256,15 @@ def test_pytorch_fid_weights_without_the_extra_are_one_line(tmp_path):
     torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, tmp_path / "pt_inception.pth")
     with pytest.raises(InputError, match=r"pt_inception\.pth: pytorch-fid's Inception weights .* need pytorch-fid"):
         fid.load_feature_net(tmp_path / "pt_inception.pth")
+
+
+def test_clip_images_are_prepared_as_open_clip_prepares_them():
+    """MLPerf's accuracy_coco.py scores CLIP with open_clip's own eval transform; ours gives the same tensors."""
+    open_clip = pytest.importorskip("open_clip")
+    from PIL import Image
+
+    transform = open_clip.image_transform(224, is_train=False, mean=clip_score.MEAN, std=clip_score.STD)
+    rng = np.random.default_rng(1)
+    for shape in ((1024, 1024, 3), (300, 500, 3), (500, 301, 3)):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert torch.equal(clip_score.preprocess(image[None], 224)[0], transform(Image.fromarray(image))), shape
