@@ -246,14 +246,15 @@ def test_v50_tree_has_every_required_file_and_check_finds_only_smoke_rules(works
                 assert f.is_file() and f.stat().st_size > 0, f
     assert (tree / "closed/MLPerfRound/calibration.md").read_text().count("## ") == 3  # three quantized closed entries
     assert sorted(p.name for p in tree.iterdir()) == ["closed", "open"]  # the checker allows nothing else at the root
-    # code/: the project's files as they ran, beside the names the checker refuses (packed in one archive)
+    # code/: the project's files as they ran; what the checker refuses, and DVC's pipeline files, in one archive
     import tarfile
 
     code = tree / "closed/MLPerfRound/code/llama2-70b-99.9"
     assert (code / "mlperf-round/stages/build.py").read_text() == (workspace / "stages/build.py").read_text()
     assert "mlperf-round/" in (code / "README.md").read_text() and not list(code.rglob(".*"))
-    with tarfile.open(code / "mlperf-round/dotfiles.tar") as dot:
-        assert ".dvc/config" in dot.getnames()
+    assert not list(tree.rglob("dvc.yaml")) and not list(tree.rglob("dvc.lock"))
+    with tarfile.open(code / "mlperf-round/restore.tar") as kept:
+        assert {".dvc/config", "dvc.yaml", "dvc.lock"} <= set(kept.getnames())
     check = (workspace / "submission/package/check.txt").read_text()
     assert check.splitlines()[-1].endswith("0 are defects"), check[-500:]
     assert "[min_duration]" in check and "[dataset_size]" in check and "[performance_sample_count]" in check

@@ -19,7 +19,10 @@ from pathlib import Path
 from ..errors import InputError
 
 SOURCE_DIR = "mlperf-round"
-HIDDEN_TAR = "dotfiles.tar"  # .dvc/config, .gitignore, ...: names the checker refuses, kept in one archive
+# Kept in one archive beside the files: names MLCommons' checker refuses (.dvc/config, .gitignore), and the pipeline
+# files DVC would take for a pipeline of the round's own repository if they lay in its outputs (dvc.yaml, dvc.lock)
+HIDDEN_TAR = "restore.tar"
+DVC_FILES = ("dvc.yaml", "dvc.lock")
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ def snapshot(project: Path) -> Snapshot:
         raise InputError(f"{Path(project).resolve()}: not a git repository ({why}); the submission's code/ archives the "
                          "project's files as git sees them")
     names = sorted(n for n in proc.stdout.decode().split("\0") if n and (Path(project) / n).is_file())
-    hidden = [n for n in names if _refused(n)]  # MLCommons' checker refuses them in a tree: packed in one file
+    hidden = [n for n in names if _refused(n)]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name in (n for n in names if not _refused(n)):
@@ -58,7 +61,8 @@ def snapshot(project: Path) -> Snapshot:
 
 
 def _refused(name: str) -> bool:
-    return any(part.startswith(".") or " " in part or part == "__pycache__" for part in name.split("/"))
+    parts = name.split("/")
+    return parts[-1] in DVC_FILES or any(part.startswith(".") or " " in part or part == "__pycache__" for part in parts)
 
 
 def write(dest: Path, bench: str, snap: Snapshot, version: str) -> None:
@@ -73,11 +77,11 @@ def write(dest: Path, bench: str, snap: Snapshot, version: str) -> None:
         "To reproduce (MLPerf Inference " + version + "):\n\n"
         "```\n"
         f"cd {SOURCE_DIR}\n"
-        f"tar xf {HIDDEN_TAR} && rm {HIDDEN_TAR}   # .dvc/config, .gitignore: names the submission tree may not hold\n"
+        f"tar xf {HIDDEN_TAR} && rm {HIDDEN_TAR}   # dvc.yaml, dvc.lock, .dvc/config, .gitignore, kept apart\n"
         "git init -q\n"
         + ("make setup          # Python 3.11: a virtual environment with the pinned dependencies\n" if snap.makefile else
            "pip install -e .    # Python 3.11 (torch first, alone, as the project's README says)\n") +
         "dvc repro           # the round as params.yaml describes it (point it at the real checkpoints first)\n"
         "```\n\n"
-        "`params.yaml` and `dvc.lock` in the archive are the round's: its recipes, builds and LoadGen settings, and the "
+        "`params.yaml`, and `dvc.lock` in the archive, are the round's: its recipes, builds and LoadGen settings, and the "
         "hash of every stage's inputs and outputs.\n")
