@@ -1,9 +1,9 @@
 """What MLCommons' submission checker may say of a smoke round's tree, and nothing else.
 
 A smoke round runs seconds, not 600 s, on a few samples, with tiny models that cannot reach MLPerf's
-published accuracy. Those findings, each matched by its own message, are expected; so are the
-roll-up lines the checker prints after them, each only for a folder that has such a finding.
-Every other ERROR line is a defect of the tree.
+published accuracy. Those findings, each matched by its own message (in v5.0.1's words and in
+master's), are expected; so are the roll-up lines the checker prints after them, each only for a
+folder that has such a finding. Every other ERROR line is a defect of the tree.
 """
 
 from __future__ import annotations
@@ -11,19 +11,23 @@ from __future__ import annotations
 import re
 
 _LINE = re.compile(r"\bERROR\] (.*)$")
+_RUN = r"^(\S+?)(?:/mlperf_log_detail\.txt)? "  # a run's folder (v5.0.1 names its detail log; master, TEST0x folders)
 SMOKE = (  # (message, the path it is about)
-    re.compile(r"^(\S+)/mlperf_log_detail\.txt performance_sample_count, found \d+, needs to be >= \d+$"),
-    re.compile(r"^(\S+)/mlperf_log_detail\.txt Test duration less than 600s in user config\. expected=600000, found=\d+$"),
-    re.compile(r"^(\S+)/mlperf_log_detail\.txt Required minimum samples per query not met by user config, "
-               r"Expected=\d+, Found=\d+$"),
+    re.compile(_RUN + r"performance_sample_count, found \d+, needs to be >= \d+$"),
+    re.compile(_RUN + r"Test duration less than 600s in user config\. expected=600000, found=\d+$"),
+    re.compile(_RUN + r"Required minimum samples per query not met by user config, Expected=\d+, Found=\d+$"),
+    re.compile(_RUN + r"accurcy run does not cover all dataset, accuracy samples: \d+, dataset size: \d+$"),  # sic
 )
 ACCURACY = re.compile(r"^(\S+)/accuracy, accuracy not valid$")  # after its WARNING "accuracy not met"
 ACCURACY_WARNING = re.compile(r"\bWARNING\] (\S+)/accuracy accuracy not met: expected=[\d.]+, found=[\d.]+$")
 ROLLUPS = (
     re.compile(r"^(\S+/performance/run_1) has issues$"),
+    re.compile(r"^Some performance checks Checks failed for: (\S+?)(?:/mlperf_log_detail\.txt)?$"),  # master's
+    re.compile(r"^Some accuracy checks Checks failed for: (\S+?)(?:/mlperf_log_detail\.txt)?$"),
+    re.compile(r"^Some compliance check Checks failed for: (\S+?)/?$"),
     re.compile(r"^compliance dir (\S+) has issues$"),
     re.compile(r"^(\S+) does not have all required scenarios, missing \{.*\}$"),
-    re.compile(r"^NoResults (\S+)$"),
+    re.compile(r"^NoResults (\S+?)(?:/mlperf_log_detail\.txt)?$"),
 )
 
 
