@@ -16,3 +16,10 @@ def read_json(path: Path, missing: str = "missing") -> object:
         raise InputError(f"{path}: {missing}") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON (line {err.lineno})") from None
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """`data` as JSON at `path`, replacing what was there only once the whole file is written."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)

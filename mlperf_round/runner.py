@@ -23,6 +23,7 @@ from typing import Callable, Literal
 from . import layout
 from .errors import OneLineParser, ParamsError, RoundError
 from .harness import timing_lock
+from .jsonfile import write_json_atomic
 from .params import BenchmarkParams, EntryParams, RoundParams, check_loadgen, load_params
 from .sources import verify_manifest, write_manifest
 
@@ -79,12 +80,6 @@ def stage_params(params: RoundParams, scope: Scope, key: str) -> dict[str, objec
 
 def _terminate(signum, frame):  # SIGTERM: unwind so the MLflow run ends KILLED
     raise SystemExit(128 + signum)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
 
 
 def _parse(stage: str, scope: Scope, argv: list[str] | None) -> argparse.Namespace:
@@ -212,7 +207,7 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
                 tracker.log_artifact(plots_partial, "plots")
                 plots_partial.replace(plots)
             partial.replace(final)
-            _write_json_atomic(metrics_file, metrics)
+            write_json_atomic(metrics_file, metrics)
             tracker.log_metrics(_flatten("", metrics, {}))
             tracker.log_artifact(metrics_file)
         return 0

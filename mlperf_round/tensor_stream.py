@@ -32,7 +32,7 @@ class TensorStream:
         header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
         offset = 0
         for name, dtype, shape in self.plan:
-            size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            size = math.prod(shape) * dtype.itemsize
             header[name] = {"dtype": DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode()

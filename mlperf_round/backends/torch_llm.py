@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..jsonfile import write_json_atomic
 
 ENGINE_FILE = "engine.json"
 KV_SCALES_FILE = "kv_scales.json"
@@ -129,9 +130,7 @@ def record_kernel_choice(engine_dir: Path, spec, record: dict | None) -> None:
     if record is not None and spec.kernels == "auto":
         data = json.loads((engine_dir / ENGINE_FILE).read_text())
         data["kernel_choice"] = record
-        tmp = engine_dir / (ENGINE_FILE + ".partial")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(engine_dir / ENGINE_FILE)
+        write_json_atomic(engine_dir / ENGINE_FILE, data)
 
 
 class TorchLLM:
@@ -153,9 +152,7 @@ class TorchLLM:
             from .paged import measure_kv_scales
 
             self.kv_scales = measure_kv_scales(self.model, kv_calibration, self.spec.max_input_len)
-            tmp = engine_dir / (KV_SCALES_FILE + ".partial")
-            tmp.write_text(json.dumps(self.kv_scales, indent=1))
-            tmp.replace(engine_dir / KV_SCALES_FILE)
+            write_json_atomic(engine_dir / KV_SCALES_FILE, self.kv_scales)
         elif self.spec.kv_cache == "fp8":
             from ..jsonfile import read_json
 
