@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlperf_round import engines  # noqa: E402
 from mlperf_round.diffusion import pipeline  # noqa: E402
 from mlperf_round.metrics.psnr import psnr  # noqa: E402
-from mlperf_round.params import BuildParams, DeepCacheParams, DiffusionGeneration, TinySDXL  # noqa: E402
+from mlperf_round.benchmarks.sdxl import DiffusionGeneration, TinySDXL
+from mlperf_round.params import BuildParams, DeepCacheParams  # noqa: E402
 
 STEPS, GUIDANCE, COLLECTED = 20, 8.0, 8
 

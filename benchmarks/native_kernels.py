@@ -42,9 +42,9 @@ def main() -> None:
     bench = benchmarks.get(spec["benchmark"])
     dataset = Path("artifacts") / spec["benchmark"] / "download" / "source" / "dataset.json"
     samples = bench.load_samples(dataset)[: args.queries]
-    image = benchmarks.is_image(bench)
+    image = bench.kind.NAME == "text-to-image"
     with tempfile.TemporaryDirectory(dir=args.engine.parent.parent) as tmp:  # tmp/<kind>: the engine's depth
-        engines = {k: benchmarks.open_engine(bench, variant(args.engine, k, Path(tmp))) for k in ("emulated", "native")}
+        engines = {k: bench.kind.open_engine(variant(args.engine, k, Path(tmp))) for k in ("emulated", "native")}
         inputs = [engines["native"].sample_ids(s) for s in samples]
         rates: dict[str, list[float]] = {k: [] for k in engines}
         outputs = {}

@@ -17,18 +17,21 @@ from pathlib import Path
 
 from .errors import ParamsError
 
-HIGHER = {"samples_per_s", "tokens_per_s", "valid", "accuracy_worst_ratio", "rouge1", "rouge2", "rougeL", "CLIP_SCORE"}
+HIGHER = {"samples_per_s", "tokens_per_s", "valid", "accuracy_worst_ratio"}
 LOWER_PREFIXES = ("latency_", "ttft_", "tpot_")
-LOWER = {"FID_SCORE"}
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def direction(metric: str) -> int:
-    """+1 when more is better (throughput, accuracy, validity), -1 when less is (latency, FID), 0 when neither."""
-    if metric in HIGHER:
-        return 1
-    if metric in LOWER or metric.startswith(LOWER_PREFIXES):
+    """+1 when more is better (throughput, accuracy, validity), -1 when less is (latency, FID), 0 when neither.
+    Each benchmark says which of its scores are better lower."""
+    from .benchmarks import REGISTRY
+
+    lower = {k for b in REGISTRY.values() for k in b.lower_scores}
+    if metric in lower or metric.startswith(LOWER_PREFIXES):
         return -1
+    if metric in HIGHER or any(metric in b.score_keys for b in REGISTRY.values()):
+        return 1
     return 0
 
 

@@ -9,6 +9,14 @@ from .errors import ParamsError
 from .params import BuildParams, GenerationParams
 
 
+def record_kernels(ctx, spec, engine) -> None:
+    """`kernels: auto`: the choice the engine just measured on this host goes into engine.json and MLflow."""
+    torch_llm.record_kernel_choice(ctx.out, spec, engine.kernel_record)
+    for key, value in engine.kernels.items():
+        if isinstance(value, str):  # the choice per kind; the timings are metrics
+            ctx.tracker.set_tag(f"mlperf.{key}", value)
+
+
 def check_backend(backend: str, where: str) -> None:
     if backend == "tensorrt-llm":
         try:
@@ -46,9 +54,9 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
     the engine first opens, on the model as it will serve (`TorchLLM(out, kv_calibration)`), so the build loads it once."""
     from .backends.paged import default_pool_blocks
     from .benchmarks import get
+    from .benchmarks.text import load_tokenizer
 
-    bench = get(benchmark)
-    tok = bench.load_tokenizer(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     scheduler = scheduler_for(build, gen, model_dir, f"{where}.scheduler")
     inflight = scheduler == "inflight"
     if build.kv_cache == "fp8" and not (inflight and kv_calibration):
@@ -67,7 +75,7 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
         beam_width=gen.num_beams,
         eos_token_id=int(tok.eos_token_id),
         pad_token_id=int(tok.pad_token_id),
-        report_first_token=bench.REPORT_FIRST_TOKEN,
+        report_first_token=get(benchmark).token_latencies(),  # mlperf.conf's use_token_latencies
         threads=build.threads,
         versions=torch_llm.package_versions(),
         scheduler=scheduler,

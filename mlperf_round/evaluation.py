@@ -23,17 +23,12 @@ def run_accuracy(engine: Path, benchmark: str, dataset: Path, conf: Path, scenar
     bench = benchmarks.get(benchmark)
     run_test({"engine": str(engine), "benchmark": benchmark, "dataset": str(dataset), "scenario": scenario,
               "mode": "AccuracyOnly", "user_conf": str(conf), "outdir": str(outdir)}, timeout_s)
-    outputs = read_accuracy(outdir / ACCURACY, getattr(bench, "RESPONSE_DTYPE", "int32"))
+    outputs = read_accuracy(outdir / ACCURACY, bench.kind.RESPONSE_DTYPE)
     samples = bench.load_samples(dataset)
     missing = sorted(set(range(len(samples))) - outputs.keys())
     if missing:
         raise InputError(f"{outdir / ACCURACY}: {len(missing)} samples have no response (first: {missing[0]})")
-    if benchmarks.is_image(bench):
-        scores = bench.evaluate(outputs, samples, engine, dataset.parent)
-    else:
-        tok = bench.load_tokenizer(engine / "tokenizer")
-        preds = [tok.decode(outputs[i].tolist(), skip_special_tokens=True) for i in range(len(samples))]
-        scores = bench.score(preds, [s.reference for s in samples], [int(outputs[i].size) for i in range(len(samples))])
+    scores = bench.kind.evaluate(bench, outputs, samples, engine, dataset.parent)
     (outdir / ACCURACY_TXT).write_text(format_accuracy(scores) + "\n")
     return scores
 

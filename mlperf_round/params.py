@@ -18,20 +18,15 @@ from .versions import VERSIONS, scenarios_for, where_available
 PARAMS_FILE = "params.yaml"
 
 Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8_sq"]
-Scenario = Literal["SingleStream", "Offline", "Server"]
+Scenario = Literal["SingleStream", "Offline", "Server", "Interactive"]
 
-# MLPerf's Server latency bounds (mlperf.conf), per benchmark; smoke rounds may scale them
-SERVER_BOUNDS: dict[str, dict[str, int]] = {
-    "gptj": {"target_latency_ms": 20000},
-    "llama2-70b": {"ttft_latency_ms": 2000, "tpot_latency_ms": 200},
-    "stable-diffusion-xl": {"target_latency_ms": 20000},
-}
-# benchmarks whose submission id carries no accuracy-target suffix (their target is a range)
-RANGE_TARGETED = {"stable-diffusion-xl"}
-# the recipes each kind of model has
-PRECISIONS: dict[str, tuple[str, ...]] = {
-    "stable-diffusion-xl": ("fp32", "fp16", "int8_sq"),
-}
+
+
+def _registry():
+    """The benchmarks (imported late: each benchmark module defines its params schema on this module's classes)."""
+    from . import benchmarks
+
+    return benchmarks.REGISTRY
 
 
 class Strict(BaseModel):
@@ -75,52 +70,6 @@ class RoundSection(Strict):
         if self.mlcommons_inference and not tools.is_dir():
             raise ValueError(f"mlcommons_inference: {self.mlcommons_inference} is not a clone of mlcommons/inference "
                              "(no tools/submission)")
-        return self
-
-
-class TinyGPTJ(Strict):
-    n_layer: int = Field(2, ge=1, le=8, description="decoder layers of the tiny model")
-    n_embd: int = Field(64, ge=16, le=512, description="hidden size")
-    n_head: int = Field(4, ge=1, description="attention heads")
-    n_inner: int = Field(256, ge=16, description="MLP width")
-    rotary_dim: int = Field(16, ge=2, description="rotary dimensions per head")
-    n_positions: int = Field(1024, ge=256, description="maximum sequence length")
-    init_std: float = Field(0.02, gt=0, le=2, description="weight init std; larger gives peakier, more quantization-robust logits")
-    seed: int = Field(0, description="seed of the weights and of the training order")
-    train_steps: int = Field(600, ge=0, le=10000, description="training steps on a generated split disjoint from the accuracy set (0: random weights)")
-    train_samples: int = Field(512, ge=1, description="size of that training split")
-    train_batch: int = Field(16, ge=1, description="training batch size")
-    train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
-
-    @model_validator(mode="after")
-    def _shape(self) -> TinyGPTJ:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if self.rotary_dim > self.n_embd // self.n_head:
-            raise ValueError(f"rotary_dim {self.rotary_dim} exceeds the head size {self.n_embd // self.n_head}")
-        return self
-
-
-class TinyLlama(Strict):
-    hidden_size: int = Field(64, ge=16, le=1024, description="hidden size of the tiny model")
-    intermediate_size: int = Field(128, ge=16, description="MLP width (a multiple of 8 keeps 2:4 sparsity and its compressed format possible)")
-    num_hidden_layers: int = Field(2, ge=1, le=8, description="decoder layers")
-    num_attention_heads: int = Field(4, ge=1, description="query heads")
-    num_key_value_heads: int = Field(2, ge=1, description="key/value heads: fewer than query heads is grouped-query attention, as in Llama 2 70B")
-    max_position_embeddings: int = Field(2048, ge=256, description="maximum sequence length")
-    init_std: float = Field(0.02, gt=0, le=2, description="weight init std")
-    seed: int = Field(0, description="seed of the weights and of the training order")
-    train_steps: int = Field(800, ge=0, le=10000, description="training steps on a generated split disjoint from the accuracy set (0: random weights)")
-    train_samples: int = Field(1024, ge=1, description="size of that training split")
-    train_batch: int = Field(16, ge=1, description="training batch size")
-    train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
-
-    @model_validator(mode="after")
-    def _shape(self) -> TinyLlama:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads {self.num_key_value_heads}")
         return self
 
 
@@ -188,14 +137,6 @@ class ModelParams(Strict):
         return self
 
 
-class GPTJModelParams(ModelParams):
-    tiny: TinyGPTJ = Field(default_factory=TinyGPTJ, description="config of the locally built GPT-J")
-
-
-class LlamaModelParams(ModelParams):
-    tiny: TinyLlama = Field(default_factory=TinyLlama, description="config of the locally built Llama")
-
-
 class DatasetParams(Strict):
     source: Literal["generated", "url"] = Field("generated", description="generated: deterministic synthetic set; url: fetched and verified")
     size: int = Field(64, ge=1, description="samples in the accuracy set (the QSL)")
@@ -214,19 +155,6 @@ class DatasetParams(Strict):
         if self.source == "url" and not (self.calibration_url and re.fullmatch(r"[0-9a-f]{64}", self.calibration_sha256)):
             raise ValueError("calibration_url: source 'url' needs the calibration list too (calibration_url and its "
                              "calibration_sha256)")
-        return self
-
-
-class CaptionDatasetParams(DatasetParams):
-    captions_url: str = Field("", description="source 'url': the captions table (id, caption; MLCommons' "
-                              "captions_source.tsv) a caption-id calibration list (coco_cal_captions_list.txt) is "
-                              "resolved against; empty: against the dataset file itself")
-    captions_sha256: str = Field("", description="sha256 of the captions table")
-
-    @model_validator(mode="after")
-    def _captions(self) -> CaptionDatasetParams:
-        if self.captions_url and not (self.source == "url" and re.fullmatch(r"[0-9a-f]{64}", self.captions_sha256)):
-            raise ValueError("captions_url: a captions table needs source 'url' and its captions_sha256")
         return self
 
 
@@ -277,39 +205,6 @@ class BenchmarkParams(Strict):
         return self
 
 
-class GPTJBenchmark(BenchmarkParams):
-    model: GPTJModelParams = Field(default_factory=GPTJModelParams, description="where the reference model comes from")
-
-
-class LlamaBenchmark(BenchmarkParams):
-    model: LlamaModelParams = Field(default_factory=LlamaModelParams, description="where the reference model comes from")
-    generation: GenerationParams = Field(
-        default_factory=lambda: GenerationParams(num_beams=1, max_new_tokens=1024, min_new_tokens=1, max_input_tokens=1024),
-        description="MLPerf's decoding rules for Llama 2 70B: greedy, up to 1,024 new tokens",
-    )
-
-
-class TinySDXL(Strict):
-    image_size: int = Field(64, ge=32, le=1024, description="image side in pixels (a multiple of 8: the VAE downsamples 8x)")
-    unet_channels: list[int] = Field([16, 32], min_length=2, max_length=4, description="UNet block widths, one level each (multiples of 8)")
-    layers_per_block: int = Field(1, ge=1, le=3, description="ResBlocks per UNet level (SDXL: 2)")
-    text_hidden: int = Field(16, ge=8, le=256, description="hidden size of both text encoders (even)")
-    text_layers: int = Field(2, ge=1, le=4, description="layers of each text encoder")
-    seed: int = Field(0, description="seed of the weights")
-
-    @model_validator(mode="after")
-    def _shape(self) -> TinySDXL:
-        if self.image_size % 8:
-            raise ValueError(f"image_size: {self.image_size} is not a multiple of 8")
-        if any(c % 8 for c in self.unet_channels):
-            raise ValueError(f"unet_channels: {self.unet_channels} must all be multiples of 8 (the group norms' groups)")
-        if self.text_hidden % 2:
-            raise ValueError(f"text_hidden: {self.text_hidden} must be even (two attention heads)")
-        if self.image_size // 8 < 2 ** (len(self.unet_channels) - 1):
-            raise ValueError(f"image_size: {self.image_size} px is too small for {len(self.unet_channels)} UNet levels")
-        return self
-
-
 class URLFile(Strict):
     url: str = Field("", description="where to fetch the file")
     sha256: str = Field("", description="its sha256")
@@ -319,82 +214,6 @@ class URLFile(Strict):
         if self.url and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             raise ValueError(f"sha256: {self.sha256!r} is not a sha256")
         return self
-
-
-class SDXLModelParams(ModelParams):
-    tiny: TinySDXL = Field(default_factory=TinySDXL, description="config of the locally built SDXL pipeline")
-    latents: URLFile = Field(default_factory=URLFile, description="MLPerf's fixed initial latents (latents.pt), for source 'hf'")
-
-    @model_validator(mode="after")
-    def _latents(self) -> SDXLModelParams:
-        if self.source != "tiny" and not self.latents.url:
-            raise ValueError(f"latents: source {self.source!r} needs MLPerf's latents.pt (url and sha256)")
-        return self
-
-
-class TinyEvaluation(Strict):
-    feature_dim: int = Field(32, ge=4, le=2048, description="features of the tiny FID network")
-    seed: int = Field(0, description="seed of the tiny FID and CLIP networks")
-
-
-class EvaluationParams(Strict):
-    """The networks FID and CLIP score are measured with, and the real images' FID statistics."""
-
-    source: Literal["tiny", "url"] = Field(
-        "tiny", description="tiny: small seeded networks and statistics of images the unoptimized pipeline renders from "
-        "other latents (scores comparable within a round only); url: MLPerf's Inception, CLIP and COCO statistics")
-    tiny: TinyEvaluation = Field(default_factory=TinyEvaluation, description="the tiny networks")
-    inception: URLFile = Field(default_factory=URLFile, description="FID Inception-v3: TorchScript (forward(uint8 NCHW, "
-                               "return_features=True)), or MLPerf's pytorch-fid weights pt_inception-2015-12-05-6726825d.pth "
-                               "(needs the evaluation extra)")
-    statistics: URLFile = Field(default_factory=URLFile, description="FID statistics of the real images (npz with mu and sigma)")
-    clip: HFSource = Field(default_factory=HFSource, description="CLIP model in transformers format (MLPerf: ViT-bigG-14, laion2b)")
-
-    @model_validator(mode="after")
-    def _complete(self) -> EvaluationParams:
-        if self.source == "url":
-            for name in ("inception", "statistics"):
-                if not getattr(self, name).url:
-                    raise ValueError(f"{name}: source 'url' needs url and sha256")
-            if not self.clip.complete:
-                raise ValueError("clip: source 'url' needs repo, revision and files with their sha256")
-        return self
-
-
-class DiffusionCalibration(Strict):
-    batch_size: int = Field(4, ge=1, description="calibration captions per pipeline call")
-    device: Literal["auto", "cpu", "cuda"] = CALIBRATION_DEVICE
-    steps_collected: int = Field(8, ge=1, description="denoising steps whose UNet activations are collected (v4.0 recipe: the first 8)")
-    total_steps: int = Field(20, ge=1, description="steps each calibration caption is run for (v4.0 recipe: 20)")
-
-    @model_validator(mode="after")
-    def _window(self) -> DiffusionCalibration:
-        if self.steps_collected > self.total_steps:
-            raise ValueError(f"steps_collected: {self.steps_collected} is more than total_steps {self.total_steps}")
-        return self
-
-
-class DiffusionGeneration(Strict):
-    steps: int = Field(20, ge=1, le=200, description="denoising steps (MLPerf: 20)")
-    guidance_scale: float = Field(8.0, ge=0, description="classifier-free guidance (MLPerf: 8.0)")
-    max_input_tokens: int = Field(77, ge=8, le=77, description="caption tokens the text encoders read (CLIP: 77)")
-    negative_prompt: str = Field(
-        "normal quality, low quality, worst quality, low res, blurry, nsfw, nude",
-        description="the unconditional branch's prompt, as MLPerf's reference SUT passes it (text_to_image/"
-        "backend_pytorch.py); empty: none, and the pipeline then guides against zeros")
-
-
-class SDXLBenchmark(BenchmarkParams):
-    model: SDXLModelParams = Field(default_factory=SDXLModelParams, description="where the pipeline comes from")
-    dataset: CaptionDatasetParams = Field(default_factory=lambda: CaptionDatasetParams(size=32, calibration_size=8),
-                                   description="captions (id, caption) and the calibration caption list")
-    calibration: DiffusionCalibration = Field(default_factory=DiffusionCalibration, description="the calibration window")
-    generation: DiffusionGeneration = Field(default_factory=DiffusionGeneration, description="MLPerf's sampling rules")
-    evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="FID and CLIP networks")
-
-
-BENCHMARK_SCHEMAS: dict[str, type[BenchmarkParams]] = {
-    "gptj": GPTJBenchmark, "llama2-70b": LlamaBenchmark, "stable-diffusion-xl": SDXLBenchmark}
 
 
 class DeepCacheParams(Strict):
@@ -513,10 +332,13 @@ class LoadGenParams(Strict):
     SingleStream: SingleStreamParams = Field(default_factory=SingleStreamParams, description="SingleStream settings (edge)")
     Offline: OfflineParams = Field(default_factory=OfflineParams, description="Offline settings")
     Server: ServerParams = Field(default_factory=ServerParams, description="Server settings")
+    Interactive: ServerParams = Field(default_factory=ServerParams, description="Interactive settings: a Server run held "
+                                      "to the interactive TTFT/TPOT bounds (v5.1+: a scenario; v5.0: the -interactive id)")
 
 
 class EntryParams(Strict):
-    benchmark: Literal["gptj", "llama2-70b", "stable-diffusion-xl"] = Field(..., description="which benchmark (model and dataset) this entry submits")
+    benchmark: str = Field(..., description="which benchmark (model and dataset) this entry submits: a key of "
+                           "mlperf_round.benchmarks (gptj, llama2-70b, llama3_1-8b, stable-diffusion-xl)")
     division: Literal["closed", "open"] = Field("closed", description="closed: the accuracy target gates packaging")
     accuracy_target: Literal[0.99, 0.999, "range"] = Field(
         0.99, description="fraction of the reference score to reach (99 or 99.9); range: within MLPerf's range around it (text-to-image)")
@@ -527,52 +349,60 @@ class EntryParams(Strict):
 
     @model_validator(mode="after")
     def _scenarios(self) -> EntryParams:
+        bench = _registry().get(self.benchmark)
+        if bench is None:
+            raise ValueError(f"benchmark: {self.benchmark!r} is not a benchmark (known: {', '.join(sorted(_registry()))})")
+        image = bench.kind.NAME == "text-to-image"
         if not self.scenarios:
             raise ValueError("scenarios: at least one scenario is needed")
-        if "Server" in self.scenarios and self.loadgen.Server.target_qps == "auto" and "Offline" not in self.scenarios:
-            raise ValueError("loadgen.Server.target_qps: auto is a fraction of this entry's Offline throughput; add "
-                             "Offline to scenarios or give a number")
+        for scenario in ("Server", "Interactive"):
+            if (scenario in self.scenarios and getattr(self.loadgen, scenario).target_qps == "auto"
+                    and "Offline" not in self.scenarios):
+                raise ValueError(f"loadgen.{scenario}.target_qps: auto is a fraction of this entry's Offline throughput; "
+                                 "add Offline to scenarios or give a number")
         if len(set(self.scenarios)) != len(self.scenarios):
             raise ValueError("scenarios: a scenario is listed twice")
+        if self.accuracy_target not in bench.targets_allowed:
+            want = " or ".join(str(t) for t in bench.targets_allowed)
+            raise ValueError(f"accuracy_target: {self.benchmark}'s target is {want}, not {self.accuracy_target}")
         if self.recipe.sparsity != "none" and self.division == "closed":
             raise ValueError("recipe.sparsity: sparsity changes the weights, which the closed division forbids (set division: open)")
-        if (self.accuracy_target == "range") != (self.benchmark in RANGE_TARGETED):
-            want = "range" if self.benchmark in RANGE_TARGETED else "0.99 or 0.999"
-            raise ValueError(f"accuracy_target: {self.benchmark}'s target is {want}, not {self.accuracy_target}")
-        allowed = PRECISIONS.get(self.benchmark)
-        if allowed and self.recipe.precision not in allowed:
-            raise ValueError(f"recipe.precision: {self.recipe.precision} is not a recipe of {self.benchmark} (have: {', '.join(allowed)})")
+        if self.recipe.precision not in bench.precisions:
+            raise ValueError(f"recipe.precision: {self.recipe.precision} is not a recipe of {self.benchmark} (have: {', '.join(bench.precisions)})")
         if self.recipe.prune.active:
-            if self.benchmark != "gptj":
+            if not bench.prunable:
                 raise ValueError(f"recipe.prune: pruning supports gptj, not {self.benchmark}")
             if self.division == "closed":
                 raise ValueError("recipe.prune: removing layers and heads changes the model, which the closed division forbids (set division: open)")
         if self.recipe.distill.steps and not self.recipe.prune.active:
             raise ValueError("recipe.distill: distillation recovers a pruned model; set recipe.prune too (or distill.steps: 0)")
         if self.recipe.export_hf:
-            if self.recipe.precision not in ("fp8", "int8_sq") or self.benchmark in RANGE_TARGETED:
+            if self.recipe.precision not in ("fp8", "int8_sq") or image:
                 raise ValueError(f"recipe.export_hf: the export is of a quantized LLM (fp8, int8_sq), not {self.benchmark} "
                                  f"at {self.recipe.precision}")
         elif self.recipe.sparsity != "none" and self.recipe.prune.active and self.recipe.precision in ("fp8", "int8_sq"):
             raise ValueError("recipe.sparsity: a pruned, quantized model's 2:4 checkpoint is compressed from the export; "
                              "set recipe.export_hf: true")
         if self.recipe.deepcache.interval > 1:
-            if self.benchmark not in RANGE_TARGETED:
+            if not image:
                 raise ValueError(f"recipe.deepcache: DeepCache caches UNet features; {self.benchmark} has no UNet")
             if self.division == "closed":
                 raise ValueError("recipe.deepcache: skipping UNet blocks changes the computation, which the closed division forbids (set division: open)")
-        if self.benchmark not in RANGE_TARGETED:
+        if not image:
             for knob, off in (("compile", "off"), ("channels_last", False)):
                 if getattr(self.build, knob) != off:
                     raise ValueError(f"build.{knob}: a text-to-image setting; the {self.benchmark} engine does not take it")
         return self
 
     @property
+    def bench(self):
+        """The benchmark object (mlperf_round.benchmarks)."""
+        return _registry()[self.benchmark]
+
+    @property
     def mlperf_id(self) -> str:
-        """The submission id: gptj-99, gptj-99.9, stable-diffusion-xl."""
-        if self.benchmark in RANGE_TARGETED:
-            return self.benchmark
-        return f"{self.benchmark}-{'99.9' if self.accuracy_target == 0.999 else '99'}"
+        """The submission id: gptj-99, llama2-70b-99.9, llama3.1-8b, stable-diffusion-xl."""
+        return self.bench.mlperf_id(self.accuracy_target)
 
 
 class RoundParams(Strict):
@@ -582,10 +412,11 @@ class RoundParams(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RoundParams:
-        version_ids = VERSIONS[self.round.version].ids
+        version = self.round.version
+        version_ids = VERSIONS[version].ids
         for name in self.benchmarks:
-            if not any(i == name or i.startswith(f"{name}-99") for i in version_ids):
-                raise ValueError(f"benchmarks.{name}: {name} is not a benchmark of MLPerf Inference {self.round.version}")
+            if not _registry()[name].all_ids() & version_ids:
+                raise ValueError(f"benchmarks.{name}: {name} is not a benchmark of MLPerf Inference {version}")
         seen_ids: dict[tuple[str, str], str] = {}
         for key, entry in self.entries.items():
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", key):  # DVC splits params paths at dots
@@ -593,44 +424,63 @@ class RoundParams(Strict):
             if entry.benchmark not in self.benchmarks:
                 raise ValueError(f"entries.{key}.benchmark: {entry.benchmark!r} has no section under benchmarks")
             if entry.mlperf_id not in version_ids:
-                raise ValueError(f"entries.{key}: {entry.mlperf_id} is not a benchmark of MLPerf Inference {self.round.version}")
+                raise ValueError(f"entries.{key}: {entry.mlperf_id} is not a benchmark of MLPerf Inference {version}")
+            if "Interactive" in entry.scenarios and not entry.bench.has_interactive(version):
+                raise ValueError(f"entries.{key}.scenarios: {entry.mlperf_id} has no Interactive scenario in MLPerf "
+                                 f"Inference {version}")
             self._check_scenarios(key, entry)
-            if not isinstance(self.benchmarks[entry.benchmark], BENCHMARK_SCHEMAS[entry.benchmark]):
+            if not isinstance(self.benchmarks[entry.benchmark], entry.bench.schema):
                 raise ValueError(f"benchmarks.{entry.benchmark}: not validated as {entry.benchmark}")
             self._check_bounds(key, entry)
-            slot = (entry.division, entry.mlperf_id)
-            if slot in seen_ids:
-                raise ValueError(f"entries.{key}: {entry.division} {entry.mlperf_id} is already submitted by entries.{seen_ids[slot]}")
-            seen_ids[slot] = key
+            for mlperf_id in sorted({p.mlperf_id for p in self.placements(entry)}):
+                slot = (entry.division, mlperf_id)
+                if slot in seen_ids:
+                    raise ValueError(f"entries.{key}: {entry.division} {mlperf_id} is already submitted by "
+                                     f"entries.{seen_ids[slot]}")
+                seen_ids[slot] = key
         return self
+
+    def placements(self, entry: EntryParams) -> list:
+        """Where each of the entry's scenarios lands in this round's submission tree (`Benchmark.placements`)."""
+        return entry.bench.placements(self.round.version, entry.accuracy_target, entry.scenarios)
 
     def _check_scenarios(self, key: str, entry: EntryParams) -> None:
         """A closed result needs the scenarios its version and system type require (open ones may omit some)."""
         version, system_type = self.round.version, self.round.system.system_type
-        need = scenarios_for(version, system_type, entry.mlperf_id)
-        if need is None:
-            raise ValueError(f"entries.{key}: {entry.mlperf_id} is not a {system_type} benchmark of MLPerf Inference "
-                             f"{version} (it is one for: {', '.join(where_available(version, entry.mlperf_id))}; "
-                             f"set round.system.system_type)")
-        missing = need.missing(set(entry.scenarios))
-        if entry.division == "closed" and missing:
-            raise ValueError(f"entries.{key}.scenarios: {version} {system_type} needs {', '.join(missing)} for "
-                             f"{entry.mlperf_id} (have: {', '.join(entry.scenarios)})")
+        folders: dict[str, set[str]] = {}
+        for p in self.placements(entry):
+            folders.setdefault(p.mlperf_id, set()).add(p.folder)
+        for mlperf_id, have in folders.items():
+            need = scenarios_for(version, system_type, mlperf_id)
+            if need is None:
+                raise ValueError(f"entries.{key}: {mlperf_id} is not a {system_type} benchmark of MLPerf Inference "
+                                 f"{version} (it is one for: {', '.join(where_available(version, mlperf_id))}; "
+                                 f"set round.system.system_type)")
+            missing = need.missing(have)
+            if entry.division == "closed" and missing:
+                raise ValueError(f"entries.{key}.scenarios: {version} {system_type} needs {', '.join(missing)} for "
+                                 f"{mlperf_id} (have: {', '.join(sorted(have))})")
 
     def _check_bounds(self, key: str, entry: EntryParams) -> None:
-        """Server latency bounds: the benchmark's kinds only; MLPerf's values unless the round is a smoke round."""
-        bounds = SERVER_BOUNDS[entry.benchmark]
-        server = entry.loadgen.Server
-        for name in ("target_latency_ms", "ttft_latency_ms", "tpot_latency_ms"):
-            value = getattr(server, name)
-            if value is None:
+        """Latency bounds: the ones mlperf.conf sets for the benchmark; MLPerf's values unless the round is a smoke round."""
+        for scenario in ("Server", "Interactive"):
+            server = getattr(entry.loadgen, scenario)
+            given = {n: getattr(server, n) for n in ("target_latency_ms", "ttft_latency_ms", "tpot_latency_ms")
+                     if getattr(server, n) is not None}
+            if not given:
                 continue
-            if name not in bounds:
-                raise ValueError(f"entries.{key}.loadgen.Server.{name}: {entry.benchmark} is bounded by "
-                                 f"{' and '.join(bounds)}, not {name}")
-            if not self.round.smoke and value != bounds[name]:
-                raise ValueError(f"entries.{key}.loadgen.Server.{name}: MLPerf fixes it at {bounds[name]} for "
-                                 f"{entry.benchmark}; only a smoke round may change it")
+            if not entry.bench.known_to_loadgen(scenario):
+                check_loadgen(self.round.version)  # the pip command for the LoadGen whose mlperf.conf knows it
+                raise ValueError(f"entries.{key}.loadgen.{scenario}: the installed LoadGen's mlperf.conf does not know "
+                                 f"{entry.bench.loadgen_name(scenario)}")
+            bounds = entry.bench.latency_bounds(scenario)
+            for name, value in given.items():
+                if name not in bounds:
+                    raise ValueError(f"entries.{key}.loadgen.{scenario}.{name}: {entry.benchmark} is bounded by "
+                                     f"{' and '.join(bounds)}, not {name}")
+                if not self.round.smoke and value != bounds[name]:
+                    raise ValueError(f"entries.{key}.loadgen.{scenario}.{name}: MLPerf fixes it at {bounds[name]} for "
+                                     f"{entry.bench.loadgen_name(scenario)}; only a smoke round may change it")
 
 
 def _typed_benchmarks(data: dict, source: str) -> dict:
@@ -640,9 +490,10 @@ def _typed_benchmarks(data: dict, source: str) -> dict:
         return data
     typed = {}
     for name, section in raw.items():
-        schema = BENCHMARK_SCHEMAS.get(name)
-        if schema is None:
-            raise ParamsError(f"{source}: benchmarks.{name}: unknown benchmark (known: {', '.join(sorted(BENCHMARK_SCHEMAS))})")
+        bench = _registry().get(name)
+        if bench is None:
+            raise ParamsError(f"{source}: benchmarks.{name}: unknown benchmark (known: {', '.join(sorted(_registry()))})")
+        schema = bench.schema
         try:
             typed[name] = schema.model_validate(section if section is not None else {})
         except ValidationError as err:

@@ -52,6 +52,13 @@ class StageContext:
     def benchmark(self) -> BenchmarkParams:
         return self.params.benchmarks[self.benchmark_name]
 
+    @property
+    def bench(self):
+        """The benchmark object (mlperf_round.benchmarks): its readers, rules and task kind."""
+        from . import benchmarks
+
+        return benchmarks.get(self.benchmark_name)
+
     def input(self, stage: str, key: str | None = None) -> Path:
         """An upstream stage's output, checked byte for byte against its manifest."""
         path = layout.out_dir(key or self.key, stage)

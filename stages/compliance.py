@@ -1,14 +1,14 @@
 """compliance: the audits MLPerf requires of a closed entry, run and verified.
 
-TEST06 for the LLMs; TEST01 and TEST04 for text-to-image, verified against this entry's
-accuracy and performance runs as MLCommons' run_verification.py does. A failed
+The audits each version requires of the entry's submission id (versions.py): TEST06 for the
+Llama LLMs; TEST01 and TEST04 for text-to-image, verified against this entry's accuracy and
+performance runs as MLCommons' run_verification.py does. A failed
 verification fails the stage, so nothing downstream packages the entry. Open entries, and
 benchmarks that need no audit, produce an empty record.
 """
 
 import sys
 
-from mlperf_round import benchmarks
 from mlperf_round.errors import ComplianceError
 from mlperf_round.harness import compliance
 from mlperf_round.harness.logs import ACCURACY
@@ -17,18 +17,19 @@ from mlperf_round.runner import StageContext, run_stage
 
 
 def _verify(ctx: StageContext, bench, test: str, scenario: str, run_dir) -> dict:
+    scenario_run = bench.loadgen_scenario(scenario)  # Interactive runs as Server
     if test == "TEST06":
         from mlperf_round.backends.torch_llm import read_spec
 
-        result = compliance.verify_test06(run_dir / ACCURACY, scenario, read_spec(ctx.input("build")).eos_token_id)
+        result = compliance.verify_test06(run_dir / ACCURACY, scenario_run, read_spec(ctx.input("build")).eos_token_id)
         compliance.write_test06(result, run_dir / ACCURACY, ctx.out / scenario / test)
         return result
     accuracy = None
     if test == "TEST01":
         accuracy = compliance.verify_test01_accuracy(ctx.input("accuracy") / scenario / ACCURACY, run_dir / ACCURACY,
-                                                     bench.RESPONSE_DTYPE)
+                                                     bench.kind.RESPONSE_DTYPE)
     threshold = compliance.SMOKE_PERFORMANCE_THRESHOLD if ctx.params.round.smoke else compliance.PERFORMANCE_THRESHOLD
-    performance = compliance.verify_performance(ctx.input("performance") / scenario, run_dir, scenario, test,
+    performance = compliance.verify_performance(ctx.input("performance") / scenario, run_dir, scenario_run, test,
                                                 ctx.params.round.version, threshold)
     compliance.write_audit(test, accuracy, performance, run_dir, ctx.out / scenario / test)
     failures = list((accuracy or {}).get("failures", []))
@@ -41,8 +42,8 @@ def _verify(ctx: StageContext, bench, test: str, scenario: str, run_dir) -> dict
 
 
 def body(ctx: StageContext) -> dict:
-    entry, bench = ctx.entry, benchmarks.get(ctx.benchmark_name)
-    tests = bench.COMPLIANCE_TESTS if entry.division == "closed" else ()
+    entry, bench = ctx.entry, ctx.bench
+    tests = bench.compliance_tests(ctx.params.round.version, entry.mlperf_id) if entry.division == "closed" else ()
     metrics: dict = {"tests": list(tests)}
     if not tests:
         return metrics
@@ -54,7 +55,7 @@ def body(ctx: StageContext) -> dict:
     failed = []
     for test in tests:
         audit = ctx.out / f"{test}.audit.config"
-        audit.write_text(compliance.audit_config(test, ctx.params.round.mlcommons_inference, bench.LOADGEN_MODEL))
+        audit.write_text(compliance.audit_config(test, ctx.params.round.mlcommons_inference, bench.loadgen_model))
         for scenario in entry.scenarios:
             run_dir = ctx.out / scenario / test / "run"
             run_test({"engine": str(engine), "benchmark": ctx.benchmark_name, "dataset": str(dataset),

@@ -1,114 +1,16 @@
-"""quantize: the entry's recipe: pruning and distillation, 2:4 sparsity (open division), then quantization, on Model Optimizer.
+"""quantize: the entry's recipe on Model Optimizer.
 
-Text-to-image quantizes the UNet alone, with the v4.0 layer set (diffusion/quantize.py).
-
-Quantization takes its statistics from the calibrate stage. A sparse model's activations are
-not the dense model's, so a sparse recipe re-collects them on the same calibration list.
+LLMs: pruning and distillation, 2:4 sparsity (open division), quantization, export, in that order
+(`optimization/recipe.py`). Text-to-image quantizes the UNet alone, with the v4.0 layer set.
 """
 
-import copy
-import json
 import sys
 
-from mlperf_round import benchmarks, checkpoints
-from mlperf_round.optimization import calibration, distillation, pruning, quantization, sparsity
-from mlperf_round.plots import write_csv
 from mlperf_round.runner import StageContext, run_stage
-
-DISTILL_LOSS = "distill_loss.csv"
-
-
-def _quantize_unet(ctx: StageContext, source, stats) -> dict:
-    """Text-to-image: the UNet only (INT8 SmoothQuant, or fp16 / fp32 weights as the baseline)."""
-    import torch
-
-    from mlperf_round.diffusion.quantize import load_unet, quantize_unet, save_unet
-
-    recipe = ctx.entry.recipe
-    unet = load_unet(checkpoints.resolve(source) / "unet")
-    metrics: dict = {"parameters": sum(p.numel() for p in unet.parameters())}
-    if recipe.precision == "int8_sq":
-        unet, layers = quantize_unet(unet, stats, recipe.smoothquant_alpha)
-        metrics.update(quantization.quantizer_summary(unet))
-    else:
-        unet = unet.to(torch.float16 if recipe.precision == "fp16" else torch.float32)
-        layers = {"precision": recipe.precision, "quantized_layers": [], "skipped_layers": []}
-    save_unet(unet, ctx.out / "model", bool(layers["quantized_layers"]))
-    metrics.update(quantized_layers=len(layers["quantized_layers"]), skipped_layers=len(layers["skipped_layers"]),
-                   smoothed_layers=sum(1 for q in layers["quantized_layers"] if q["smoothquant"]))
-    (ctx.out / "layers.json").write_text(json.dumps(layers, indent=1))
-    ctx.tracker.log_artifact(ctx.out / "layers.json")
-    return metrics
-
-
-def _prune_and_distill(ctx: StageContext, bench, source, model, metrics: dict):
-    """Fewer layers and heads by calibration-set importance, then logits distillation from the unpruned model."""
-    prune, kd = ctx.entry.recipe.prune, ctx.entry.recipe.distill
-    teacher = copy.deepcopy(model) if kd.steps else None
-    model, report = pruning.prune(model, prune.heads_kept or model.config.n_head, prune.layers_kept or model.config.n_layer,
-                                  bench.calibration_batches(source, ctx.benchmark))
-    if kd.steps:
-        tokenizer = bench.load_tokenizer(bench.tokenizer_dir(source))
-        sequences = distillation.packed_sequences(tokenizer, bench.distillation_texts(source), kd.seq_len)
-        model, curve = distillation.distill(model, teacher, sequences, kd.steps, kd.lr, kd.temperature, kd.batch_size,
-                                            kd.seed, desc=f"distill {ctx.key}")
-        write_csv(ctx.out / DISTILL_LOSS, curve)  # the DVC plot, with the checkpoint it belongs to
-        ctx.tracker.log_series("distill.kd_loss", [c["kd_loss"] for c in curve])
-        report.update(distill_sequences=len(sequences), kd_loss_first=curve[0]["kd_loss"], kd_loss_last=curve[-1]["kd_loss"])
-    (ctx.out / "pruning.json").write_text(json.dumps(report, indent=1))
-    ctx.tracker.log_artifact(ctx.out / "pruning.json")
-    metrics["pruning"] = {k: report[k] for k in ("parameters_before", "parameters_after")}
-    metrics["pruning"].update(layers=len(report["layers_kept"]), heads_per_layer=prune.heads_kept or model.config.n_head,
-                              **{k: report[k] for k in ("kd_loss_first", "kd_loss_last") if k in report})
-    metrics["parameters"] = report["parameters_after"]
-    return model
 
 
 def body(ctx: StageContext) -> dict:
-    bench, recipe = benchmarks.get(ctx.benchmark_name), ctx.entry.recipe
-    source = ctx.input("download", ctx.benchmark_name)
-    stats = calibration.load_stats(ctx.input("calibrate", ctx.benchmark_name))
-    if benchmarks.is_image(bench):
-        return _quantize_unet(ctx, source, stats)
-    model = bench.load_model(checkpoints.resolve(source))
-    metrics: dict = {"parameters": sum(p.numel() for p in model.parameters())}
-    sparse = None
-    if recipe.prune.active:
-        model = _prune_and_distill(ctx, bench, source, model, metrics)
-        stats = calibration.collect_absmax(copy.deepcopy(model), bench.calibration_batches(source, ctx.benchmark),
-                                           desc="recalibrate pruned model")
-    if recipe.sparsity == "2:4":
-        batches = bench.calibration_batches(source, ctx.benchmark)
-        model, sparse = sparsity.sparsify(model, recipe.sparsity_method, batches)
-        stats = calibration.collect_absmax(copy.deepcopy(model), batches, desc="recalibrate sparse model")
-        (ctx.out / "sparsity.json").write_text(json.dumps(sparse, indent=1))
-        ctx.tracker.log_artifact(ctx.out / "sparsity.json")
-    model, layers = quantization.quantize(model, recipe.precision, stats, recipe.smoothquant_alpha, recipe.quantize_lm_head)
-    quantized = bool(layers["quantized_layers"])
-    if quantized and not recipe.prune.active:  # only the quantized layers changed: they alone are written
-        from mlperf_round.optimization import quantized_checkpoint  # imports Model Optimizer: after params are checked
-
-        metrics["checkpoint_bytes"] = quantized_checkpoint.save(
-            model, ctx.out / "model", layers["quantized_layers"], recipe.precision, recipe.quantize_lm_head, source)
-    else:  # a pruned model changed everywhere; an unquantized one is written in its new dtype
-        quantization.save(model, ctx.out / "model", quantized)
-    metrics.update(quantized_layers=len(layers["quantized_layers"]), skipped_layers=len(layers["skipped_layers"]))
-    if sparse is not None:  # measured on the model as served (after quantization)
-        metrics["sparsity"] = sparsity.measure_24(model, sparse["sparsified_layers"])
-    written = ctx.out / "model"  # the low-precision weights as this stage wrote them
-    if quantized:
-        metrics.update(quantization.quantizer_summary(model))
-        if recipe.export_hf:  # the model's last use: the export rewrites its weights in place, not on a second copy
-            written = ctx.out / "deployable"
-            metrics["deployable_bytes"] = quantization.export_deployable(model, written)["deployable_bytes"]
-    del model
-    if sparse is not None:  # and as bytes of a 2:4-compressed checkpoint
-        sizes = sparsity.compress_checkpoint(written, ctx.out / "deployable-24", sparse["sparsified_layers"])
-        metrics["sparsity"].update(checkpoint_bytes_dense=sizes["dense_bytes"], checkpoint_bytes_24=sizes["compressed_bytes"],
-                                   checkpoint_size_ratio=sizes["compressed_bytes"] / sizes["dense_bytes"])
-    (ctx.out / "layers.json").write_text(json.dumps(layers, indent=1))
-    ctx.tracker.log_artifact(ctx.out / "layers.json")
-    return metrics
+    return ctx.bench.kind.quantize(ctx, ctx.bench)
 
 
 if __name__ == "__main__":

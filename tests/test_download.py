@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlperf_round.benchmarks import gptj
-from mlperf_round.params import TinyGPTJ
+from mlperf_round.benchmarks.gptj import TinyGPTJ
 
 from .conftest import edit_params, env, run
 from .hub import LocalHub
@@ -235,7 +235,7 @@ def test_corrupted_input_is_refused_by_the_next_stage(project: Path):
 def test_llama_checkpoint_and_openorca_set_over_http(project: Path, tmp_path: Path, monkeypatch):
     """Llama 2's real path: the chat checkpoint by pinned revision, MLPerf's OpenOrca set by URL."""
     from mlperf_round.benchmarks import llama2
-    from mlperf_round.params import TinyLlama
+    from mlperf_round.benchmarks.llama2 import TinyLlama
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("MLPERF_ROUND_STATE", str(tmp_path / "state"))
@@ -279,7 +279,7 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
     from mlperf_round.benchmarks import sdxl
     from mlperf_round.diffusion import pipeline
     from mlperf_round.metrics import clip_score, fid
-    from mlperf_round.params import TinySDXL
+    from mlperf_round.benchmarks.sdxl import TinySDXL
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("MLPERF_ROUND_STATE", str(tmp_path / "state"))

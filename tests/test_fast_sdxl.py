@@ -12,7 +12,8 @@ from mlperf_round.backends.torch_sdxl import TorchSDXL, bucket, buckets
 from mlperf_round.diffusion import pipeline
 from mlperf_round.diffusion.quantize import calibrate, quantize_unet, save_unet
 from mlperf_round.metrics.psnr import psnr
-from mlperf_round.params import BuildParams, DeepCacheParams, DiffusionGeneration, TinySDXL
+from mlperf_round.benchmarks.sdxl import DiffusionGeneration, TinySDXL
+from mlperf_round.params import BuildParams, DeepCacheParams
 
 CAPTIONS = ["a red cat sitting on a table", "two old dogs walking along the street", "a boat"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlperf_round.benchmarks import gptj, llama2
-from mlperf_round.params import TinyGPTJ
+from mlperf_round.benchmarks.gptj import TinyGPTJ
 
 from .conftest import edit_params, run
 

@@ -11,7 +11,7 @@ from mlperf_round.benchmarks import gptj
 from mlperf_round.errors import ParamsError
 from mlperf_round.optimization import distillation, pruning
 from mlperf_round.optimization.generation_eval import greedy_rouge
-from mlperf_round.params import GPTJBenchmark
+from mlperf_round.benchmarks.gptj import GPTJBenchmark
 
 
 @pytest.fixture(scope="module")

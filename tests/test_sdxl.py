@@ -21,7 +21,7 @@ from mlperf_round.diffusion.quantize import TARGETS, calibrate, quantize_unet
 from mlperf_round.errors import InputError, ParamsError
 from mlperf_round.harness.compliance import verify_performance, verify_test01_accuracy
 from mlperf_round.metrics import clip_score, fid
-from mlperf_round.params import TinySDXL
+from mlperf_round.benchmarks.sdxl import TinySDXL
 
 CAPTIONS = ["a red cat sitting on a table", "two old dogs walking along the street"]
 STEPS, COLLECTED = 20, 8
@@ -61,7 +61,7 @@ def _step_maxima(pipe, latents) -> dict[str, list[float]]:
 def test_the_negative_prompt_steers_the_unconditional_branch(pipe):
     """MLPerf's reference SUT guides every image away from a fixed negative prompt; without one, the pipeline guides
     against zero embeddings. The same latent and caption give a different image, so the prompt reaches the UNet."""
-    from mlperf_round.params import DiffusionGeneration
+    from mlperf_round.benchmarks.sdxl import DiffusionGeneration
 
     p, latents = pipe
     negative = DiffusionGeneration().negative_prompt

@@ -12,7 +12,8 @@ import yaml
 
 from mlperf_round.benchmarks import gptj
 from mlperf_round.errors import InputError, ParamsError
-from mlperf_round.params import TinyGPTJ, parse_params
+from mlperf_round.benchmarks.gptj import TinyGPTJ
+from mlperf_round.params import parse_params
 
 from .conftest import ROOT, edit_params, run
 

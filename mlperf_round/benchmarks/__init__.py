@@ -1,29 +1,25 @@
-"""Per-benchmark knowledge, one module each; the stages dispatch here."""
+"""The benchmarks, one module each, found through their `Benchmark` objects (base.py).
+
+A new benchmark is one module that ends with `BENCHMARK = Benchmark(...)`, listed here, plus
+its params.yaml section; tests/test_benchmarks.py walks this registry.
+"""
 
 from __future__ import annotations
 
-from types import ModuleType
+from .base import Benchmark
 
-from . import gptj, llama2, sdxl
+from . import gptj, llama2, llama3_1, sdxl  # noqa: E402  (the modules import Benchmark from base)
 
-REGISTRY: dict[str, ModuleType] = {m.NAME: m for m in (gptj, llama2, sdxl)}
-
-
-def get(name: str) -> ModuleType:
-    return REGISTRY[name]
+REGISTRY: dict[str, Benchmark] = {m.BENCHMARK.key: m.BENCHMARK for m in (gptj, llama2, llama3_1, sdxl)}
 
 
-def is_image(bench: ModuleType) -> bool:
-    """Text-to-image benchmarks answer with images and have their own engine and stage bodies."""
-    return getattr(bench, "KIND", "text-generation") == "text-to-image"
+def get(key: str) -> Benchmark:
+    return REGISTRY[key]
 
 
-def open_engine(bench: ModuleType, engine_dir):
-    """The engine an entry's build stage made, for the harness to serve."""
-    if is_image(bench):
-        from ..backends.torch_sdxl import TorchSDXL
-
-        return TorchSDXL(engine_dir)
-    from ..backends.torch_llm import TorchLLM
-
-    return TorchLLM(engine_dir)
+def by_mlperf_id(mlperf_id: str) -> Benchmark:
+    """The benchmark a submission id belongs to (gptj-99.9, llama3.1-8b, llama2-70b-interactive-99)."""
+    for bench in REGISTRY.values():
+        if mlperf_id in bench.all_ids():
+            return bench
+    raise KeyError(mlperf_id)

@@ -9,18 +9,20 @@ pinned Hugging Face revision and MLCommons' dataset, verified by sha256.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..params import BenchmarkParams, TinyGPTJ
+import sys
+
+from pydantic import Field, model_validator
+
+from ..params import BenchmarkParams, ModelParams, Strict
+from ..kinds import text_generation
+from .base import Benchmark
 from . import text
 from .text import load_model, load_tokenizer, tokenizer_dir  # noqa: F401  (the stages' interface)
 
 NAME = "gptj"
-LOADGEN_MODEL = "gptj"  # the model name mlperf.conf knows
-REPORT_FIRST_TOKEN = False  # mlperf.conf infers GPT-J's token latencies instead
-COMPLIANCE_TESTS: tuple[str, ...] = ()  # the compliance README exempts gpt-j (issue 5: the v5.0 checker's view)
 # MLPerf's GPT-J reference prompt (language/gpt-j, Alpaca-style instruction template)
 INSTRUCTION = "Summarize the following news article:"
 PROMPT = (
@@ -37,42 +39,15 @@ EOS = "<|endoftext|>"
 PUNCT = [".", ",", ":", "###"]
 
 
-def build_tokenizer(out: Path) -> None:
+def build_tokenizer(out: Path, cfg=None) -> None:
     words = text.template_words(PROMPT.format(instruction=INSTRUCTION, input=""))
     text.build_word_tokenizer(out, [EOS], words + text.pseudo_words(text.VOCAB_WORDS, seed=1234), EOS, EOS, PUNCT)
 
 
-class _Language:
-    """A first-order Markov chain over the pseudo-words: text with structure a tiny model can learn."""
-
-    def __init__(self, seed: int = 1234, successors: int = 4):
-        rng = random.Random(seed)
-        self.words = text.pseudo_words(text.VOCAB_WORDS, seed=seed)
-        self.start_weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(self.words))]  # Zipf-like
-        rng.shuffle(self.start_weights)
-        self.next = {w: (rng.sample(self.words, successors), [1.0 / (k + 1) for k in range(successors)]) for w in self.words}
-
-    def sentence(self, rng: random.Random) -> str:
-        word = rng.choices(self.words, weights=self.start_weights)[0]
-        body = [word]
-        for _ in range(rng.randint(6, 13)):
-            options, weights = self.next[word]
-            word = rng.choices(options, weights=weights)[0]
-            body.append(word)
-        text = " ".join(body)
-        return text[0].upper() + text[1:] + "."
-
-
 def generate_dataset(size: int, seed: int) -> list[dict]:
     """Articles and highlights shaped like MLPerf's cnn_eval.json; highlights are article sentences."""
-    rng, lang = random.Random(seed), _Language()
-    samples = []
-    for _ in range(size):
-        sentences = [lang.sentence(rng) for _ in range(rng.randint(5, 9))]
-        picked = sorted(rng.sample(range(len(sentences)), 3))
-        highlights = "\n".join(sentences[i] for i in picked)
-        samples.append({"instruction": INSTRUCTION, "input": " ".join(sentences), "output": highlights})
-    return samples
+    return [{"instruction": INSTRUCTION, "input": article, "output": highlights}
+            for article, highlights in text.news(size, seed, language_seed=1234)]
 
 
 def write_generated_dataset(bp: BenchmarkParams, out: Path) -> None:
@@ -158,7 +133,7 @@ def targets(reference: dict[str, float], fraction: float, size_ratio: float = 1.
     return out
 
 
-def upper_limits(reference: dict[str, float]) -> dict[str, float]:
+def upper_limits(reference: dict[str, float], size_ratio: float = 1.0) -> dict[str, float]:
     return {}  # GPT-J's scores have lower bounds only
 
 
@@ -177,3 +152,41 @@ def calibration_batches(source: Path, bp: BenchmarkParams) -> list[dict]:
     tok = load_tokenizer(tokenizer_dir(source))
     prompts = [s.prompt for s in load_samples(source / "calibration.json")]
     return text.calibration_batches(tok, prompts, bp.calibration.batch_size, bp.generation.max_input_tokens)
+
+
+# ---------------------------------------------------------------- params schema (benchmarks.gptj)
+class TinyGPTJ(Strict):
+    n_layer: int = Field(2, ge=1, le=8, description="decoder layers of the tiny model")
+    n_embd: int = Field(64, ge=16, le=512, description="hidden size")
+    n_head: int = Field(4, ge=1, description="attention heads")
+    n_inner: int = Field(256, ge=16, description="MLP width")
+    rotary_dim: int = Field(16, ge=2, description="rotary dimensions per head")
+    n_positions: int = Field(1024, ge=256, description="maximum sequence length")
+    init_std: float = Field(0.02, gt=0, le=2, description="weight init std; larger gives peakier, more quantization-robust logits")
+    seed: int = Field(0, description="seed of the weights and of the training order")
+    train_steps: int = Field(600, ge=0, le=10000, description="training steps on a generated split disjoint from the accuracy set (0: random weights)")
+    train_samples: int = Field(512, ge=1, description="size of that training split")
+    train_batch: int = Field(16, ge=1, description="training batch size")
+    train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
+
+    @model_validator(mode="after")
+    def _shape(self) -> TinyGPTJ:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.rotary_dim > self.n_embd // self.n_head:
+            raise ValueError(f"rotary_dim {self.rotary_dim} exceeds the head size {self.n_embd // self.n_head}")
+        return self
+
+
+class GPTJModelParams(ModelParams):
+    tiny: TinyGPTJ = Field(default_factory=TinyGPTJ, description="config of the locally built GPT-J")
+
+
+class GPTJBenchmark(BenchmarkParams):
+    model: GPTJModelParams = Field(default_factory=GPTJModelParams, description="where the reference model comes from")
+
+
+BENCHMARK = Benchmark(
+    key=NAME, ids={0.99: "gptj-99", 0.999: "gptj-99.9"}, loadgen_model="gptj", kind=text_generation, schema=GPTJBenchmark,
+    module=sys.modules[__name__], score_keys=SCORE_KEYS, published_scores=PUBLISHED_SCORES,
+    published_samples=PUBLISHED_SAMPLES, prunable=True)

@@ -20,14 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..params import BenchmarkParams, TinyLlama
+import sys
+
+from pydantic import Field, model_validator
+
+from ..params import BenchmarkParams, GenerationParams, ModelParams, Strict
+from ..kinds import text_generation
+from .base import Benchmark
 from . import text
 from .text import load_model, load_tokenizer, tokenizer_dir  # noqa: F401  (the stages' interface)
 
 NAME = "llama2-70b"
-LOADGEN_MODEL = "llama2-70b"  # the model name mlperf.conf knows
-REPORT_FIRST_TOKEN = True  # mlperf.conf: llama2-70b.*.use_token_latencies = 1
-COMPLIANCE_TESTS = ("TEST06",)
 BOS, EOS = "<s>", "</s>"
 MARKERS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"]
 # MLPerf's OpenOrca preprocessing formats every sample with the Llama 2 chat template
@@ -47,7 +50,7 @@ TRAIN_SEED_OFFSET = 2_000_003  # the training split is disjoint from the accurac
 
 
 # ---------------------------------------------------------------- tokenizer and data
-def build_tokenizer(out: Path) -> None:
+def build_tokenizer(out: Path, cfg=None) -> None:
     words = text.template_words(" ".join(SYSTEM_PROMPTS))
     text.build_word_tokenizer(out, [BOS, EOS], words + text.pseudo_words(text.VOCAB_WORDS, seed=4321), EOS, BOS,
                               PUNCT, MARKERS)
@@ -227,6 +230,49 @@ def targets(reference: dict[str, float], fraction: float, size_ratio: float = 1.
     return out
 
 
-def upper_limits(reference: dict[str, float]) -> dict[str, float]:
+def upper_limits(reference: dict[str, float], size_ratio: float = 1.0) -> dict[str, float]:
     """Upper bounds: the checker also refuses answers padded past 110% of the reference's length."""
     return {"tokens_per_sample": reference["tokens_per_sample"] * TOKENS_CEILING}
+
+
+# ---------------------------------------------------------------- params schema (benchmarks.llama2-70b)
+class TinyLlama(Strict):
+    hidden_size: int = Field(64, ge=16, le=1024, description="hidden size of the tiny model")
+    intermediate_size: int = Field(128, ge=16, description="MLP width (a multiple of 8 keeps 2:4 sparsity and its compressed format possible)")
+    num_hidden_layers: int = Field(2, ge=1, le=8, description="decoder layers")
+    num_attention_heads: int = Field(4, ge=1, description="query heads")
+    num_key_value_heads: int = Field(2, ge=1, description="key/value heads: fewer than query heads is grouped-query attention, as in Llama 2 70B")
+    max_position_embeddings: int = Field(2048, ge=256, description="maximum sequence length")
+    init_std: float = Field(0.02, gt=0, le=2, description="weight init std")
+    seed: int = Field(0, description="seed of the weights and of the training order")
+    train_steps: int = Field(800, ge=0, le=10000, description="training steps on a generated split disjoint from the accuracy set (0: random weights)")
+    train_samples: int = Field(1024, ge=1, description="size of that training split")
+    train_batch: int = Field(16, ge=1, description="training batch size")
+    train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
+
+    @model_validator(mode="after")
+    def _shape(self) -> TinyLlama:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads {self.num_key_value_heads}")
+        return self
+
+
+class LlamaModelParams(ModelParams):
+    tiny: TinyLlama = Field(default_factory=TinyLlama, description="config of the locally built Llama")
+
+
+class LlamaBenchmark(BenchmarkParams):
+    model: LlamaModelParams = Field(default_factory=LlamaModelParams, description="where the reference model comes from")
+    generation: GenerationParams = Field(
+        default_factory=lambda: GenerationParams(num_beams=1, max_new_tokens=1024, min_new_tokens=1, max_input_tokens=1024),
+        description="MLPerf's decoding rules for Llama 2 70B: greedy, up to 1,024 new tokens",
+    )
+
+
+BENCHMARK = Benchmark(
+    key=NAME, ids={0.99: "llama2-70b-99", 0.999: "llama2-70b-99.9"}, loadgen_model="llama2-70b", kind=text_generation,
+    schema=LlamaBenchmark, module=sys.modules[__name__], score_keys=SCORE_KEYS, published_scores=PUBLISHED_SCORES,
+    published_samples=PUBLISHED_SAMPLES,
+    interactive_ids_v50={0.99: "llama2-70b-interactive-99", 0.999: "llama2-70b-interactive-99.9"})

@@ -15,20 +15,23 @@ import csv
 import io
 import json
 import random
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from ..errors import InputError
+
+from ..params import CALIBRATION_DEVICE, BenchmarkParams, DatasetParams, HFSource, ModelParams, Strict, URLFile
+from ..kinds import text_to_image
 from ..jsonfile import read_json
+from .base import Benchmark
 
 NAME = "stable-diffusion-xl"
-LOADGEN_MODEL = "stable-diffusion-xl"  # the model name mlperf.conf knows
-KIND = "text-to-image"
-REPORT_FIRST_TOKEN = False
-COMPLIANCE_TESTS = ("TEST01", "TEST04")
-RESPONSE_DTYPE = "uint8"  # responses are HWC RGB images
 SCORE_KEYS = ("FID_SCORE", "CLIP_SCORE")
 # MLPerf's accepted ranges (submission checker): the reference's FID +-2%, CLIP +-0.2%
 RANGES = {"FID_SCORE": (23.01085758, 23.95007626), "CLIP_SCORE": (31.68631873, 31.81331801)}
@@ -214,5 +217,118 @@ def targets(reference: dict[str, float], fraction: object = "range", size_ratio:
     return {k: _bounds(k, reference[k])[0] for k in SCORE_KEYS}
 
 
-def upper_limits(reference: dict[str, float]) -> dict[str, float]:
+def upper_limits(reference: dict[str, float], size_ratio: float = 1.0) -> dict[str, float]:
     return {k: _bounds(k, reference[k])[1] for k in SCORE_KEYS}
+
+
+# ---------------------------------------------------------------- params schema (benchmarks.stable-diffusion-xl)
+class CaptionDatasetParams(DatasetParams):
+    captions_url: str = Field("", description="source 'url': the captions table (id, caption; MLCommons' "
+                              "captions_source.tsv) a caption-id calibration list (coco_cal_captions_list.txt) is "
+                              "resolved against; empty: against the dataset file itself")
+    captions_sha256: str = Field("", description="sha256 of the captions table")
+
+    @model_validator(mode="after")
+    def _captions(self) -> CaptionDatasetParams:
+        if self.captions_url and not (self.source == "url" and re.fullmatch(r"[0-9a-f]{64}", self.captions_sha256)):
+            raise ValueError("captions_url: a captions table needs source 'url' and its captions_sha256")
+        return self
+
+
+class TinySDXL(Strict):
+    image_size: int = Field(64, ge=32, le=1024, description="image side in pixels (a multiple of 8: the VAE downsamples 8x)")
+    unet_channels: list[int] = Field([16, 32], min_length=2, max_length=4, description="UNet block widths, one level each (multiples of 8)")
+    layers_per_block: int = Field(1, ge=1, le=3, description="ResBlocks per UNet level (SDXL: 2)")
+    text_hidden: int = Field(16, ge=8, le=256, description="hidden size of both text encoders (even)")
+    text_layers: int = Field(2, ge=1, le=4, description="layers of each text encoder")
+    seed: int = Field(0, description="seed of the weights")
+
+    @model_validator(mode="after")
+    def _shape(self) -> TinySDXL:
+        if self.image_size % 8:
+            raise ValueError(f"image_size: {self.image_size} is not a multiple of 8")
+        if any(c % 8 for c in self.unet_channels):
+            raise ValueError(f"unet_channels: {self.unet_channels} must all be multiples of 8 (the group norms' groups)")
+        if self.text_hidden % 2:
+            raise ValueError(f"text_hidden: {self.text_hidden} must be even (two attention heads)")
+        if self.image_size // 8 < 2 ** (len(self.unet_channels) - 1):
+            raise ValueError(f"image_size: {self.image_size} px is too small for {len(self.unet_channels)} UNet levels")
+        return self
+
+
+class SDXLModelParams(ModelParams):
+    tiny: TinySDXL = Field(default_factory=TinySDXL, description="config of the locally built SDXL pipeline")
+    latents: URLFile = Field(default_factory=URLFile, description="MLPerf's fixed initial latents (latents.pt), for source 'hf'")
+
+    @model_validator(mode="after")
+    def _latents(self) -> SDXLModelParams:
+        if self.source != "tiny" and not self.latents.url:
+            raise ValueError(f"latents: source {self.source!r} needs MLPerf's latents.pt (url and sha256)")
+        return self
+
+
+class TinyEvaluation(Strict):
+    feature_dim: int = Field(32, ge=4, le=2048, description="features of the tiny FID network")
+    seed: int = Field(0, description="seed of the tiny FID and CLIP networks")
+
+
+class EvaluationParams(Strict):
+    """The networks FID and CLIP score are measured with, and the real images' FID statistics."""
+
+    source: Literal["tiny", "url"] = Field(
+        "tiny", description="tiny: small seeded networks and statistics of images the unoptimized pipeline renders from "
+        "other latents (scores comparable within a round only); url: MLPerf's Inception, CLIP and COCO statistics")
+    tiny: TinyEvaluation = Field(default_factory=TinyEvaluation, description="the tiny networks")
+    inception: URLFile = Field(default_factory=URLFile, description="FID Inception-v3: TorchScript (forward(uint8 NCHW, "
+                               "return_features=True)), or MLPerf's pytorch-fid weights pt_inception-2015-12-05-6726825d.pth "
+                               "(needs the evaluation extra)")
+    statistics: URLFile = Field(default_factory=URLFile, description="FID statistics of the real images (npz with mu and sigma)")
+    clip: HFSource = Field(default_factory=HFSource, description="CLIP model in transformers format (MLPerf: ViT-bigG-14, laion2b)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> EvaluationParams:
+        if self.source == "url":
+            for name in ("inception", "statistics"):
+                if not getattr(self, name).url:
+                    raise ValueError(f"{name}: source 'url' needs url and sha256")
+            if not self.clip.complete:
+                raise ValueError("clip: source 'url' needs repo, revision and files with their sha256")
+        return self
+
+
+class DiffusionCalibration(Strict):
+    batch_size: int = Field(4, ge=1, description="calibration captions per pipeline call")
+    device: Literal["auto", "cpu", "cuda"] = CALIBRATION_DEVICE
+    steps_collected: int = Field(8, ge=1, description="denoising steps whose UNet activations are collected (v4.0 recipe: the first 8)")
+    total_steps: int = Field(20, ge=1, description="steps each calibration caption is run for (v4.0 recipe: 20)")
+
+    @model_validator(mode="after")
+    def _window(self) -> DiffusionCalibration:
+        if self.steps_collected > self.total_steps:
+            raise ValueError(f"steps_collected: {self.steps_collected} is more than total_steps {self.total_steps}")
+        return self
+
+
+class DiffusionGeneration(Strict):
+    steps: int = Field(20, ge=1, le=200, description="denoising steps (MLPerf: 20)")
+    guidance_scale: float = Field(8.0, ge=0, description="classifier-free guidance (MLPerf: 8.0)")
+    max_input_tokens: int = Field(77, ge=8, le=77, description="caption tokens the text encoders read (CLIP: 77)")
+    negative_prompt: str = Field(
+        "normal quality, low quality, worst quality, low res, blurry, nsfw, nude",
+        description="the unconditional branch's prompt, as MLPerf's reference SUT passes it (text_to_image/"
+        "backend_pytorch.py); empty: none, and the pipeline then guides against zeros")
+
+
+class SDXLBenchmark(BenchmarkParams):
+    model: SDXLModelParams = Field(default_factory=SDXLModelParams, description="where the pipeline comes from")
+    dataset: CaptionDatasetParams = Field(default_factory=lambda: CaptionDatasetParams(size=32, calibration_size=8),
+                                   description="captions (id, caption) and the calibration caption list")
+    calibration: DiffusionCalibration = Field(default_factory=DiffusionCalibration, description="the calibration window")
+    generation: DiffusionGeneration = Field(default_factory=DiffusionGeneration, description="MLPerf's sampling rules")
+    evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="FID and CLIP networks")
+
+
+BENCHMARK = Benchmark(
+    key=NAME, ids={"range": "stable-diffusion-xl"}, loadgen_model="stable-diffusion-xl", kind=text_to_image,
+    schema=SDXLBenchmark, module=sys.modules[__name__], score_keys=SCORE_KEYS, published_scores=PUBLISHED_SCORES,
+    published_samples=PUBLISHED_SAMPLES, precisions=("fp32", "fp16", "int8_sq"), lower_scores=("FID_SCORE",))

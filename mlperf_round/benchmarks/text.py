@@ -36,8 +36,40 @@ def template_words(text: str) -> list[str]:
     return sorted(set(text.split()))
 
 
+class MarkovLanguage:
+    """A first-order Markov chain over the pseudo-words: text with structure a tiny model can learn."""
+
+    def __init__(self, seed: int = 1234, successors: int = 4):
+        rng = random.Random(seed)
+        self.words = pseudo_words(VOCAB_WORDS, seed=seed)
+        self.start_weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(self.words))]  # Zipf-like
+        rng.shuffle(self.start_weights)
+        self.next = {w: (rng.sample(self.words, successors), [1.0 / (k + 1) for k in range(successors)]) for w in self.words}
+
+    def sentence(self, rng: random.Random) -> str:
+        word = rng.choices(self.words, weights=self.start_weights)[0]
+        body = [word]
+        for _ in range(rng.randint(6, 13)):
+            options, weights = self.next[word]
+            word = rng.choices(options, weights=weights)[0]
+            body.append(word)
+        text = " ".join(body)
+        return text[0].upper() + text[1:] + "."
+
+
+def news(size: int, seed: int, language_seed: int) -> list[tuple[str, str]]:
+    """Articles and their highlights, shaped like CNN-DailyMail: the highlights are three of the article's sentences."""
+    rng, lang = random.Random(seed), MarkovLanguage(language_seed)
+    samples = []
+    for _ in range(size):
+        sentences = [lang.sentence(rng) for _ in range(rng.randint(5, 9))]
+        picked = sorted(rng.sample(range(len(sentences)), 3))
+        samples.append((" ".join(sentences), "\n".join(sentences[i] for i in picked)))
+    return samples
+
+
 def build_word_tokenizer(out: Path, special: list[str], words: list[str], eos: str, bos: str,
-                         punct: list[str], markers: list[str] = ()) -> None:
+                         punct: list[str], markers: list[str] = (), chat_template: str | None = None) -> None:
     """A word-level fast tokenizer, built locally, saved in transformers' format.
 
     `markers` (prompt-format tags such as "[INST]") are single tokens, matched before
@@ -57,6 +89,8 @@ def build_word_tokenizer(out: Path, special: list[str], words: list[str], eos: s
         tokenizer_object=tok, eos_token=eos, bos_token=bos, pad_token=eos, unk_token=UNK, padding_side="left"
     )
     fast.model_max_length = 4096
+    if chat_template:
+        fast.chat_template = chat_template
     fast.save_pretrained(out)
 
 

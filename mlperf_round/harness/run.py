@@ -30,7 +30,7 @@ def _fork_server(benchmark: str):
         from .. import benchmarks
 
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(PRELOAD + (["diffusers"] if benchmarks.is_image(benchmarks.get(benchmark)) else []))
+        _context.set_forkserver_preload(PRELOAD + benchmarks.get(benchmark).kind.PRELOAD)
     return _context
 
 
@@ -82,11 +82,13 @@ def _main(spec_file: str) -> int:
 
     spec = json.loads(Path(spec_file).read_text())
     outdir = Path(spec["outdir"])
-    bench = benchmarks.get(spec["benchmark"])
+    bench, scenario = benchmarks.get(spec["benchmark"]), spec["scenario"]
     samples = bench.load_samples(Path(spec["dataset"]))
-    system = System(lambda: benchmarks.open_engine(bench, Path(spec["engine"])), samples, bench.REPORT_FIRST_TOKEN,
-                    desc=f"{spec.get('label', spec['scenario'])} {spec['mode']}", token_counts=not benchmarks.is_image(bench))
-    ts = test_settings(Path(spec["user_conf"]), bench.LOADGEN_MODEL, spec["scenario"], spec["mode"])
+    system = System(lambda: bench.kind.open_engine(Path(spec["engine"])), samples, bench.token_latencies(scenario),
+                    desc=f"{spec.get('label', scenario)} {spec['mode']}", token_counts=bench.kind.TOKEN_COUNTS)
+    # Interactive is a Server run under mlperf.conf's interactive model name (its own latency bounds)
+    ts = test_settings(Path(spec["user_conf"]), bench.loadgen_name(scenario), bench.loadgen_scenario(scenario),
+                       spec["mode"])
     log = lg.LogSettings()
     log.log_output.outdir = str(outdir)
     log.log_output.copy_summary_to_stdout = False

@@ -4,37 +4,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..params import SERVER_BOUNDS, EntryParams
-
-# params key -> LoadGen user.conf key
-_BOUND_KEYS = {"target_latency_ms": "target_latency", "ttft_latency_ms": "ttft_latency", "tpot_latency_ms": "tpot_latency"}
+from ..benchmarks.base import BOUND_KEYS
+from ..params import EntryParams
 
 
-def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int, server_qps: float | None = None) -> str:
+def user_conf(entry: EntryParams, smoke: bool, qsl_size: int, server_qps: dict[str, float] | None = None) -> str:
     """The user.conf of one entry. Outside smoke rounds only the QPS hints are set.
 
-    `target_qps: auto` is resolved by the performance stage (`server_qps`, from its Offline run); until then
-    the Server line says so and sets nothing."""
+    Interactive's lines are under mlperf.conf's interactive model name (`llama2-70b-interactive.Server.*`), the
+    name its run reads them by. `target_qps: auto` is resolved by the performance stage (`server_qps`, per
+    scenario, from its Offline run); until then the line says so and sets nothing."""
+    bench, model = entry.bench, entry.bench.loadgen_model
     lines = [f"# written by mlperf-round for {entry.mlperf_id}" + (" (smoke: NOT submittable)" if smoke else "")]
     single = entry.loadgen.SingleStream if "SingleStream" in entry.scenarios else None
     off = entry.loadgen.Offline if "Offline" in entry.scenarios else None
-    srv = entry.loadgen.Server if "Server" in entry.scenarios else None
     if single is not None:
         lines.append(f"{model}.SingleStream.target_latency = {single.expected_latency_ms:g}")
     if off is not None:
         lines.append(f"{model}.Offline.target_qps = {off.expected_qps}")
-    if srv is not None:
+    for scenario in ("Server", "Interactive"):
+        if scenario not in entry.scenarios:
+            continue
+        srv, name = getattr(entry.loadgen, scenario), bench.loadgen_name(scenario)
+        found = (server_qps or {}).get(scenario)
         if srv.target_qps != "auto":
-            lines.append(f"{model}.Server.target_qps = {srv.target_qps}")
-        elif server_qps is not None:
-            lines.append(f"# target_qps auto: {srv.auto_fraction:g} x this entry's measured Offline samples/s")
-            lines.append(f"{model}.Server.target_qps = {server_qps:.6g}")
+            lines.append(f"{name}.Server.target_qps = {srv.target_qps}")
+        elif found is not None:
+            lines.append(f"# {scenario} target_qps auto: {srv.auto_fraction:g} x this entry's measured Offline samples/s")
+            lines.append(f"{name}.Server.target_qps = {found:.6g}")
         else:
-            lines.append("# target_qps auto: set from the Offline run, before the Server run")
-        # the Server latency bounds, written out so the conf says what the run was held to
-        for key, official in SERVER_BOUNDS[entry.benchmark].items():
-            value = getattr(srv, key) or official
-            lines.append(f"{model}.Server.{_BOUND_KEYS[key]} = {value}")
+            lines.append(f"# {scenario} target_qps auto: set from the Offline run, before the {scenario} run")
+        # the latency bounds, written out so the conf says what the run was held to
+        for key, official in bench.latency_bounds(scenario).items():
+            lines.append(f"{name}.Server.{BOUND_KEYS[key]} = {getattr(srv, key) or official}")
+        if smoke:
+            lines += [f"{name}.*.performance_sample_count_override = {qsl_size}" if name != model else "",
+                      f"{name}.Server.min_duration = {srv.min_duration_ms}",
+                      f"{name}.Server.min_query_count = {srv.min_query_count}"]
     if smoke:
         lines.append(f"{model}.*.performance_sample_count_override = {qsl_size}")
         if single is not None:
@@ -42,12 +48,7 @@ def user_conf(model: str, entry: EntryParams, smoke: bool, qsl_size: int, server
                       f"{model}.SingleStream.min_query_count = {single.min_query_count}"]
         if off is not None:
             lines += [f"{model}.Offline.min_duration = {off.min_duration_ms}", f"{model}.Offline.min_query_count = {off.min_query_count}"]
-        if srv is not None:
-            lines += [
-                f"{model}.Server.min_duration = {srv.min_duration_ms}",
-                f"{model}.Server.min_query_count = {srv.min_query_count}",
-            ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(line for line in lines if line) + "\n"
 
 
 def test_settings(conf: Path, model: str, scenario: str, mode: str):
@@ -63,15 +64,15 @@ def test_settings(conf: Path, model: str, scenario: str, mode: str):
     return ts
 
 
-def accuracy_conf(model: str, qsl_size: int) -> str:
+def accuracy_conf(models: list[str], qsl_size: int) -> str:
     """For AccuracyOnly runs: every sample once, issued as fast as the SUT takes them.
 
     Accuracy mode ignores durations and counts, but Server pacing still applies; a high
     target QPS keeps it from stretching the run, and keeps QPS knobs out of accuracy's inputs.
+    `models`: mlperf.conf's names the runs read (Interactive has its own).
     """
-    return (
-        f"# accuracy runs: every sample once\n"
-        f"{model}.Offline.target_qps = 1000\n"
-        f"{model}.Server.target_qps = 1000\n"
-        f"{model}.*.performance_sample_count_override = {qsl_size}\n"
-    )
+    lines = ["# accuracy runs: every sample once"]
+    for model in dict.fromkeys(models):
+        lines += [f"{model}.Offline.target_qps = 1000", f"{model}.Server.target_qps = 1000",
+                  f"{model}.*.performance_sample_count_override = {qsl_size}"]
+    return "\n".join(lines) + "\n"

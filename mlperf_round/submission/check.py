@@ -23,7 +23,6 @@ from .. import benchmarks
 from ..errors import InputError, OneLineParser, RoundError
 from ..harness import mlperf_conf
 from ..harness.logs import ACCURACY, DETAIL, SUMMARY, read_detail
-from ..params import RANGE_TARGETED
 from ..versions import VERSIONS, scenarios_for
 from .system import MAY_BE_EMPTY, REQUIRED
 from .tree import MAX_ACCURACY_LOG, Layout
@@ -47,8 +46,8 @@ _PERF_FILES = {SUMMARY, DETAIL}
 _ACC_FILES = {SUMMARY, DETAIL, ACCURACY, "accuracy.txt"}
 _TEST06_LINES = ({"First token check pass: True", "First token check pass: Skipped"}, {"EOS check pass: True"},
                  {"Sample length check pass: True"})
-_LLM_LATENCY_MS = {"ttft": ("result_first_token_99.00_percentile_latency_ns", 2000),
-                   "tpot": ("result_time_per_output_token_99.00_percentile_ns", 200)}
+_TOKEN_LATENCY_FIELDS = {"ttft_latency_ms": "result_first_token_99.00_percentile_latency_ns",
+                         "tpot_latency_ms": "result_time_per_output_token_99.00_percentile_ns"}
 
 
 @dataclass(frozen=True)
@@ -61,16 +60,18 @@ class Finding:
         return f"{self.path}: {self.message} [{self.rule}]"
 
 
-def benchmark_of(mlperf_id: str) -> str:
-    """gptj-99.9 -> gptj; stable-diffusion-xl -> stable-diffusion-xl."""
-    return mlperf_id if mlperf_id in RANGE_TARGETED else re.sub(r"-99(\.9)?$", "", mlperf_id)
+def run_scenario(mlperf_id: str, folder: str) -> str:
+    """The scenario a result folder holds, in the round's terms: Interactive is its own folder from v5.1, and the
+    Server folder of v5.0's -interactive ids."""
+    bench = benchmarks.by_mlperf_id(mlperf_id)
+    if folder == "Interactive" or (folder == "Server" and mlperf_id in bench.interactive_ids_v50.values()):
+        return "Interactive"
+    return folder
 
 
 def published_targets(mlperf_id: str) -> tuple[dict[str, float], dict[str, float]]:
     """MLPerf's accuracy bounds for a submission id: lower and upper."""
-    bench = benchmarks.get(benchmark_of(mlperf_id))
-    fraction = "range" if mlperf_id in RANGE_TARGETED else (0.999 if mlperf_id.endswith("-99.9") else 0.99)
-    return bench.targets(bench.PUBLISHED_SCORES, fraction), bench.upper_limits(bench.PUBLISHED_SCORES)
+    return benchmarks.by_mlperf_id(mlperf_id).published_targets(mlperf_id)
 
 
 def read_accuracy_txt(path: Path) -> tuple[dict[str, float], bool]:
@@ -221,7 +222,8 @@ class Checker:
             self.add(path, "invalid-run", f"LoadGen says {d.get('result_validity', 'nothing')}" + (f" ({why})" if why else ""))
         if d.get("error_count"):
             self.add(path, "loadgen-errors", f"{d['error_count']} LoadGen errors in the log")
-        if d.get("effective_scenario") not in (scenario, None):
+        bench, held = benchmarks.by_mlperf_id(mlperf_id), run_scenario(mlperf_id, scenario)
+        if d.get("effective_scenario") not in (bench.loadgen_scenario(scenario), None):
             self.add(path, "scenario", f"a {d.get('effective_scenario')} run in the {scenario} folder")
         for name, want in zip(("qsl", "sample_index", "schedule"), VERSIONS[self.version].seeds):
             found = d.get(f"effective_{name}_rng_seed")
@@ -233,36 +235,38 @@ class Checker:
         if isinstance(used, dict) and used.get("/mlperf.conf", conf_sha1) != conf_sha1:
             self.add(path, "mlperf-conf", f"ran with mlperf.conf {used['/mlperf.conf']}, the installed LoadGen has "
                                           f"{conf_sha1}; re-run the performance stage with this LoadGen")
-        model = benchmarks.get(benchmark_of(mlperf_id)).LOADGEN_MODEL
-        rules = mlperf_conf.settings(model, scenario)
+        rules = bench.conf(held)
         min_ms = int(rules.get("min_duration", 600000))
         if int(d.get("effective_min_duration_ms", 0)) < min_ms:
             self.add(path, "min_duration", f"min_duration {d.get('effective_min_duration_ms')} ms < {min_ms} ms")
         min_q = int(rules.get("min_query_count", 100))
-        if scenario == "Offline":
+        if held == "Offline":
             spq = int(d.get("effective_samples_per_query", 0))
             if spq < min_q:
                 self.add(path, "min_query_count", f"{spq} samples per query < {min_q}")
         elif not d.get("early_stopping_met", True):
             self.add(path, "early_stopping", "early stopping not met: "
                      + " ".join(str(d.get("early_stopping_result", "")).split())[:160])
-        if scenario != "Offline" and int(d.get("effective_min_query_count", 0)) < min_q:
+        if held != "Offline" and int(d.get("effective_min_query_count", 0)) < min_q:
             self.add(path, "min_query_count", f"min_query_count {d.get('effective_min_query_count')} < {min_q}")
         psc = int(rules.get("performance_sample_count_override", 0))
         if int(d.get("effective_performance_sample_count", 0)) < psc:
             self.add(path, "performance_sample_count",
                      f"performance_sample_count {d.get('effective_performance_sample_count')} < {psc}")
-        if scenario == "Server":
-            self._server_latency(path, d, mlperf_id)
+        if held in ("Server", "Interactive"):
+            self._server_latency(path, d, bench, held)
 
-    def _server_latency(self, path: Path, d: dict, mlperf_id: str) -> None:
-        if benchmark_of(mlperf_id) == "llama2-70b":
+    def _server_latency(self, path: Path, d: dict, bench, scenario: str) -> None:
+        """The bounds mlperf.conf sets for the scenario: TTFT and TPOT p99 where token latencies are on."""
+        bounds = bench.latency_bounds(scenario)
+        if bench.token_latencies(scenario):
             if not d.get("requested_use_token_latencies"):
-                self.add(path, "latency", "use_token_latencies must be on for llama2-70b")
-            for what, (key, bound_ms) in _LLM_LATENCY_MS.items():
-                got = float(d.get(key, 0)) / 1e6
-                if got >= bound_ms:
-                    self.add(path, "token-latency", f"{what.upper()} p99 {got:.1f} ms is not under {bound_ms} ms")
+                self.add(path, "latency", f"use_token_latencies must be on for {bench.loadgen_name(scenario)}")
+            for key, field in _TOKEN_LATENCY_FIELDS.items():
+                got, bound_ms = float(d.get(field, 0)) / 1e6, bounds.get(key)
+                if bound_ms and got >= bound_ms:
+                    self.add(path, "token-latency", f"{key[:4].upper()} p99 {got:.1f} ms is not under {bound_ms} ms "
+                                                    f"({scenario})")
         elif int(d.get("effective_target_latency_ns", 0)) > 20_000_000_000:
             self.add(path, "latency", f"target_latency {d['effective_target_latency_ns']} ns is over 20 s")
 
@@ -291,7 +295,7 @@ class Checker:
             return
         if d.get("error_count"):
             self.add(acc / DETAIL, "loadgen-errors", f"{d['error_count']} LoadGen errors in the accuracy run")
-        size = benchmarks.get(benchmark_of(mlperf_id)).PUBLISHED_SAMPLES
+        size = benchmarks.by_mlperf_id(mlperf_id).published_samples
         ran = int(d.get("effective_accuracy_sample_count", d.get("qsl_reported_total_count", 0)) or 0)
         if ran < size:
             self.add(acc / DETAIL, "dataset_size", f"the accuracy run covers {ran} samples, the dataset has {size}")

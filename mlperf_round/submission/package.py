@@ -25,7 +25,6 @@ from .tree import Layout, copy_accuracy, copy_compliance, copy_performance, writ
 TREE = "tree"  # the MLPerf root inside the stage's output: closed/ and open/ only
 
 WEIGHT_TYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "fp8": "fp8 (e4m3)", "int8_sq": "int8"}
-SCORES = ("rouge1", "rouge2", "rougeL", "tokens_per_sample", "FID_SCORE", "CLIP_SCORE")
 HEADLINE = ("samples_per_s", "tokens_per_s", "latency_p90_ms", "latency_p99_ms", "ttft_p99_ms", "tpot_p99_ms", "valid")
 
 
@@ -74,11 +73,16 @@ def _refusals(r: EntryResults, params: RoundParams) -> tuple[list[str], list[str
         problems.append(f"{r.key}: {r.entry.mlperf_id} missed its accuracy target (worst ratio to the reference "
                         f"{r.accuracy.get('worst_ratio', 0):.4f})")
     measured = [s for s in r.entry.scenarios if s in r.performance]
-    need = scenarios_for(params.round.version, params.round.system.system_type, r.entry.mlperf_id)
-    missing = need.missing(set(measured)) if need and r.entry.division == "closed" else []
+    folders: dict[str, set[str]] = {}
+    for p in params.placements(r.entry):
+        folders.setdefault(p.mlperf_id, set()).update({p.folder} if p.scenario in r.performance else set())
+    missing = []
+    for mlperf_id, have in folders.items():
+        need = scenarios_for(params.round.version, params.round.system.system_type, mlperf_id)
+        missing += need.missing(have) if need and r.entry.division == "closed" else []
     missing += [s for s in r.entry.scenarios if s not in r.performance and s not in missing]
     if missing:
-        problems.append(f"{r.key}: required scenario {', '.join(missing)} has no performance result")
+        problems.append(f"{r.key}: required scenario {', '.join(dict.fromkeys(missing))} has no performance result")
     for test in r.compliance.get("tests", []):
         for scenario in measured:
             if not r.compliance.get(f"{scenario}.{test}", {}).get("passed"):
@@ -141,9 +145,9 @@ def _measurements(r: EntryResults, source: str) -> dict:
     }
 
 
-def _readme(r: EntryResults, scenario: str, smoke: bool, provenance: list[dict[str, str]]) -> str:
+def _readme(r: EntryResults, mlperf_id: str, scenario: str, smoke: bool, provenance: list[dict[str, str]]) -> str:
     lines = [
-        f"# {r.entry.mlperf_id} {scenario}",
+        f"# {mlperf_id} {scenario}",
         "",
         f"Produced by the mlperf-round pipeline, entry `{r.key}`: `dvc repro` runs download, calibrate, quantize,",
         "build, accuracy, performance, compliance and package; `params.yaml` and `dvc.lock` pin every input.",
@@ -205,8 +209,9 @@ def _round_targets(results: list[EntryResults], params: RoundParams) -> dict[tup
     def printed(bounds: dict) -> dict:
         return {k: round(float(v), 4) for k, v in bounds.items()}
 
-    return {(r.entry.division, r.entry.mlperf_id): (printed(r.accuracy["target"]), printed(r.accuracy.get("upper_limit", {})))
-            for r in results if params.benchmarks[r.entry.benchmark].reference.source == "measured"}
+    return {(r.entry.division, p.mlperf_id): (printed(r.accuracy["target"]), printed(r.accuracy.get("upper_limit", {})))
+            for r in results if params.benchmarks[r.entry.benchmark].reference.source == "measured"
+            for p in params.placements(r.entry)}
 
 
 def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS, lock: Path = Path("dvc.lock"),
@@ -234,23 +239,25 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
         if division == "closed":
             (org / "calibration.md").write_text(_calibration_md(in_division, params, root))
         for r in in_division:
-            bench, bp = r.entry.mlperf_id, params.benchmarks[r.entry.benchmark]
+            bp = params.benchmarks[r.entry.benchmark]
             source = _model_source(bp.model)
-            code.write(tree.code(bench), bench, source_code, rnd.version)
             records[r.key] = provenance.entry(r.key, r.entry.benchmark, root)
-            for scenario in r.entry.scenarios:
-                res = tree.results(bench, scenario)
+            placements = params.placements(r.entry)
+            for bench in dict.fromkeys(p.mlperf_id for p in placements):
+                code.write(tree.code(bench), bench, source_code, rnd.version)
+            for bench, folder, scenario in ((p.mlperf_id, p.folder, p.scenario) for p in placements):
+                res = tree.results(bench, folder)
                 copy_performance(r.performance_dir / scenario, res / "performance" / "run_1")
                 copy_accuracy(r.accuracy_dir / scenario, res / "accuracy")
                 for test in r.compliance.get("tests", []):
-                    copy_compliance(r.compliance_dir / scenario / test, tree.compliance(bench, scenario, test))
-                meas = tree.measurements(bench, scenario)
+                    copy_compliance(r.compliance_dir / scenario / test, tree.compliance(bench, folder, test))
+                meas = tree.measurements(bench, folder)
                 meas.mkdir(parents=True, exist_ok=True)
                 (meas / "user.conf").write_text((r.performance_dir / "user.conf").read_text())
                 (meas / "mlperf.conf").write_text(conf_text)  # LoadGen's compiled-in copy; check compares the logs' sha1
-                (meas / "README.md").write_text(_readme(r, scenario, smoke, records[r.key]))
-                write_json(tree.measurements_json(bench, scenario, r.engine["backend"]), _measurements(r, source))
-                rows.append(_row(division, r, scenario, smoke))
+                (meas / "README.md").write_text(_readme(r, bench, folder, smoke, records[r.key]))
+                write_json(tree.measurements_json(bench, folder, r.engine["backend"]), _measurements(r, source))
+                rows.append(_row(division, r, bench, folder, scenario))
                 _headline(headline, r, scenario)
             headline[f"{r.key}/accuracy_worst_ratio"] = float(r.accuracy["worst_ratio"])
     findings, n_results = check_tree(tree_root, rnd.version, _round_targets(results, params))
@@ -274,9 +281,10 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
             "mlperf_conf_sha1": conf_sha1, "provenance": records}
 
 
-def _row(division: str, r: EntryResults, scenario: str, smoke: bool) -> dict:
+def _row(division: str, r: EntryResults, mlperf_id: str, folder: str, scenario: str) -> dict:
+    """One result as the tree holds it (`folder`), measured by the entry's `scenario` run."""
     perf = r.performance[scenario]
-    return {"division": division, "entry": r.key, "benchmark": r.entry.mlperf_id, "scenario": scenario,
+    return {"division": division, "entry": r.key, "benchmark": mlperf_id, "scenario": folder,
             "samples_per_s": perf["samples_per_s"], "target_qps": perf.get("target_qps", ""),
             "tokens_per_s": perf.get("tokens_per_s", ""),
             "latency_p90_ms": perf.get("latency_p90_ms", ""), "latency_p99_ms": perf.get("latency_p99_ms", ""),
@@ -290,7 +298,7 @@ def _headline(headline: dict, r: EntryResults, scenario: str) -> None:
     for k in HEADLINE:
         if k in perf:
             headline[f"{r.key}/{scenario}/{k}"] = float(perf[k])
-    for k in SCORES:
+    for k in (*r.entry.bench.score_keys, "tokens_per_sample"):
         if k in acc:
             headline[f"{r.key}/{scenario}/{k}"] = float(acc[k])
 
@@ -305,8 +313,8 @@ def _unmet_rules(findings: list[Finding], results: list[EntryResults], params: R
             out.setdefault((parts[0], parts[4], parts[5]), set()).add(f.rule)
     for r in results:
         if params.benchmarks[r.entry.benchmark].reference.source == "measured":
-            for scenario in r.entry.scenarios:
-                out.setdefault((r.entry.division, r.entry.mlperf_id, scenario), set()).add("reference")
+            for p in params.placements(r.entry):
+                out.setdefault((r.entry.division, p.mlperf_id, p.folder), set()).add("reference")
     return out
 
 
