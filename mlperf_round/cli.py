@@ -1,10 +1,11 @@
 """`mlperf-round`: the project's commands. `compare` puts rounds side by side; `check` checks a submission tree;
-`pin` writes a checkpoint's commit and sha256 into params.yaml."""
+`pin` writes a checkpoint's commit and sha256 into params.yaml; `repro --round` runs another round file beside it."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import OneLineParser, ParamsError, RoundError, TransientError
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import pin
 
     pin.add_parser(sub)
+    rep = sub.add_parser("repro", help="run a round file beside params.yaml's (its own workspace and LoadGen)")
+    rep.add_argument("--round", required=True, type=Path, help="a params file, e.g. rounds/v6.1.yaml")
     chk = sub.add_parser("check", help="check a submission tree as MLCommons' checker would", add_help=False)
     chk.add_argument("args", nargs=argparse.REMAINDER)
     try:
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             return check_main(args.args)
         if args.command == "pin":
             return pin.run(args)
+        if args.command == "repro":
+            from . import rounds
+
+            return rounds.repro(args.round)
         if len(args.rounds) < 2:
             raise ParamsError("mlperf-round compare: give two or more rounds")
         return _compare(args)

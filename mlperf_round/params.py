@@ -581,5 +581,6 @@ def check_loadgen(version: str) -> None:
     if not _version_tuple(low) <= _version_tuple(have) <= _version_tuple(high):
         raise ParamsError(
             f"round.version: {version} needs mlcommons-loadgen {low}..{high} for its RNG seeds, "
-            f"{have} is installed (pip install mlcommons-loadgen=={high})"
+            f"{have} is installed (pip install mlcommons-loadgen=={high}; or run the round with "
+            f"`mlperf-round repro --round FILE`, which installs it beside this one)"
         )

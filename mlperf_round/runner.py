@@ -207,7 +207,7 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
             metrics = body(ctx) or {}
             torch = sys.modules.get("torch")
             if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-                metrics["device_peak_bytes"] = torch.cuda.max_memory_allocated()  # benchmarks/memory.py reads it
+                metrics["device_peak_bytes"] = torch.cuda.max_memory_allocated()  # perf/memory.py reads it
             metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "git_commit": round_tags["git.commit"]}
             write_manifest(partial)
             if any(plots_partial.iterdir()):

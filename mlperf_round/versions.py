@@ -1,7 +1,7 @@
 """What each MLPerf Inference version asks of a submission, for the benchmarks this project runs.
 
 From MLCommons' submission checker (`tools/submission/submission_checker`, the v5.0 checker
-as it stood at the v5.0 deadline, and main for v5.1 to v6.1) and MLPERF.md. One place, so
+as it stood at the v5.0 deadline, and main for v5.1 to v6.1; pinned copies in ../shared/mlcommons/). One place, so
 params validation, packaging and `check` agree.
 """
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(script: str, *args: str, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--device", "cpu", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(ROOT / "perf" / script), *args, "--device", "cpu", "--out", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=out.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / script.replace(".py", ".json")).read_text())

@@ -217,7 +217,7 @@ SYSTEM = "cpu-smoke"
 
 
 def required_files_v50(tree: Path, division: str, mlperf_id: str, scenario: str, tests: tuple[str, ...]) -> list[Path]:
-    """What MLCommons' v5.0 checker opens for one result (MLPERF.md, the checker's source)."""
+    """What MLCommons' v5.0 checker opens for one result (the v5.0.1 checker's source)."""
     org = tree / division / "MLPerfRound"
     res, meas = org / "results" / SYSTEM / mlperf_id / scenario, org / "measurements" / SYSTEM / mlperf_id / scenario
     files = [org / "systems" / f"{SYSTEM}.json", org / "code" / mlperf_id / "README.md",

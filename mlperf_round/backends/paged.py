@@ -292,16 +292,6 @@ class InflightEngine:
         return self.model.lm_head(x).float()
 
 
-def supports(model) -> bool:
-    """Llama's layout (and Mistral's, Qwen2's, which share it) is what the paged forward drives."""
-    body = getattr(model, "model", None)
-    layers = getattr(body, "layers", None)
-    if layers is None or not hasattr(body, "rotary_emb"):
-        return False
-    attn = getattr(layers[0], "self_attn", None)
-    return all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
-
-
 def measure_kv_scales(model, prompts: list[list[int]], max_input: int) -> dict[str, list[float]]:
     """Per-layer FP8 scales of K (after RoPE) and V: their absmax over the prompts' prefill, / 448.
 

@@ -185,9 +185,6 @@ class TorchLLM:
 
         return sample_ids(sample, self.tokenizer, self.spec.max_input_len)
 
-    def decode(self, tokens: np.ndarray) -> str:
-        return self.tokenizer.decode(tokens.tolist(), skip_special_tokens=True)
-
     @torch.inference_mode()
     def generate(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """New tokens per input (int32), cut after the first EOS (kept: TEST06 allows one)."""

@@ -93,7 +93,8 @@ def build_tiny_model(cfg: TinyLlama3, tokenizer, out: Path) -> None:
         initializer_range=cfg.init_std, rms_norm_eps=1e-5, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
         rope_parameters={"rope_type": "llama3", "rope_theta": cfg.rope_theta, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                         "high_freq_factor": 4.0,  # 3.1's context is 8x its pre-training's (131,072 = 8 x 8,192)
+                         "original_max_position_embeddings": cfg.max_position_embeddings // 8},
     )
     config.architectures = ["LlamaForCausalLM"]
     torch.manual_seed(cfg.seed)

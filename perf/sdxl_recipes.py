@@ -1,6 +1,6 @@
 """Per-image latency, UNet work, FID and CLIP of the SDXL recipes, in one run on the same captions.
 
-    python benchmarks/sdxl_recipes.py [--artifacts artifacts] [--repeats 5] [--batch 8]
+    python perf/sdxl_recipes.py [--artifacts artifacts] [--repeats 5] [--batch 8]
 
 Runs the round's built engines: the closed entry's INT8 SmoothQuant UNet, the open entry's
 fp16 UNet with DeepCache, and that same fp16 engine with DeepCache switched off (the

@@ -1,6 +1,6 @@
 """fp32 matmul against torch's FP8 (`_scaled_mm`) and INT8 (`_int_mm`) GEMMs on this machine, as ratios.
 
-    python benchmarks/gemm_kernels.py [--threads 1] [--shapes 16x64x64,32x64x256,128x1024x1024]
+    python perf/gemm_kernels.py [--threads 1] [--shapes 16x64x64,32x64x256,128x1024x1024]
 
 What `build.kernels: auto` decides per engine, shown bare: a low-precision kernel is not faster
 everywhere (torch 2.13's CPU `_scaled_mm` runs a reference loop on some Xeons). Medians of warm

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issues 11 and 12 on a lent GPU, as one prepared call: the GPU tests, then the fast-engine benchmarks at real shapes.
 #
-#   benchmarks/gpu_session.sh wheels    # here, once: the packages the GPU image lacks, as wheels in .whl/ (git-ignored)
-#   benchmarks/gpu_session.sh run tests llama        # there (device tool, carry [".whl"]): results under $OUT
+#   perf/gpu_session.sh wheels    # here, once: the packages the GPU image lacks, as wheels in .whl/ (git-ignored)
+#   perf/gpu_session.sh run tests llama        # there (device tool, carry [".whl"]): results under $OUT
 #
 # One device call runs at most 600 s and a session has 15 minutes of device time, the machine's start included:
 # choose the steps per call (their limits: tests 240 s, llama 420 s, gptj 300 s, sdxl 540 s).
@@ -38,11 +38,11 @@ run() {
       tests)  # correctness first: native kernels, the paged engine and the compiled SDXL engine on CUDA
         timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_native_kernels.py \
           tests/test_inflight.py tests/test_fast_sdxl.py -k cuda > "$out/tests.log" 2>&1 ;;
-      llama) timeout 420 python3 benchmarks/fast_llm.py --model llama2-70b --shape real --device cuda --queries 1024 \
+      llama) timeout 420 python3 perf/fast_llm.py --model llama2-70b --shape real --device cuda --queries 1024 \
           --out /tmp/llama > "$out/llama.log" 2>&1; cp /tmp/llama/fast_llm.json "$out/llama.json" ;;
-      gptj) timeout 300 python3 benchmarks/fast_llm.py --model gptj --shape real --device cuda --queries 256 \
+      gptj) timeout 300 python3 perf/fast_llm.py --model gptj --shape real --device cuda --queries 256 \
           --out /tmp/gptj > "$out/gptj.log" 2>&1; cp /tmp/gptj/fast_llm.json "$out/gptj.json" ;;
-      sdxl) timeout 540 python3 benchmarks/fast_sdxl.py --shape real --device cuda --out /tmp/sdxl > "$out/sdxl.log" 2>&1
+      sdxl) timeout 540 python3 perf/fast_sdxl.py --shape real --device cuda --out /tmp/sdxl > "$out/sdxl.log" 2>&1
           cp /tmp/sdxl/fast_sdxl.json "$out/sdxl.json" ;;
       *) echo "unknown step $step (tests, llama, gptj, sdxl)" >&2 ;;
     esac

@@ -1,7 +1,7 @@
 """One built engine with its quantized layers emulated (fake quantization) vs native (FP8 / INT8 GEMMs), in one run.
 
-    python benchmarks/native_kernels.py artifacts/llama2-70b-99p9/build/engine [--repeats 3] [--queries 16]
-    python benchmarks/native_kernels.py artifacts/stable-diffusion-xl/build/engine
+    python perf/native_kernels.py artifacts/llama2-70b-99p9/build/engine [--repeats 3] [--queries 16]
+    python perf/native_kernels.py artifacts/stable-diffusion-xl/build/engine
 
 The engine directory is copied twice with only `kernels` changed in engine.json; runs alternate,
 medians are reported, and the outputs are compared (LLM: tokens must be identical; SDXL: PSNR).

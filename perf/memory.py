@@ -1,7 +1,7 @@
 """Peak memory of download, calibrate, quantize and build against the checkpoint's bytes, on a Llama built here.
 
-    python benchmarks/memory.py                      # tiny and mid scale (a ~1 GB bf16 Llama)
-    python benchmarks/memory.py --scales mid --keep /tmp/mem
+    python perf/memory.py                      # tiny and mid scale (a ~1 GB bf16 Llama)
+    python perf/memory.py --scales mid --keep /tmp/mem
 
 A Llama checkpoint is written in bf16, sharded, with a tokenizer; a project copy points
 llama2-70b at it as `model.source: local` and runs each stage of the llama2-70b-99p9 entry as its
@@ -64,7 +64,7 @@ def build_checkpoint(out: Path, scale: str) -> int:
 
 
 def build_in_child(out: Path, scale: str) -> int:
-    code = f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import memory; " \
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'perf')!r}); import memory; " \
            f"print(memory.build_checkpoint(__import__('pathlib').Path({str(out)!r}), {scale!r}))"
     done = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True)
     return int(done.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Tokens/s of one engine with in-flight batching vs static batches, on the same queries, in one run.
 
-    python benchmarks/inflight_vs_static.py artifacts/llama2-70b-99p9/build/engine [--repeats 3]
+    python perf/inflight_vs_static.py artifacts/llama2-70b-99p9/build/engine [--repeats 3]
 
 Both policies run the engine's own scheduler (same model, same paged KV cache, same batch
 limit); only admission differs: in-flight admits a query whenever a slot is free, static

@@ -1,6 +1,6 @@
 """Wall time of the round through Prefect with one worker vs two, and the Prefect path's overhead on a no-op round.
 
-    python benchmarks/prefect_workers.py [--benchmarks gptj llama2-70b stable-diffusion-xl] [--out DIR]
+    python perf/prefect_workers.py [--benchmarks gptj llama2-70b stable-diffusion-xl] [--out DIR]
 
 Everything in one process, on a throwaway copy of the project: a Prefect server on a free
 port, the deployments, then for N in (1, 2) fresh workers, a fresh DVC remote and MLflow

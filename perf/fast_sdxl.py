@@ -1,7 +1,7 @@
 """The round's SDXL engines (closed INT8 SmoothQuant, open DeepCache) under LoadGen Offline next to eager fp16, in one run.
 
-    python benchmarks/fast_sdxl.py --shape tiny                      # any machine, about a minute: the whole path
-    python benchmarks/fast_sdxl.py --shape real --device cuda        # one H100 / H200: SDXL's shapes, 1024x1024
+    python perf/fast_sdxl.py --shape tiny                      # any machine, about a minute: the whole path
+    python perf/fast_sdxl.py --shape real --device cuda        # one H100 / H200: SDXL's shapes, 1024x1024
 
 Weights are random at SDXL base's shapes, made on the device (nothing is downloaded); the
 tokenizers are the round's local character-level CLIP tokenizers. Everything after that is

@@ -1,9 +1,9 @@
 """The round's LLM engine at GPT-J 6B's or Llama 2 70B's shape under LoadGen Offline, next to transformers, in one run.
 
-    python benchmarks/fast_llm.py --model llama2-70b --shape tiny        # any machine, a minute: the whole path, tiny
-    python benchmarks/fast_llm.py --model gptj --shape tiny
-    python benchmarks/fast_llm.py --model llama2-70b --shape real --device cuda --queries 1024   # one H200
-    python benchmarks/fast_llm.py --model gptj --shape real --device cuda --queries 512           # one H100 / H200
+    python perf/fast_llm.py --model llama2-70b --shape tiny        # any machine, a minute: the whole path, tiny
+    python perf/fast_llm.py --model gptj --shape tiny
+    python perf/fast_llm.py --model llama2-70b --shape real --device cuda --queries 1024   # one H200
+    python perf/fast_llm.py --model gptj --shape real --device cuda --queries 512           # one H100 / H200
 
 Weights are random, made on the device (nothing is downloaded; 70B in bf16 would not fit one
 GPU, so its linears are made in E4M3 directly). GPT-J goes through the round's own calibrate

@@ -1,6 +1,6 @@
 """Parameters, throughput and ROUGE of the tiny GPT-J: original, pruned, pruned and distilled (one process, one run).
 
-    python benchmarks/gptj_pruning.py [--layers 1] [--heads 2] [--steps 300] [--samples 32]
+    python perf/gptj_pruning.py [--layers 1] [--heads 2] [--steps 300] [--samples 32]
 
 Builds the tiny model from params.yaml's config (seeded), prunes it with the round's code,
 distills it, and probes each with greedy decoding on the accuracy set's first samples

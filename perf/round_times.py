@@ -1,6 +1,6 @@
 """Where a finished round's time went, read from its MLflow runs: per stage, in total, and between stages.
 
-    python benchmarks/round_times.py [PROJECT] [--round NAME] [--json OUT]
+    python perf/round_times.py [PROJECT] [--round NAME] [--json OUT]
 
 Each stage's child run spans the stage's work (from its MLflow run's start to its end). The round
 spans the first stage's start to the last stage's end; what is neither is overhead outside the
