@@ -32,6 +32,7 @@ repro: $(STAMP)
 	$(if $(ROUND),$(BIN)/mlperf-round repro --round $(ROUND),$(BIN)/dvc repro)
 
 test: $(STAMP) browser
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 ui: $(STAMP)

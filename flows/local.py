@@ -31,10 +31,20 @@ BRANCH_DEPLOYMENT = "mlperf-round-branch/default"
 
 def prefect_env(home: Path, port: int) -> dict[str, str]:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # workers run this venv's python
-    return dict(os.environ, PATH=path, PREFECT_HOME=str(home / "home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_STATIC_DIRECTORY=str(home / "ui"),
-                DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
-                PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
+    return dict(
+        os.environ,
+        PATH=path,
+        PREFECT_HOME=str(home / "home"),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_STATIC_DIRECTORY=str(home / "ui"),
+        DO_NOT_TRACK="1",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_WORKER_PREFETCH_SECONDS="2",
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
 
 
 def _prefect() -> list[str]:
@@ -46,8 +56,14 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path, tether: bo
     starts also die with the calling process (a test run killed by a timeout leaves nothing running)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(tethered(cmd) if tether else cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            tethered(cmd) if tether else cmd,
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_http(url: str, timeout_s: float = 120) -> None:
@@ -64,32 +80,59 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
 
 def start_server(home: Path, port: int, project: Path, ui: bool = True, tether: bool = False) -> subprocess.Popen:
     env = prefect_env(home, port)
-    proc = _spawn([*_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--ui" if ui else "--no-ui"],
-                  env, home / "logs" / "server.log", project, tether)
+    proc = _spawn(
+        [*_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--ui" if ui else "--no-ui"],
+        env,
+        home / "logs" / "server.log",
+        project,
+        tether,
+    )
     wait_http(f"http://127.0.0.1:{port}/api/health")
     return proc
 
 
-def start_worker(home: Path, port: int, project: Path, name: str, workspaces: Path, extra_env: dict | None = None,
-                 tether: bool = False) -> subprocess.Popen:
+def start_worker(
+    home: Path,
+    port: int,
+    project: Path,
+    name: str,
+    workspaces: Path,
+    extra_env: dict | None = None,
+    tether: bool = False,
+) -> subprocess.Popen:
     env = prefect_env(home, port) | {"MLPERF_ROUND_WORKSPACES": str(workspaces)} | (extra_env or {})
-    return _spawn([*_prefect(), "worker", "start", "--pool", POOL, "--name", name, "--type", "process"], env,
-                  home / "logs" / f"{name}.log", project, tether)
+    return _spawn(
+        [*_prefect(), "worker", "start", "--pool", POOL, "--name", name, "--type", "process"],
+        env,
+        home / "logs" / f"{name}.log",
+        project,
+        tether,
+    )
 
 
 def deploy(home: Path, port: int, project: Path) -> None:
     """The process pool and both deployments, pulled from `project` (a set_working_directory step)."""
     env = prefect_env(home, port)
-    subprocess.run([*_prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env=env, cwd=project,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*_prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+        env=env,
+        cwd=project,
+        check=True,
+        capture_output=True,
+    )
     code = (
         "from flows.round import branch_flow, round_flow\n"
         "for f, entry in ((round_flow, 'round_flow'), (branch_flow, 'branch_flow')):\n"
         f"    f.from_source(source={str(project)!r}, entrypoint='flows/round.py:' + entry).deploy(\n"
         f"        name='default', work_pool_name={POOL!r}, print_next_steps=False)\n"
     )
-    subprocess.run([sys.executable, "-c", code], env=env | {"PYTHONPATH": str(project)}, cwd=project, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", code],
+        env=env | {"PYTHONPATH": str(project)},
+        cwd=project,
+        check=True,
+        capture_output=True,
+    )
 
 
 CRASH_AUTOMATION = "mlperf-round: crash flow runs whose heartbeats stop"
@@ -116,9 +159,12 @@ def crash_lost_runs_automation(home: Path, port: int, project: Path, within_s: i
         "        match=ResourceSpecification({'prefect.resource.id': ['prefect.flow-run.*']}),\n"
         "        for_each={'prefect.resource.id'}, posture=Posture.Proactive, threshold=1,\n"
         f"        within=timedelta(seconds={within_s})),\n"
-        "        actions=[ChangeFlowRunState(state=StateType.CRASHED, message='no heartbeat: its worker was lost')]).create()\n"
+        "        actions=[ChangeFlowRunState(state=StateType.CRASHED, message='no heartbeat: its worker was "
+        "lost')]).create()\n"
     )
-    subprocess.run([sys.executable, "-c", code], env=prefect_env(home, port), cwd=project, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", code], env=prefect_env(home, port), cwd=project, check=True, capture_output=True
+    )
 
 
 def stop(procs: list[int]) -> None:
@@ -149,14 +195,20 @@ def main(argv: list[str] | None = None) -> int:
         pids = [start_server(home, args.port, project).pid]
         deploy(home, args.port, project)
         crash_lost_runs_automation(home, args.port, project)
-        pids += [start_worker(home, args.port, project, f"worker-{i}", project / ".workspaces" / f"worker-{i}").pid
-                 for i in range(1, args.workers + 1)]
+        pids += [
+            start_worker(home, args.port, project, f"worker-{i}", project / ".workspaces" / f"worker-{i}").pid
+            for i in range(1, args.workers + 1)
+        ]
         pids_file.write_text(json.dumps(pids))
-        print(f"Prefect on http://127.0.0.1:{args.port} with {args.workers} worker(s) in pool {POOL}; deployments "
-              f"{ROUND_DEPLOYMENT} and {BRANCH_DEPLOYMENT}.\nexport PREFECT_API_URL=http://127.0.0.1:{args.port}/api")
+        print(
+            f"Prefect on http://127.0.0.1:{args.port} with {args.workers} worker(s) in pool {POOL}; deployments "
+            f"{ROUND_DEPLOYMENT} and {BRANCH_DEPLOYMENT}.\nexport PREFECT_API_URL=http://127.0.0.1:{args.port}/api"
+        )
     elif args.command == "run":
-        return subprocess.run([*_prefect(), "deployment", "run", ROUND_DEPLOYMENT, "--watch", "--watch-interval", "2"],
-                              env=prefect_env(home, args.port)).returncode
+        return subprocess.run(
+            [*_prefect(), "deployment", "run", ROUND_DEPLOYMENT, "--watch", "--watch-interval", "2"],
+            env=prefect_env(home, args.port),
+        ).returncode
     else:
         stop(json.loads(pids_file.read_text()) if pids_file.exists() else [])
         pids_file.unlink(missing_ok=True)

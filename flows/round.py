@@ -115,12 +115,19 @@ def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tu
         proc = None
         try:
             hold.acquire()
-            proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--pull", *flags, *targets], cwd=ws,
-                                    env={**env, REPORT_ENV: str(report)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dvc", "repro", "--pull", *flags, *targets],
+                cwd=ws,
+                env={**env, REPORT_ENV: str(report)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             out: dict[str, str] = {}
-            readers = [threading.Thread(target=lambda k, f: out.__setitem__(k, f.read()), args=(k, f), daemon=True)
-                       for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+            readers = [
+                threading.Thread(target=lambda k, f: out.__setitem__(k, f.read()), args=(k, f), daemon=True)
+                for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))
+            ]
             for t in readers:
                 t.start()
             while proc.poll() is None:
@@ -132,7 +139,9 @@ def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tu
             for t in readers:
                 t.join()
         finally:
-            if proc is not None and proc.poll() is None:  # this task is unwinding: DVC must not outlive it holding its lock
+            if (
+                proc is not None and proc.poll() is None
+            ):  # this task is unwinding: DVC must not outlive it holding its lock
                 proc.kill()
                 proc.wait()
             hold.close()
@@ -140,8 +149,13 @@ def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tu
         return done, _reports(report)
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.2,
-      retry_condition_fn=_retry_transient, task_run_name="{stage}")
+@task(
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.2,
+    retry_condition_fn=_retry_transient,
+    task_run_name="{stage}",
+)
 def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
     """One DVC stage in its workspace; its outputs and run-cache entry pushed for the other workers.
 
@@ -161,12 +175,16 @@ def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
 
 
 def _resolve(workspace_root: str, dvc_remote: str, mlflow_tracking_uri: str) -> tuple[Path, Path, str, str]:
-    """Where this worker keeps workspaces, the shared remote and tracking URI: params, then environment, then defaults."""
+    """Where this worker keeps workspaces, the shared remote and tracking URI: params, then environment, then
+    defaults."""
     source = Path.cwd()
     root = Path(workspace_root or os.environ.get("MLPERF_ROUND_WORKSPACES") or source / ".workspaces").resolve()
     remote = dvc_remote or os.environ.get("MLPERF_ROUND_DVC_REMOTE") or str(root / "dvc-remote")
-    uri = (mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-           or f"sqlite:///{(source / 'mlruns' / 'mlflow.db').resolve()}")
+    uri = (
+        mlflow_tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(source / 'mlruns' / 'mlflow.db').resolve()}"
+    )
     return source, root, remote, uri
 
 
@@ -186,16 +204,28 @@ def _round_name(ws: Path) -> str:
 
 
 def _stage_env(uri: str, commit: str) -> dict[str, str]:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLPERF_ROUND_GIT_COMMIT=commit, DVC_NO_ANALYTICS="1",
-               MLFLOW_DISABLE_TELEMETRY="true")
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=uri,
+        MLPERF_ROUND_GIT_COMMIT=commit,
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # dvc.yaml's `python` is ours
     env.pop("PYTHONPATH", None)  # stages import the workspace's own code
     return env
 
 
 @flow(name="mlperf-round-branch", flow_run_name="{branch}")
-def branch_flow(branch: str, benchmarks: list[str] | None = None, params_overrides: dict | None = None,
-                dvc_remote: str = "", mlflow_tracking_uri: str = "", workspace_root: str = "", git_commit: str = "") -> dict:
+def branch_flow(
+    branch: str,
+    benchmarks: list[str] | None = None,
+    params_overrides: dict | None = None,
+    dvc_remote: str = "",
+    mlflow_tracking_uri: str = "",
+    workspace_root: str = "",
+    git_commit: str = "",
+) -> dict:
     """One benchmark's stages, in order, in this worker's workspace for that branch."""
     from mlperf_round import tracking
 
@@ -205,14 +235,23 @@ def branch_flow(branch: str, benchmarks: list[str] | None = None, params_overrid
     _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)  # what other workers already computed
     stages = load_dag(ws).branches[branch]
     results = [run_stage(str(ws), stage, env, push=True) for stage in stages]
-    return {"branch": branch, "workspace": str(ws), "ran": [r["stage"] for r in results if r["ran"]],
-            "restored": [r["stage"] for r in results if r["restored"]]}
+    return {
+        "branch": branch,
+        "workspace": str(ws),
+        "ran": [r["stage"] for r in results if r["ran"]],
+        "restored": [r["stage"] for r in results if r["restored"]],
+    }
 
 
 @flow(name="mlperf-round")
-async def round_flow(benchmarks: list[str] | None = None, params_overrides: dict | None = None, dvc_remote: str = "",
-                     mlflow_tracking_uri: str = "", workspace_root: str = "",
-                     branch_deployment: str = "mlperf-round-branch/default") -> dict:
+async def round_flow(
+    benchmarks: list[str] | None = None,
+    params_overrides: dict | None = None,
+    dvc_remote: str = "",
+    mlflow_tracking_uri: str = "",
+    workspace_root: str = "",
+    branch_deployment: str = "mlperf-round-branch/default",
+) -> dict:
     """The whole round: branches in parallel (as deployment runs when `branch_deployment` names one), then `package`."""
     from mlperf_round import tracking
 
@@ -223,22 +262,33 @@ async def round_flow(benchmarks: list[str] | None = None, params_overrides: dict
     env = _stage_env(uri, commit)
     tracking.open_round(ws / "params.yaml", uri, commit)  # one parent run, before branches race to create it
     dag = load_dag(ws)
-    shared = {"benchmarks": benchmarks, "params_overrides": params_overrides, "dvc_remote": dvc_remote or remote,
-              "mlflow_tracking_uri": uri, "git_commit": commit}
+    shared = {
+        "benchmarks": benchmarks,
+        "params_overrides": params_overrides,
+        "dvc_remote": dvc_remote or remote,
+        "mlflow_tracking_uri": uri,
+        "git_commit": commit,
+    }
     logger.info("branches %s, then %s", ", ".join(dag.branches), ", ".join(dag.joins))
     if branch_deployment:
         from prefect.deployments import arun_deployment
 
-        runs = await asyncio.gather(*(arun_deployment(branch_deployment, parameters={"branch": b, **shared}, timeout=None)
-                                      for b in dag.branches))
+        runs = await asyncio.gather(
+            *(
+                arun_deployment(branch_deployment, parameters={"branch": b, **shared}, timeout=None)
+                for b in dag.branches
+            )
+        )
         failed = [f"{b} ({r.state.name})" for b, r in zip(dag.branches, runs) if not r.state.is_completed()]
     else:
+
         async def local(b: str):
             try:
                 await asyncio.to_thread(branch_flow, branch=b, workspace_root=str(root), **shared)
                 return None
             except Exception as err:  # noqa: BLE001 - reported per branch below
                 return f"{b} ({err})"
+
         failed = [f for f in await asyncio.gather(*(local(b) for b in dag.branches)) if f]
     if failed:
         lost = {b for b, r in zip(dag.branches, runs) if r.state.is_crashed()} if branch_deployment else set()
@@ -256,5 +306,9 @@ async def round_flow(benchmarks: list[str] | None = None, params_overrides: dict
     recomputed = [s for s in ran if s not in dag.joins]
     if recomputed:
         logger.warning("recomputed where results meet (not in the remote's run-cache): %s", ", ".join(recomputed))
-    return {"workspace": str(ws), "branches": list(dag.branches), "joins_ran": [s for s in ran if s in dag.joins],
-            "recomputed": recomputed}
+    return {
+        "workspace": str(ws),
+        "branches": list(dag.branches),
+        "joins_ran": [s for s in ran if s in dag.joins],
+        "recomputed": recomputed,
+    }

@@ -71,8 +71,10 @@ def check_shards_pinned(names: set[str], read_index, where: str) -> None:
             raise InputError(f"{where}/{name}: not a weight index (no weight_map)") from None
         missing = sorted(shards - names)
         if missing:
-            raise InputError(f"{where}/{name}: names shard {missing[0]}, which is not among the pinned files "
-                             f"({len(missing)} missing); re-pin with mlperf-round pin")
+            raise InputError(
+                f"{where}/{name}: names shard {missing[0]}, which is not among the pinned files "
+                f"({len(missing)} missing); re-pin with mlperf-round pin"
+            )
 
 
 def hash_directory(root: Path, names: list[str]) -> dict[str, str]:
@@ -81,8 +83,13 @@ def hash_directory(root: Path, names: list[str]) -> dict[str, str]:
     from tqdm import tqdm
 
     known, record = _read_record(root), {}
-    with tqdm(total=sum((root / n).stat().st_size for n in names), unit="B", unit_scale=True, desc="hash checkpoint",
-              mininterval=2.0) as bar:
+    with tqdm(
+        total=sum((root / n).stat().st_size for n in names),
+        unit="B",
+        unit_scale=True,
+        desc="hash checkpoint",
+        mininterval=2.0,
+    ) as bar:
         for name in names:
             stamp = _stamp(root / name)
             same = known.get(name, {})
@@ -114,8 +121,9 @@ def verify_directory(root: Path, files: dict[str, str], on_mismatch=None) -> dic
             todo.append((name, digest, path, stamp))
     check_shards_pinned(set(files), lambda n: (root / n).read_bytes(), str(root))
     total = sum(s["size"] for *_, s in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="verify checkpoint", disable=not todo,
-              mininterval=2.0) as bar:
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="verify checkpoint", disable=not todo, mininterval=2.0
+    ) as bar:
         for name, digest, path, stamp in todo:
             actual = sha256_file(path)
             bar.update(stamp["size"])
@@ -131,8 +139,11 @@ def verify_directory(root: Path, files: dict[str, str], on_mismatch=None) -> dic
 
 def write_reference(out: Path, name: str, root: Path, files: dict[str, dict], origin: dict) -> None:
     """`<out>/<name>.ref.json`: the verified checkpoint `root`, by reference."""
-    ref = {"path": str(root.resolve()), "origin": origin,
-           "files": {n: {k: v for k, v in f.items() if k != "inode"} for n, f in files.items()}}
+    ref = {
+        "path": str(root.resolve()),
+        "origin": origin,
+        "files": {n: {k: v for k, v in f.items() if k != "inode"} for n, f in files.items()},
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / (name + REF_SUFFIX)).write_text(json.dumps(ref, indent=1, sort_keys=True))
 
@@ -155,8 +166,9 @@ def resolve(parent: Path, name: str = "model") -> Path:
         try:
             stamp = _stamp(path)
         except OSError:
-            raise InputError(f"{path}: missing; the checkpoint that {ref_path} names has moved or been deleted "
-                             "(re-run download)") from None
+            raise InputError(
+                f"{path}: missing; the checkpoint that {ref_path} names has moved or been deleted (re-run download)"
+            ) from None
         if (stamp["size"], stamp["mtime_ns"]) != (want["size"], want["mtime_ns"]):
             raise InputError(f"{path}: changed since download verified it (size or mtime); re-run download")
     return root
@@ -191,8 +203,10 @@ def publish(model, out: Path, name: str, where: str) -> None:
     else:
         root = Path(model.path).expanduser() if model.path else hub.snapshot_dir(hf.repo, hf.revision, hf.cache_dir)
         if not root.is_dir():
-            raise InputError(f"{where}.path: {root}: no such directory" + (
-                "" if model.path else f" (the Hub cache holds no snapshot of {hf.repo}@{hf.revision})"))
+            raise InputError(
+                f"{where}.path: {root}: no such directory"
+                + ("" if model.path else f" (the Hub cache holds no snapshot of {hf.repo}@{hf.revision})")
+            )
         files = verify_directory(root, hf.files)
         origin = {"source": "local", "repo": hf.repo, "revision": hf.revision}
     write_reference(out, name, root, files, origin)

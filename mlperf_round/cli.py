@@ -42,10 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     cmp = sub.add_parser("compare", help="rounds side by side, from MLflow (the first is the baseline)")
     cmp.add_argument("rounds", nargs="+", metavar="ROUND", help="a round's name or its parent run's id; two or more")
-    cmp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    cmp.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"
+    )
     cmp.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
-    cmp.add_argument("--fail-on-regression", type=float, metavar="PCT",
-                     help="exit 1 when a throughput drops, or a latency or accuracy worsens, by more than PCT percent")
+    cmp.add_argument(
+        "--fail-on-regression",
+        type=float,
+        metavar="PCT",
+        help="exit 1 when a throughput drops, or a latency or accuracy worsens, by more than PCT percent",
+    )
     from . import pin
 
     pin.add_parser(sub)

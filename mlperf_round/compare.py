@@ -78,16 +78,24 @@ def load_rounds(refs: list[str], uri: str) -> list[Round]:
                 raise ParamsError(f"{ref}: run {run.info.run_name!r} is a stage run, not a round's parent run")
         else:
             if parents is None:  # matched here, not in a filter string a name could break out of
-                parents = client.search_runs([exp.experiment_id], filter_string="tags.`mlperf.kind` = 'round'",
-                                             order_by=["attributes.start_time DESC"], max_results=5000)
+                parents = client.search_runs(
+                    [exp.experiment_id],
+                    filter_string="tags.`mlperf.kind` = 'round'",
+                    order_by=["attributes.start_time DESC"],
+                    max_results=5000,
+                )
             found = [r for r in parents if r.data.tags.get("mlperf.round") == ref]
             if not found:
                 have = {r.data.tags.get("mlperf.round") for r in parents}
-                raise ParamsError(f"{ref}: no such round in {uri} (have: {', '.join(sorted(h for h in have if h)) or 'none'})")
+                raise ParamsError(
+                    f"{ref}: no such round in {uri} (have: {', '.join(sorted(h for h in have if h)) or 'none'})"
+                )
             run = found[0]  # the newest
         headline = {k: v for k, v in run.data.metrics.items() if "/" in k}
         if not headline:
-            raise ParamsError(f"{ref}: round {run.data.tags.get('mlperf.round')!r} has no results yet (its package stage has not run)")
+            raise ParamsError(
+                f"{ref}: round {run.data.tags.get('mlperf.round')!r} has no results yet (its package stage has not run)"
+            )
         rounds.append(Round(ref, run.data.tags.get("mlperf.round", ref), run.info.run_id, run.data.tags, headline))
     return rounds
 
@@ -122,8 +130,10 @@ def regressions(rounds: list[Round], rows: list[Row], pct: float) -> list[str]:
     for row in rows:
         for i, worse in enumerate(row.worse_pct, start=1):
             if worse > pct:
-                out.append(f"{rounds[i].name}: {row.entry} {row.scenario} {row.metric} {row.values[0]:.6g} -> "
-                           f"{row.values[i]:.6g} ({worse:.1f}% worse than {rounds[0].name}, over {pct:g}%)")
+                out.append(
+                    f"{rounds[i].name}: {row.entry} {row.scenario} {row.metric} {row.values[0]:.6g} -> "
+                    f"{row.values[i]:.6g} ({worse:.1f}% worse than {rounds[0].name}, over {pct:g}%)"
+                )
     return out
 
 
@@ -149,11 +159,25 @@ def render(rounds: list[Round], rows: list[Row], fmt: str) -> str:
     head, body = _table(rounds, rows)
     if fmt == "json":
         finite = lambda vs: [v if v is None or math.isfinite(v) else None for v in vs]  # noqa: E731 (JSON has no inf)
-        return json.dumps({"rounds": [{"name": r.name, "run_id": r.run_id, "ref": r.ref} for r in rounds],
-                           "rows": [{"entry": r.entry, "scenario": r.scenario, "metric": r.metric, "values": finite(r.values),
-                                     "ratios": finite(r.ratios), "deltas": finite(r.deltas),
-                                     "worse_pct": finite(r.worse_pct)} for r in rows]},
-                          indent=1, allow_nan=False)
+        return json.dumps(
+            {
+                "rounds": [{"name": r.name, "run_id": r.run_id, "ref": r.ref} for r in rounds],
+                "rows": [
+                    {
+                        "entry": r.entry,
+                        "scenario": r.scenario,
+                        "metric": r.metric,
+                        "values": finite(r.values),
+                        "ratios": finite(r.ratios),
+                        "deltas": finite(r.deltas),
+                        "worse_pct": finite(r.worse_pct),
+                    }
+                    for r in rows
+                ],
+            },
+            indent=1,
+            allow_nan=False,
+        )
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)

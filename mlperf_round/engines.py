@@ -26,7 +26,9 @@ def check_backend(backend: str, where: str) -> None:
             if not torch.cuda.is_available():
                 raise ImportError("no CUDA device")
         except ImportError as err:
-            raise ParamsError(f"{where}: tensorrt-llm needs the tensorrt_llm package and a GPU ({err}); use backend: torch") from None
+            raise ParamsError(
+                f"{where}: tensorrt-llm needs the tensorrt_llm package and a GPU ({err}); use backend: torch"
+            ) from None
 
 
 def scheduler_for(build: BuildParams, gen: GenerationParams, model_dir: Path, where: str) -> str:
@@ -37,8 +39,10 @@ def scheduler_for(build: BuildParams, gen: GenerationParams, model_dir: Path, wh
     inflight_ok = gen.num_beams == 1 and arch in INFLIGHT_ARCHITECTURES
     if build.scheduler == "inflight" and not inflight_ok:
         why = f"beam search ({gen.num_beams} beams)" if gen.num_beams > 1 else f"architecture {arch or 'unknown'}"
-        raise ParamsError(f"{where}: inflight batching supports greedy decoding on {', '.join(INFLIGHT_ARCHITECTURES)}, "
-                          f"not {why}; use scheduler: static or auto")
+        raise ParamsError(
+            f"{where}: inflight batching supports greedy decoding on {', '.join(INFLIGHT_ARCHITECTURES)}, "
+            f"not {why}; use scheduler: static or auto"
+        )
     if build.scheduler == "auto":
         return "inflight" if inflight_ok else "static"
     return build.scheduler
@@ -47,11 +51,20 @@ def scheduler_for(build: BuildParams, gen: GenerationParams, model_dir: Path, wh
 INFLIGHT_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
-def build_engine(benchmark: str, precision: str, build: BuildParams, gen: GenerationParams,
-                 model_dir: Path, tokenizer_dir: Path, out: Path, where: str = "build",
-                 kv_calibration: list[list[int]] | None = None) -> torch_llm.EngineSpec:
+def build_engine(
+    benchmark: str,
+    precision: str,
+    build: BuildParams,
+    gen: GenerationParams,
+    model_dir: Path,
+    tokenizer_dir: Path,
+    out: Path,
+    where: str = "build",
+    kv_calibration: list[list[int]] | None = None,
+) -> torch_llm.EngineSpec:
     """The engine directory. An fp8 KV cache needs `kv_calibration` (prompt token ids): its scales are measured when
-    the engine first opens, on the model as it will serve (`TorchLLM(out, kv_calibration)`), so the build loads it once."""
+    the engine first opens, on the model as it will serve (`TorchLLM(out, kv_calibration)`), so the build loads it
+    once."""
     from .backends.paged import default_pool_blocks
     from .benchmarks import get
     from .benchmarks.text import load_tokenizer
@@ -61,8 +74,9 @@ def build_engine(benchmark: str, precision: str, build: BuildParams, gen: Genera
     inflight = scheduler == "inflight"
     if build.kv_cache == "fp8" and not (inflight and kv_calibration):
         raise ParamsError(f"{where}.kv_cache: fp8 needs the inflight scheduler and calibration prompts")
-    pool = build.kv_pool_blocks or default_pool_blocks(build.max_batch_size, gen.max_input_tokens, gen.max_new_tokens,
-                                                       build.kv_block_size)
+    pool = build.kv_pool_blocks or default_pool_blocks(
+        build.max_batch_size, gen.max_input_tokens, gen.max_new_tokens, build.kv_block_size
+    )
     spec = torch_llm.EngineSpec(
         backend="torch",
         benchmark=benchmark,
@@ -98,8 +112,18 @@ def torch_compile_available() -> bool:
     return torch.cuda.is_available() or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
-def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, deepcache, pipeline: Path,
-                       unet_dir: Path, latents: Path, out: Path, where: str = "build"):
+def build_image_engine(
+    benchmark: str,
+    precision: str,
+    build: BuildParams,
+    gen,
+    deepcache,
+    pipeline: Path,
+    unet_dir: Path,
+    latents: Path,
+    out: Path,
+    where: str = "build",
+):
     """A text-to-image engine directory: the entry's UNet, the pipeline it runs in (a pipeline directory, or the
     download stage's output that holds or references one), latents, sampling rules."""
     from .backends import torch_sdxl
@@ -108,14 +132,28 @@ def build_image_engine(benchmark: str, precision: str, build: BuildParams, gen, 
     if build.scheduler == "inflight" or build.kv_cache != "auto":
         raise ParamsError(f"{where}: scheduler and kv_cache are LLM settings; {benchmark} batches whole images")
     if build.compile != "off" and not torch_compile_available():
-        raise ParamsError(f"{where}.compile: torch.compile needs a C++ compiler on the CPU (none found) or a CUDA device")
+        raise ParamsError(
+            f"{where}.compile: torch.compile needs a C++ compiler on the CPU (none found) or a CUDA device"
+        )
     side = int(load_latents(latents).shape[-1]) * 8
     spec = torch_sdxl.DiffusionSpec(
-        backend="torch", benchmark=benchmark, precision=precision, dtype=build.dtype,
-        max_batch_size=build.max_batch_size, steps=gen.steps, guidance_scale=gen.guidance_scale, image_size=side,
-        max_input_len=gen.max_input_tokens, deepcache_interval=deepcache.interval if deepcache.interval > 1 else 0,
-        deepcache_branch=deepcache.branch, threads=build.threads, versions=torch_sdxl.package_versions(),
-        device=build.device, kernels=build.kernels, compile=build.compile, channels_last=build.channels_last,
+        backend="torch",
+        benchmark=benchmark,
+        precision=precision,
+        dtype=build.dtype,
+        max_batch_size=build.max_batch_size,
+        steps=gen.steps,
+        guidance_scale=gen.guidance_scale,
+        image_size=side,
+        max_input_len=gen.max_input_tokens,
+        deepcache_interval=deepcache.interval if deepcache.interval > 1 else 0,
+        deepcache_branch=deepcache.branch,
+        threads=build.threads,
+        versions=torch_sdxl.package_versions(),
+        device=build.device,
+        kernels=build.kernels,
+        compile=build.compile,
+        channels_last=build.channels_last,
         negative_prompt=gen.negative_prompt,
     )
     torch_sdxl.build(pipeline, unet_dir, latents, spec, out)

@@ -43,7 +43,8 @@ class TransientError(RoundError):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Bad command-line arguments are a ParamsError: one line, exit 2, like every bad input (argparse prints usage too)."""
+    """Bad command-line arguments are a ParamsError: one line, exit 2, like every bad input (argparse prints usage
+    too)."""
 
     def error(self, message: str):
         # an argument may carry a newline or other control characters; the message stays one line

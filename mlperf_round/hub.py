@@ -66,7 +66,9 @@ def _hub_error(err: Exception, what: str, url: str, token) -> Exception:
     if isinstance(err, e.HfHubHTTPError):
         status = err.response.status_code if err.response is not None else 0
         kind = TransientError if status >= 500 or status in (0, 408, 429) else InputError
-        return kind(f"{what}: download failed (HTTP {status}){'; a retry may succeed' if kind is TransientError else ''}")
+        return kind(
+            f"{what}: download failed (HTTP {status}){'; a retry may succeed' if kind is TransientError else ''}"
+        )
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return err
     reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
@@ -95,8 +97,12 @@ def repo_files(repo: str, revision: str, url: str, token, where: str) -> tuple[s
     """(the commit `revision` resolves to, {file: {size, sha256 of an LFS file or None}}) as the Hub lists them."""
     from huggingface_hub import HfApi
 
-    info = call(lambda: HfApi(endpoint=url, token=token).model_info(repo, revision=revision, files_metadata=True),
-                 f"{where}: {repo}@{revision}", url, token)
+    info = call(
+        lambda: HfApi(endpoint=url, token=token).model_info(repo, revision=revision, files_metadata=True),
+        f"{where}: {repo}@{revision}",
+        url,
+        token,
+    )
     files = {s.rfilename: {"size": s.size, "sha256": s.lfs.sha256 if s.lfs else None} for s in info.siblings or ()}
     return info.sha, files
 
@@ -127,19 +133,28 @@ def download(hf, where: str) -> tuple[Path, dict[str, dict]]:
         if name not in listed:
             raise InputError(f"{where}: {hf.repo}@{hf.revision}: {name} is not in the repository")
         if listed[name]["sha256"] and listed[name]["sha256"] != digest:
-            raise InputError(f"{where}: {hf.repo}@{hf.revision}: {name}: the pinned sha256 {digest} is not the Hub's "
-                             f"{listed[name]['sha256']}")
+            raise InputError(
+                f"{where}: {hf.repo}@{hf.revision}: {name}: the pinned sha256 {digest} is not the Hub's "
+                f"{listed[name]['sha256']}"
+            )
     if not has_weights(hf.files):
         pickles = pickle_weights(listed)
         if pickles:
-            raise InputError(f"{where}: {hf.repo}@{hf.revision}: weights only as pickle ({pickles[0]}), which can run "
-                             "code when loaded; pin a repository (or revision) with .safetensors weights")
+            raise InputError(
+                f"{where}: {hf.repo}@{hf.revision}: weights only as pickle ({pickles[0]}), which can run "
+                "code when loaded; pin a repository (or revision) with .safetensors weights"
+            )
     root = snapshot_dir(hf.repo, hf.revision, hf.cache_dir)
 
     def fetch(name: str) -> None:
-        call(lambda: hf_hub_download(hf.repo, name, revision=hf.revision, cache_dir=hf.cache_dir or None,
-                                      endpoint=url, token=token),
-              f"{where}: {hf.repo}@{hf.revision}: {name}", url, token)
+        call(
+            lambda: hf_hub_download(
+                hf.repo, name, revision=hf.revision, cache_dir=hf.cache_dir or None, endpoint=url, token=token
+            ),
+            f"{where}: {hf.repo}@{hf.revision}: {name}",
+            url,
+            token,
+        )
 
     indexes = [n for n in hf.files if n.endswith(checkpoints.WEIGHT_INDEX_SUFFIXES)]
     for name in indexes:  # small: the shard list is checked before gigabytes move

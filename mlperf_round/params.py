@@ -21,7 +21,6 @@ Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8_sq"]
 Scenario = Literal["SingleStream", "Offline", "Server", "Interactive"]
 
 
-
 def _registry():
     """The benchmarks (imported late: each benchmark module defines its params schema on this module's classes)."""
     from . import benchmarks
@@ -38,7 +37,9 @@ class SystemParams(Strict):
 
     name: str = Field("cpu-smoke", description="system id: names systems/<name>.json and the results folders")
     status: Literal["available", "preview", "rdi"] = Field("available", description="MLPerf availability category")
-    system_type: Literal["datacenter", "edge", "datacenter,edge"] = Field("datacenter", description="MLPerf system type")
+    system_type: Literal["datacenter", "edge", "datacenter,edge"] = Field(
+        "datacenter", description="MLPerf system type"
+    )
     framework: str = Field("PyTorch (mlperf-round torch backend)", description="software that runs the model")
     accelerator_model_name: str = Field("N/A", description="accelerator, when NVML cannot tell")
     accelerators_per_node: int = Field(0, ge=0, description="accelerators per node, when NVML cannot tell")
@@ -52,14 +53,18 @@ class SystemParams(Strict):
 
 class RoundSection(Strict):
     name: str = Field("smoke", description="round name: the MLflow parent run, compared across rounds")
-    version: Literal["v5.0", "v5.1", "v6.0", "v6.1"] = Field("v5.0", description="MLPerf Inference version: layout, seeds, benchmarks")
+    version: Literal["v5.0", "v5.1", "v6.0", "v6.1"] = Field(
+        "v5.0", description="MLPerf Inference version: layout, seeds, benchmarks"
+    )
     submitter: str = Field("MLPerfRound", description="submitter organisation, the folder under closed/ and open/")
     smoke: bool = Field(True, description="shortened LoadGen runs: results are measured but not submittable")
     test_timeout_s: int = Field(3600, ge=10, description="watchdog on each LoadGen test: a hung SUT fails the stage")
     system: SystemParams = Field(default_factory=SystemParams, description="the system under test")
     mlcommons_inference: str = Field(
-        "", description="a local clone of mlcommons/inference: compliance runs its audit.config files, and package "
-        "also runs its submission checker")
+        "",
+        description="a local clone of mlcommons/inference: compliance runs its audit.config files, and package "
+        "also runs its submission checker",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> RoundSection:
@@ -68,8 +73,10 @@ class RoundSection(Strict):
                 raise ValueError(f"{key}: {value!r} must be letters, digits, '.', '_' or '-'")
         tools = Path(self.mlcommons_inference) / "tools" / "submission"
         if self.mlcommons_inference and not tools.is_dir():
-            raise ValueError(f"mlcommons_inference: {self.mlcommons_inference} is not a clone of mlcommons/inference "
-                             "(no tools/submission)")
+            raise ValueError(
+                f"mlcommons_inference: {self.mlcommons_inference} is not a clone of mlcommons/inference "
+                "(no tools/submission)"
+            )
         return self
 
 
@@ -87,27 +94,38 @@ def refused_pickle(name: str) -> bool:
 class HFSource(Strict):
     repo: str = Field("", description="Hugging Face repository, e.g. EleutherAI/gpt-j-6b")
     revision: str = Field("", description="pinned commit (40 hex digits); `mlperf-round pin` resolves a branch to one")
-    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256, every file to fetch "
-                                  "(`mlperf-round pin` writes them)")
-    endpoint: str = Field("", description="hub endpoint: a mirror, or a local server in tests "
-                          "(empty: $HF_ENDPOINT, else https://huggingface.co)")
-    cache_dir: str = Field("", description="Hub cache the files are downloaded into and read from, never copied out of "
-                           "(empty: $HF_HUB_CACHE, else ~/.cache/huggingface/hub)")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="file name -> sha256, every file to fetch (`mlperf-round pin` writes them)"
+    )
+    endpoint: str = Field(
+        "",
+        description="hub endpoint: a mirror, or a local server in tests "
+        "(empty: $HF_ENDPOINT, else https://huggingface.co)",
+    )
+    cache_dir: str = Field(
+        "",
+        description="Hub cache the files are downloaded into and read from, never copied out of "
+        "(empty: $HF_HUB_CACHE, else ~/.cache/huggingface/hub)",
+    )
     max_workers: int = Field(8, ge=1, le=64, description="files downloaded at once")
 
     @model_validator(mode="after")
     def _pinned(self) -> HFSource:
         if self.revision and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
-            raise ValueError(f"revision {self.revision!r} is not a 40-hex-digit commit "
-                             "(mlperf-round pin resolves a branch or tag to its commit)")
+            raise ValueError(
+                f"revision {self.revision!r} is not a 40-hex-digit commit "
+                "(mlperf-round pin resolves a branch or tag to its commit)"
+            )
         for name, digest in self.files.items():
             if not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise ValueError(f"files.{name}: {digest!r} is not a sha256")
             if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
                 raise ValueError(f"files.{name}: not a plain relative file name inside the repository")
             if refused_pickle(name):
-                raise ValueError(f"files.{name}: a pickle file runs code when it is loaded; fetch the repository's "
-                                 ".safetensors weights (or transformers' pytorch_model*.bin shards) instead")
+                raise ValueError(
+                    f"files.{name}: a pickle file runs code when it is loaded; fetch the repository's "
+                    ".safetensors weights (or transformers' pytorch_model*.bin shards) instead"
+                )
         return self
 
     @property
@@ -117,33 +135,47 @@ class HFSource(Strict):
 
 class ModelParams(Strict):
     source: Literal["tiny", "hf", "local"] = Field(
-        "tiny", description="tiny: built locally from `tiny`; hf: `hf` repo at a pinned revision, downloaded into the "
-        "Hub cache; local: a checkpoint already on disk (`path`, or the Hub cache's snapshot of hf.repo at hf.revision), "
-        "verified against hf.files and never copied")
+        "tiny",
+        description="tiny: built locally from `tiny`; hf: `hf` repo at a pinned revision, downloaded into the "
+        "Hub cache; local: a checkpoint already on disk (`path`, or the Hub cache's snapshot of hf.repo at "
+        "hf.revision), "
+        "verified against hf.files and never copied",
+    )
     hf: HFSource = Field(default_factory=HFSource, description="real checkpoint, verified by sha256")
     path: str = Field("", description="source 'local': the checkpoint directory (empty: the Hub cache's snapshot)")
 
     @model_validator(mode="after")
     def _hf_complete(self) -> ModelParams:
         if self.source == "hf" and not self.hf.complete:
-            raise ValueError("hf: source 'hf' needs repo, revision and files with their sha256 (mlperf-round pin writes them)")
+            raise ValueError(
+                "hf: source 'hf' needs repo, revision and files with their sha256 (mlperf-round pin writes them)"
+            )
         if self.source == "local" and not self.hf.files:
-            raise ValueError("hf.files: source 'local' verifies the checkpoint against the pinned sha256 in hf.files "
-                             "(mlperf-round pin writes them)")
+            raise ValueError(
+                "hf.files: source 'local' verifies the checkpoint against the pinned sha256 in hf.files "
+                "(mlperf-round pin writes them)"
+            )
         if self.source == "local" and not self.path and not (self.hf.repo and self.hf.revision):
-            raise ValueError("path: source 'local' needs a directory, or hf.repo and hf.revision to find in the Hub cache")
+            raise ValueError(
+                "path: source 'local' needs a directory, or hf.repo and hf.revision to find in the Hub cache"
+            )
         if self.path and self.source != "local":
             raise ValueError(f"path: only source 'local' reads a directory (source is {self.source!r})")
         return self
 
 
 class DatasetParams(Strict):
-    source: Literal["generated", "url"] = Field("generated", description="generated: deterministic synthetic set; url: fetched and verified")
+    source: Literal["generated", "url"] = Field(
+        "generated", description="generated: deterministic synthetic set; url: fetched and verified"
+    )
     size: int = Field(64, ge=1, description="samples in the accuracy set (the QSL)")
     calibration_size: int = Field(16, ge=1, description="samples in the calibration list")
     seed: int = Field(0, description="seed of the generated set")
-    url: str = Field("", description="dataset file for source 'url', as MLCommons ships it (OpenOrca: the pandas pickle; "
-                     "CNN-DailyMail: cnn_eval.json)")
+    url: str = Field(
+        "",
+        description="dataset file for source 'url', as MLCommons ships it (OpenOrca: the pandas pickle; "
+        "CNN-DailyMail: cnn_eval.json)",
+    )
     sha256: str = Field("", description="sha256 of the dataset file")
     calibration_url: str = Field("", description="calibration file for source 'url'")
     calibration_sha256: str = Field("", description="sha256 of the calibration file")
@@ -152,9 +184,13 @@ class DatasetParams(Strict):
     def _sizes(self) -> DatasetParams:
         if self.source == "url" and not (self.url and re.fullmatch(r"[0-9a-f]{64}", self.sha256)):
             raise ValueError("url: source 'url' needs url and a sha256")
-        if self.source == "url" and not (self.calibration_url and re.fullmatch(r"[0-9a-f]{64}", self.calibration_sha256)):
-            raise ValueError("calibration_url: source 'url' needs the calibration list too (calibration_url and its "
-                             "calibration_sha256)")
+        if self.source == "url" and not (
+            self.calibration_url and re.fullmatch(r"[0-9a-f]{64}", self.calibration_sha256)
+        ):
+            raise ValueError(
+                "calibration_url: source 'url' needs the calibration list too (calibration_url and its "
+                "calibration_sha256)"
+            )
         return self
 
 
@@ -173,15 +209,20 @@ class GenerationParams(Strict):
 
 class ReferenceParams(Strict):
     source: Literal["measured", "published"] = Field(
-        "measured", description="measured: score the unoptimized model in this round; published: MLPerf's reference scores"
+        "measured",
+        description="measured: score the unoptimized model in this round; published: MLPerf's reference scores",
     )
     scores: dict[str, float] = Field(
-        default_factory=dict, description="published reference scores for source 'published' (empty: MLPerf's, from the benchmark module)"
+        default_factory=dict,
+        description="published reference scores for source 'published' (empty: MLPerf's, from the benchmark module)",
     )
 
 
-CALIBRATION_DEVICE = Field("auto", description="where calibrate and quantize run the model: auto (CUDA when torch sees "
-                           "one, else the CPU) | cpu | cuda")
+CALIBRATION_DEVICE = Field(
+    "auto",
+    description="where calibrate and quantize run the model: auto (CUDA when torch sees "
+    "one, else the CPU) | cpu | cuda",
+)
 
 
 class CalibrationParams(Strict):
@@ -192,15 +233,22 @@ class CalibrationParams(Strict):
 class BenchmarkParams(Strict):
     model: ModelParams = Field(default_factory=ModelParams, description="where the reference model comes from")
     dataset: DatasetParams = Field(default_factory=DatasetParams, description="accuracy set and calibration list")
-    calibration: CalibrationParams = Field(default_factory=CalibrationParams, description="how statistics are collected")
-    generation: GenerationParams = Field(default_factory=GenerationParams, description="MLPerf's decoding rules for this model")
-    reference: ReferenceParams = Field(default_factory=ReferenceParams, description="the score targets are fractions of")
+    calibration: CalibrationParams = Field(
+        default_factory=CalibrationParams, description="how statistics are collected"
+    )
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="MLPerf's decoding rules for this model"
+    )
+    reference: ReferenceParams = Field(
+        default_factory=ReferenceParams, description="the score targets are fractions of"
+    )
 
     @model_validator(mode="after")
     def _calib(self) -> BenchmarkParams:
         if self.dataset.source == "generated" and self.dataset.calibration_size > self.dataset.size:
             raise ValueError(
-                f"dataset.calibration_size: {self.dataset.calibration_size} is larger than dataset.size {self.dataset.size}"
+                f"dataset.calibration_size: {self.dataset.calibration_size} is larger than dataset.size "
+                f"{self.dataset.size}"
             )
         return self
 
@@ -217,13 +265,24 @@ class URLFile(Strict):
 
 
 class DeepCacheParams(Strict):
-    interval: int = Field(0, ge=0, le=50, description="a full UNet step every `interval` steps, shallow steps between (0 or 1: off)")
-    branch: int = Field(0, ge=0, description="how shallow: the shallow step runs UNet levels 0..branch and reuses the cached rest")
+    interval: int = Field(
+        0, ge=0, le=50, description="a full UNet step every `interval` steps, shallow steps between (0 or 1: off)"
+    )
+    branch: int = Field(
+        0, ge=0, description="how shallow: the shallow step runs UNet levels 0..branch and reuses the cached rest"
+    )
 
 
 class PruneParams(Strict):
-    layers_kept: int = Field(0, ge=0, description="decoder layers kept, the most important by block influence on the calibration list (0: no pruning)")
-    heads_kept: int = Field(0, ge=0, description="attention heads kept in every kept layer, by output norm on the calibration list (0: all)")
+    layers_kept: int = Field(
+        0,
+        ge=0,
+        description="decoder layers kept, the most important by block influence on the calibration list (0: no "
+        "pruning)",
+    )
+    heads_kept: int = Field(
+        0, ge=0, description="attention heads kept in every kept layer, by output norm on the calibration list (0: all)"
+    )
 
     @property
     def active(self) -> bool:
@@ -231,7 +290,9 @@ class PruneParams(Strict):
 
 
 class DistillParams(Strict):
-    steps: int = Field(0, ge=0, le=100000, description="knowledge-distillation steps from the unpruned model (0: prune only)")
+    steps: int = Field(
+        0, ge=0, le=100000, description="knowledge-distillation steps from the unpruned model (0: prune only)"
+    )
     lr: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
     temperature: float = Field(2.0, gt=0, le=100, description="softens both models' logits in the KL loss")
     batch_size: int = Field(8, ge=1, le=4096, description="sequences per step")
@@ -240,20 +301,40 @@ class DistillParams(Strict):
 
 
 class RecipeParams(Strict):
-    precision: Precision = Field("fp8", description="fp32 / fp16 / bf16: pass-through; fp8: E4M3 weights and activations; int8_sq: INT8 SmoothQuant")
-    smoothquant_alpha: float = Field(0.5, ge=0, le=1, description="SmoothQuant migration strength (int8_sq only)")
-    quantize_lm_head: bool = Field(False, description="quantize the output projection too (MLPerf recipes keep it high precision)")
-    sparsity: Literal["none", "2:4"] = Field("none", description="2:4 structured sparsity on every attention and MLP linear, before quantization (open division only)")
-    sparsity_method: Literal["sparsegpt", "sparse_magnitude"] = Field(
-        "sparsegpt", description="mask selection: sparsegpt (Hessian saliency on the calibration list) or sparse_magnitude (no data)"
+    precision: Precision = Field(
+        "fp8",
+        description="fp32 / fp16 / bf16: pass-through; fp8: E4M3 weights and activations; int8_sq: INT8 SmoothQuant",
     )
-    deepcache: DeepCacheParams = Field(default_factory=DeepCacheParams, description="DeepCache (text-to-image, open division only)")
-    prune: PruneParams = Field(default_factory=PruneParams, description="structured pruning of layers and heads (GPT-J, open division only)")
-    distill: DistillParams = Field(default_factory=DistillParams, description="knowledge distillation of the pruned model from the original")
+    smoothquant_alpha: float = Field(0.5, ge=0, le=1, description="SmoothQuant migration strength (int8_sq only)")
+    quantize_lm_head: bool = Field(
+        False, description="quantize the output projection too (MLPerf recipes keep it high precision)"
+    )
+    sparsity: Literal["none", "2:4"] = Field(
+        "none",
+        description="2:4 structured sparsity on every attention and MLP linear, before quantization (open division "
+        "only)",
+    )
+    sparsity_method: Literal["sparsegpt", "sparse_magnitude"] = Field(
+        "sparsegpt",
+        description="mask selection: sparsegpt (Hessian saliency on the calibration list) or sparse_magnitude (no "
+        "data)",
+    )
+    deepcache: DeepCacheParams = Field(
+        default_factory=DeepCacheParams, description="DeepCache (text-to-image, open division only)"
+    )
+    prune: PruneParams = Field(
+        default_factory=PruneParams, description="structured pruning of layers and heads (GPT-J, open division only)"
+    )
+    distill: DistillParams = Field(
+        default_factory=DistillParams, description="knowledge distillation of the pruned model from the original"
+    )
     export_hf: bool = Field(
-        False, description="also write deployable/, Model Optimizer's unified Hugging Face checkpoint of the quantized LLM "
-        "(FP8 / INT8 tensors with their scales), which TensorRT-LLM, vLLM and SGLang load; it holds every tensor of the "
-        "model again, so it is off unless a serving stack outside this round needs it")
+        False,
+        description="also write deployable/, Model Optimizer's unified Hugging Face checkpoint of the quantized LLM "
+        "(FP8 / INT8 tensors with their scales), which TensorRT-LLM, vLLM and SGLang load; it holds every tensor of "
+        "the "
+        "model again, so it is off unless a serving stack outside this round needs it",
+    )
 
 
 class BuildParams(Strict):
@@ -261,27 +342,41 @@ class BuildParams(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="activation dtype of the engine")
     max_batch_size: int = Field(8, ge=1, le=1024, description="most sequences in flight (or per static batch)")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the engine runs (auto: cuda when present)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the engine runs (auto: cuda when present)"
+    )
     scheduler: Literal["auto", "inflight", "static"] = Field(
-        "auto", description="inflight: sequences join and leave the running batch every step (paged KV cache, greedy decoding); "
-        "static: one batch at a time; auto: inflight where decoding is greedy"
+        "auto",
+        description="inflight: sequences join and leave the running batch every step (paged KV cache, greedy "
+        "decoding); "
+        "static: one batch at a time; auto: inflight where decoding is greedy",
     )
     kv_block_size: int = Field(16, ge=1, le=1024, description="tokens per KV-cache block (inflight)")
-    kv_pool_blocks: int = Field(0, ge=0, description="KV-cache blocks in the pool (0: enough for max_batch_size longest sequences)")
-    kv_cache: Literal["auto", "fp8"] = Field(
-        "auto", description="KV-cache storage (inflight): auto, the engine dtype; fp8, E4M3 with per-layer K and V scales "
-        "measured on the calibration list when the engine is built"
+    kv_pool_blocks: int = Field(
+        0, ge=0, description="KV-cache blocks in the pool (0: enough for max_batch_size longest sequences)"
     )
-    max_num_tokens: int = Field(8192, ge=16, description="inflight: prompt tokens per prefill pass; admitted prompts beyond "
-                                "it prefill in further passes (TensorRT-LLM's max_num_tokens)")
+    kv_cache: Literal["auto", "fp8"] = Field(
+        "auto",
+        description="KV-cache storage (inflight): auto, the engine dtype; fp8, E4M3 with per-layer K and V scales "
+        "measured on the calibration list when the engine is built",
+    )
+    max_num_tokens: int = Field(
+        8192,
+        ge=16,
+        description="inflight: prompt tokens per prefill pass; admitted prompts beyond "
+        "it prefill in further passes (TensorRT-LLM's max_num_tokens)",
+    )
     kernels: Literal["auto", "emulated", "native"] = Field(
-        "auto", description="quantized layers: emulated, Model Optimizer's fake quantization (the accuracy reference); "
-        "native, the same scales on real FP8 / INT8 GEMMs (torch._scaled_mm, torch._int_mm); auto, the faster of the two "
-        "per kind, timed at the model's shapes on the engine's device when it is built (and again on another host)"
+        "auto",
+        description="quantized layers: emulated, Model Optimizer's fake quantization (the accuracy reference); "
+        "native, the same scales on real FP8 / INT8 GEMMs (torch._scaled_mm, torch._int_mm); auto, the faster of "
+        "the two "
+        "per kind, timed at the model's shapes on the engine's device when it is built (and again on another host)",
     )
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
-        "off", description="text-to-image: torch.compile mode for the UNet and the VAE decoder (reduce-overhead adds CUDA "
-        "graphs); batches are padded to power-of-two buckets so each size compiles once"
+        "off",
+        description="text-to-image: torch.compile mode for the UNet and the VAE decoder (reduce-overhead adds CUDA "
+        "graphs); batches are padded to power-of-two buckets so each size compiles once",
     )
     channels_last: bool = Field(False, description="text-to-image: UNet and VAE in channels-last memory format")
 
@@ -293,20 +388,34 @@ class OfflineParams(Strict):
 
 
 class SingleStreamParams(Strict):
-    expected_latency_ms: float = Field(100.0, gt=0, description="single_stream_expected_latency: sizes the run (one query in flight)")
+    expected_latency_ms: float = Field(
+        100.0, gt=0, description="single_stream_expected_latency: sizes the run (one query in flight)"
+    )
     min_query_count: int = Field(64, ge=1, description="min_query_count (smoke rounds only; MLPerf: 1024)")
     min_duration_ms: int = Field(0, ge=0, description="min_duration in ms (smoke rounds only; MLPerf: 600000)")
 
 
 class ServerParams(Strict):
     target_qps: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
-        "auto", description="server_target_qps, the Poisson arrival rate; auto: auto_fraction of this entry's Offline "
-        "samples/s, measured by the same performance stage just before (MLCommons' find-performance)")
-    auto_fraction: float = Field(0.7, gt=0, le=1, description="target_qps auto: the share of the Offline throughput offered")
-    target_latency_ms: int | None = Field(None, ge=1, description="p99 latency bound (GPT-J: 20000 ms; unset: MLPerf's)")
-    ttft_latency_ms: int | None = Field(None, ge=1, description="p99 time-to-first-token bound (Llama 2 70B: 2000 ms; unset: MLPerf's)")
-    tpot_latency_ms: int | None = Field(None, ge=1, description="p99 time-per-output-token bound (Llama 2 70B: 200 ms; unset: MLPerf's)")
-    min_query_count: int = Field(460, ge=1, description="min_query_count (smoke rounds only; early stopping needs ~460)")
+        "auto",
+        description="server_target_qps, the Poisson arrival rate; auto: auto_fraction of this entry's Offline "
+        "samples/s, measured by the same performance stage just before (MLCommons' find-performance)",
+    )
+    auto_fraction: float = Field(
+        0.7, gt=0, le=1, description="target_qps auto: the share of the Offline throughput offered"
+    )
+    target_latency_ms: int | None = Field(
+        None, ge=1, description="p99 latency bound (GPT-J: 20000 ms; unset: MLPerf's)"
+    )
+    ttft_latency_ms: int | None = Field(
+        None, ge=1, description="p99 time-to-first-token bound (Llama 2 70B: 2000 ms; unset: MLPerf's)"
+    )
+    tpot_latency_ms: int | None = Field(
+        None, ge=1, description="p99 time-per-output-token bound (Llama 2 70B: 200 ms; unset: MLPerf's)"
+    )
+    min_query_count: int = Field(
+        460, ge=1, description="min_query_count (smoke rounds only; early stopping needs ~460)"
+    )
     min_duration_ms: int = Field(0, ge=0, description="min_duration in ms (smoke rounds only; MLPerf: 600000)")
 
     @field_validator("target_qps", mode="before")
@@ -329,69 +438,110 @@ class ServerParams(Strict):
 class LoadGenParams(Strict):
     """Performance-run knobs only: accuracy runs do not read them, so changing one re-runs performance alone."""
 
-    SingleStream: SingleStreamParams = Field(default_factory=SingleStreamParams, description="SingleStream settings (edge)")
+    SingleStream: SingleStreamParams = Field(
+        default_factory=SingleStreamParams, description="SingleStream settings (edge)"
+    )
     Offline: OfflineParams = Field(default_factory=OfflineParams, description="Offline settings")
     Server: ServerParams = Field(default_factory=ServerParams, description="Server settings")
-    Interactive: ServerParams = Field(default_factory=ServerParams, description="Interactive settings: a Server run held "
-                                      "to the interactive TTFT/TPOT bounds (v5.1+: a scenario; v5.0: the -interactive id)")
+    Interactive: ServerParams = Field(
+        default_factory=ServerParams,
+        description="Interactive settings: a Server run held "
+        "to the interactive TTFT/TPOT bounds (v5.1+: a scenario; v5.0: the -interactive id)",
+    )
 
 
 class EntryParams(Strict):
-    benchmark: str = Field(..., description="which benchmark (model and dataset) this entry submits: a key of "
-                           "mlperf_round.benchmarks (gptj, llama2-70b, llama3_1-8b, stable-diffusion-xl)")
+    benchmark: str = Field(
+        ...,
+        description="which benchmark (model and dataset) this entry submits: a key of "
+        "mlperf_round.benchmarks (gptj, llama2-70b, llama3_1-8b, stable-diffusion-xl)",
+    )
     division: Literal["closed", "open"] = Field("closed", description="closed: the accuracy target gates packaging")
     accuracy_target: Literal[0.99, 0.999, "range"] = Field(
-        0.99, description="fraction of the reference score to reach (99 or 99.9); range: within MLPerf's range around it (text-to-image)")
+        0.99,
+        description="fraction of the reference score to reach (99 or 99.9); range: within MLPerf's range around it "
+        "(text-to-image)",
+    )
     recipe: RecipeParams = Field(default_factory=RecipeParams, description="optimization recipe")
     build: BuildParams = Field(default_factory=BuildParams, description="engine build")
     scenarios: list[Scenario] = Field(["Offline", "Server"], description="LoadGen scenarios to measure")
-    loadgen: LoadGenParams = Field(default_factory=LoadGenParams, description="LoadGen settings of the performance runs")
+    loadgen: LoadGenParams = Field(
+        default_factory=LoadGenParams, description="LoadGen settings of the performance runs"
+    )
 
     @model_validator(mode="after")
     def _scenarios(self) -> EntryParams:
         bench = _registry().get(self.benchmark)
         if bench is None:
-            raise ValueError(f"benchmark: {self.benchmark!r} is not a benchmark (known: {', '.join(sorted(_registry()))})")
+            raise ValueError(
+                f"benchmark: {self.benchmark!r} is not a benchmark (known: {', '.join(sorted(_registry()))})"
+            )
         image = bench.kind.NAME == "text-to-image"
         if not self.scenarios:
             raise ValueError("scenarios: at least one scenario is needed")
         for scenario in ("Server", "Interactive"):
-            if (scenario in self.scenarios and getattr(self.loadgen, scenario).target_qps == "auto"
-                    and "Offline" not in self.scenarios):
-                raise ValueError(f"loadgen.{scenario}.target_qps: auto is a fraction of this entry's Offline throughput; "
-                                 "add Offline to scenarios or give a number")
+            if (
+                scenario in self.scenarios
+                and getattr(self.loadgen, scenario).target_qps == "auto"
+                and "Offline" not in self.scenarios
+            ):
+                raise ValueError(
+                    f"loadgen.{scenario}.target_qps: auto is a fraction of this entry's Offline throughput; "
+                    "add Offline to scenarios or give a number"
+                )
         if len(set(self.scenarios)) != len(self.scenarios):
             raise ValueError("scenarios: a scenario is listed twice")
         if self.accuracy_target not in bench.targets_allowed:
             want = " or ".join(str(t) for t in bench.targets_allowed)
             raise ValueError(f"accuracy_target: {self.benchmark}'s target is {want}, not {self.accuracy_target}")
         if self.recipe.sparsity != "none" and self.division == "closed":
-            raise ValueError("recipe.sparsity: sparsity changes the weights, which the closed division forbids (set division: open)")
+            raise ValueError(
+                "recipe.sparsity: sparsity changes the weights, which the closed division forbids (set division: open)"
+            )
         if self.recipe.precision not in bench.precisions:
-            raise ValueError(f"recipe.precision: {self.recipe.precision} is not a recipe of {self.benchmark} (have: {', '.join(bench.precisions)})")
+            raise ValueError(
+                f"recipe.precision: {self.recipe.precision} is not a recipe of {self.benchmark} "
+                f"(have: {', '.join(bench.precisions)})"
+            )
         if self.recipe.prune.active:
             if not bench.prunable:
                 raise ValueError(f"recipe.prune: pruning supports gptj, not {self.benchmark}")
             if self.division == "closed":
-                raise ValueError("recipe.prune: removing layers and heads changes the model, which the closed division forbids (set division: open)")
+                raise ValueError(
+                    "recipe.prune: removing layers and heads changes the model, which the closed division forbids "
+                    "(set division: open)"
+                )
         if self.recipe.distill.steps and not self.recipe.prune.active:
-            raise ValueError("recipe.distill: distillation recovers a pruned model; set recipe.prune too (or distill.steps: 0)")
+            raise ValueError(
+                "recipe.distill: distillation recovers a pruned model; set recipe.prune too (or distill.steps: 0)"
+            )
         if self.recipe.export_hf:
             if self.recipe.precision not in ("fp8", "int8_sq") or image:
-                raise ValueError(f"recipe.export_hf: the export is of a quantized LLM (fp8, int8_sq), not {self.benchmark} "
-                                 f"at {self.recipe.precision}")
-        elif self.recipe.sparsity != "none" and self.recipe.prune.active and self.recipe.precision in ("fp8", "int8_sq"):
-            raise ValueError("recipe.sparsity: a pruned, quantized model's 2:4 checkpoint is compressed from the export; "
-                             "set recipe.export_hf: true")
+                raise ValueError(
+                    f"recipe.export_hf: the export is of a quantized LLM (fp8, int8_sq), not {self.benchmark} "
+                    f"at {self.recipe.precision}"
+                )
+        elif (
+            self.recipe.sparsity != "none" and self.recipe.prune.active and self.recipe.precision in ("fp8", "int8_sq")
+        ):
+            raise ValueError(
+                "recipe.sparsity: a pruned, quantized model's 2:4 checkpoint is compressed from the export; "
+                "set recipe.export_hf: true"
+            )
         if self.recipe.deepcache.interval > 1:
             if not image:
                 raise ValueError(f"recipe.deepcache: DeepCache caches UNet features; {self.benchmark} has no UNet")
             if self.division == "closed":
-                raise ValueError("recipe.deepcache: skipping UNet blocks changes the computation, which the closed division forbids (set division: open)")
+                raise ValueError(
+                    "recipe.deepcache: skipping UNet blocks changes the computation, which the closed division "
+                    "forbids (set division: open)"
+                )
         if not image:
             for knob, off in (("compile", "off"), ("channels_last", False)):
                 if getattr(self.build, knob) != off:
-                    raise ValueError(f"build.{knob}: a text-to-image setting; the {self.benchmark} engine does not take it")
+                    raise ValueError(
+                        f"build.{knob}: a text-to-image setting; the {self.benchmark} engine does not take it"
+                    )
         return self
 
     @property
@@ -407,7 +557,9 @@ class EntryParams(Strict):
 
 class RoundParams(Strict):
     round: RoundSection = Field(default_factory=RoundSection, description="the submission round")
-    benchmarks: dict[str, SerializeAsAny[BenchmarkParams]] = Field(..., description="models and datasets, keyed by benchmark")
+    benchmarks: dict[str, SerializeAsAny[BenchmarkParams]] = Field(
+        ..., description="models and datasets, keyed by benchmark"
+    )
     entries: dict[str, EntryParams] = Field(..., description="submission entries, keyed by a name used in stage names")
 
     @model_validator(mode="after")
@@ -426,8 +578,10 @@ class RoundParams(Strict):
             if entry.mlperf_id not in version_ids:
                 raise ValueError(f"entries.{key}: {entry.mlperf_id} is not a benchmark of MLPerf Inference {version}")
             if "Interactive" in entry.scenarios and not entry.bench.has_interactive(version):
-                raise ValueError(f"entries.{key}.scenarios: {entry.mlperf_id} has no Interactive scenario in MLPerf "
-                                 f"Inference {version}")
+                raise ValueError(
+                    f"entries.{key}.scenarios: {entry.mlperf_id} has no Interactive scenario in MLPerf "
+                    f"Inference {version}"
+                )
             self._check_scenarios(key, entry)
             if not isinstance(self.benchmarks[entry.benchmark], entry.bench.schema):
                 raise ValueError(f"benchmarks.{entry.benchmark}: not validated as {entry.benchmark}")
@@ -435,8 +589,9 @@ class RoundParams(Strict):
             for mlperf_id in sorted({p.mlperf_id for p in self.placements(entry)}):
                 slot = (entry.division, mlperf_id)
                 if slot in seen_ids:
-                    raise ValueError(f"entries.{key}: {entry.division} {mlperf_id} is already submitted by "
-                                     f"entries.{seen_ids[slot]}")
+                    raise ValueError(
+                        f"entries.{key}: {entry.division} {mlperf_id} is already submitted by entries.{seen_ids[slot]}"
+                    )
                 seen_ids[slot] = key
         return self
 
@@ -453,34 +608,48 @@ class RoundParams(Strict):
         for mlperf_id, have in folders.items():
             need = scenarios_for(version, system_type, mlperf_id)
             if need is None:
-                raise ValueError(f"entries.{key}: {mlperf_id} is not a {system_type} benchmark of MLPerf Inference "
-                                 f"{version} (it is one for: {', '.join(where_available(version, mlperf_id))}; "
-                                 f"set round.system.system_type)")
+                raise ValueError(
+                    f"entries.{key}: {mlperf_id} is not a {system_type} benchmark of MLPerf Inference "
+                    f"{version} (it is one for: {', '.join(where_available(version, mlperf_id))}; "
+                    f"set round.system.system_type)"
+                )
             missing = need.missing(have)
             if entry.division == "closed" and missing:
-                raise ValueError(f"entries.{key}.scenarios: {version} {system_type} needs {', '.join(missing)} for "
-                                 f"{mlperf_id} (have: {', '.join(sorted(have))})")
+                raise ValueError(
+                    f"entries.{key}.scenarios: {version} {system_type} needs {', '.join(missing)} for "
+                    f"{mlperf_id} (have: {', '.join(sorted(have))})"
+                )
 
     def _check_bounds(self, key: str, entry: EntryParams) -> None:
-        """Latency bounds: the ones mlperf.conf sets for the benchmark; MLPerf's values unless the round is a smoke round."""
+        """Latency bounds: the ones mlperf.conf sets for the benchmark; MLPerf's values unless the round is a smoke
+        round."""
         for scenario in ("Server", "Interactive"):
             server = getattr(entry.loadgen, scenario)
-            given = {n: getattr(server, n) for n in ("target_latency_ms", "ttft_latency_ms", "tpot_latency_ms")
-                     if getattr(server, n) is not None}
+            given = {
+                n: getattr(server, n)
+                for n in ("target_latency_ms", "ttft_latency_ms", "tpot_latency_ms")
+                if getattr(server, n) is not None
+            }
             if not given:
                 continue
             if not entry.bench.known_to_loadgen(scenario):
                 check_loadgen(self.round.version)  # the pip command for the LoadGen whose mlperf.conf knows it
-                raise ValueError(f"entries.{key}.loadgen.{scenario}: the installed LoadGen's mlperf.conf does not know "
-                                 f"{entry.bench.loadgen_name(scenario)}")
+                raise ValueError(
+                    f"entries.{key}.loadgen.{scenario}: the installed LoadGen's mlperf.conf does not know "
+                    f"{entry.bench.loadgen_name(scenario)}"
+                )
             bounds = entry.bench.latency_bounds(scenario)
             for name, value in given.items():
                 if name not in bounds:
-                    raise ValueError(f"entries.{key}.loadgen.{scenario}.{name}: {entry.benchmark} is bounded by "
-                                     f"{' and '.join(bounds)}, not {name}")
+                    raise ValueError(
+                        f"entries.{key}.loadgen.{scenario}.{name}: {entry.benchmark} is bounded by "
+                        f"{' and '.join(bounds)}, not {name}"
+                    )
                 if not self.round.smoke and value != bounds[name]:
-                    raise ValueError(f"entries.{key}.loadgen.{scenario}.{name}: MLPerf fixes it at {bounds[name]} for "
-                                     f"{entry.bench.loadgen_name(scenario)}; only a smoke round may change it")
+                    raise ValueError(
+                        f"entries.{key}.loadgen.{scenario}.{name}: MLPerf fixes it at {bounds[name]} for "
+                        f"{entry.bench.loadgen_name(scenario)}; only a smoke round may change it"
+                    )
 
 
 def _typed_benchmarks(data: dict, source: str) -> dict:
@@ -492,7 +661,9 @@ def _typed_benchmarks(data: dict, source: str) -> dict:
     for name, section in raw.items():
         bench = _registry().get(name)
         if bench is None:
-            raise ParamsError(f"{source}: benchmarks.{name}: unknown benchmark (known: {', '.join(sorted(_registry()))})")
+            raise ParamsError(
+                f"{source}: benchmarks.{name}: unknown benchmark (known: {', '.join(sorted(_registry()))})"
+            )
         schema = bench.schema
         try:
             typed[name] = schema.model_validate(section if section is not None else {})
@@ -501,7 +672,12 @@ def _typed_benchmarks(data: dict, source: str) -> dict:
     return {**data, "benchmarks": typed}
 
 
-_UNION_TAGS = ("function-after", "function-before", "constrained-", "literal[")  # pydantic's names for validators and union members
+_UNION_TAGS = (
+    "function-after",
+    "function-before",
+    "constrained-",
+    "literal[",
+)  # pydantic's names for validators and union members
 
 
 def _format_error(err: ValidationError, source: str, prefix: str = "") -> str:

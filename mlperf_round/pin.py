@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from . import checkpoints, hub
-from .errors import InputError, ParamsError
 from .checkpoints import TEXT_SUFFIXES
+from .errors import InputError, ParamsError
 from .params import TORCH_WEIGHTS
 
 TORCH_INDEX = "pytorch_model.bin.index.json"
@@ -70,16 +70,24 @@ def pin_repo(repo: str, revision: str, endpoint: str, cache: str) -> tuple[str, 
     chosen = select_files(listed)
     if not hub.has_weights(chosen):
         pickles = hub.pickle_weights(listed)
-        why = f"its weights are pickle only ({pickles[0]}), which can run code when loaded" if pickles else \
-            "it has no .safetensors weights"
+        why = (
+            f"its weights are pickle only ({pickles[0]}), which can run code when loaded"
+            if pickles
+            else "it has no .safetensors weights"
+        )
         raise InputError(f"pin: {repo}@{commit}: {why}")
     files: dict[str, str] = {}
     for name in chosen:
         digest = listed[name]["sha256"]
         if digest is None:  # a small file in git, not LFS: the Hub lists its git blob id only
-            path = hub.call(lambda: hf_hub_download(repo, name, revision=commit, cache_dir=cache or None,
-                                                     endpoint=url, token=token), f"pin: {repo}@{commit}: {name}",
-                             url, token)
+            path = hub.call(
+                lambda: hf_hub_download(
+                    repo, name, revision=commit, cache_dir=cache or None, endpoint=url, token=token
+                ),
+                f"pin: {repo}@{commit}: {name}",
+                url,
+                token,
+            )
             digest = sha256_file(Path(path))
         files[name] = digest
     return commit, files, sum(listed[n]["size"] or 0 for n in chosen)
@@ -113,7 +121,9 @@ def _main(args: argparse.Namespace) -> int:
         raise ParamsError(f"{params_path}: no such file") from None
     benchmarks = doc.get("benchmarks") or {}
     if args.benchmark not in benchmarks:
-        raise ParamsError(f"{params_path}: benchmarks.{args.benchmark}: no such benchmark (have: {', '.join(benchmarks)})")
+        raise ParamsError(
+            f"{params_path}: benchmarks.{args.benchmark}: no such benchmark (have: {', '.join(benchmarks)})"
+        )
     bench = benchmarks[args.benchmark]
     where = f"{params_path}: benchmarks.{args.benchmark}"
     if args.repo:
@@ -171,13 +181,23 @@ def add_parser(sub) -> None:
     what = pin.add_mutually_exclusive_group(required=True)
     what.add_argument("--repo", help="Hugging Face repository, e.g. EleutherAI/gpt-j-6b")
     what.add_argument("--url", help="a dataset (or other single) file to fetch once and pin by sha256")
-    what.add_argument("--path", help="a checkpoint directory on disk (one on no Hub, such as MLCommons' GPT-J "
-                      "checkpoint-final/): its loader files hashed once, model.source local")
+    what.add_argument(
+        "--path",
+        help="a checkpoint directory on disk (one on no Hub, such as MLCommons' GPT-J "
+        "checkpoint-final/): its loader files hashed once, model.source local",
+    )
     pin.add_argument("--revision", default="main", help="branch, tag or commit (default: main); pinned as its commit")
-    pin.add_argument("--into", choices=sorted({*REPO_TARGETS, *URL_TARGETS}),
-                     help="where it goes (default: model for --repo, dataset for --url)")
-    pin.add_argument("--local", action="store_true", help="model.source local: read the files where they lie "
-                     "(model.path, or the Hub cache) instead of downloading them")
+    pin.add_argument(
+        "--into",
+        choices=sorted({*REPO_TARGETS, *URL_TARGETS}),
+        help="where it goes (default: model for --repo, dataset for --url)",
+    )
+    pin.add_argument(
+        "--local",
+        action="store_true",
+        help="model.source local: read the files where they lie "
+        "(model.path, or the Hub cache) instead of downloading them",
+    )
     pin.add_argument("--endpoint", default="", help="hub endpoint (default: $HF_ENDPOINT, else https://huggingface.co)")
     pin.add_argument("--cache-dir", default="", help="Hub cache for the small files hashed (default: $HF_HUB_CACHE)")
     pin.add_argument("--params", default="params.yaml", help="the round's params file, rewritten in place")
@@ -193,4 +213,3 @@ def run(args: argparse.Namespace) -> int:
     if args.local and not args.repo:
         raise ParamsError("--local: only with --repo (a model read where it lies)")
     return _main(args)
-

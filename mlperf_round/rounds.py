@@ -44,8 +44,22 @@ def loadgen_path(release: str, root: Path = LOADGEN_DIR) -> Path:
         return target.resolve()
     partial = root / f"{release}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(partial),
-                           f"mlcommons-loadgen=={release}"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(partial),
+            f"mlcommons-loadgen=={release}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if proc.returncode:
         shutil.rmtree(partial, ignore_errors=True)
         why = (proc.stderr.strip().splitlines() or ["pip failed"])[-1][:200]
@@ -61,7 +75,9 @@ def environment(version: str, base: dict | None = None) -> dict:
     env = dict(os.environ if base is None else base)
     release = release_for(version)
     if release is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(loadgen_path(release)), ".", env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(loadgen_path(release)), ".", env.get("PYTHONPATH", "")) if p
+        )
     return env
 
 
@@ -84,8 +100,11 @@ def repro(round_file: Path, project: Path = Path(".")) -> int:
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: the project's store
         env["MLFLOW_TRACKING_URI"] = "sqlite:///" + str((project / uri.removeprefix("sqlite:///")).resolve())
-    print(f"{round_file}: MLPerf Inference {version} in {dest} (LoadGen "
-          f"{release_for(version) or installed('mlcommons-loadgen')})", flush=True)
+    print(
+        f"{round_file}: MLPerf Inference {version} in {dest} (LoadGen "
+        f"{release_for(version) or installed('mlcommons-loadgen')})",
+        flush=True,
+    )
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env)
     if proc.returncode:
         raise RoundError(f"{round_file}: dvc repro failed in {dest} (exit {proc.returncode})")

@@ -159,8 +159,9 @@ def run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], ar
     return code
 
 
-def _run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], argv: list[str] | None,
-               errors: list[str]) -> int:
+def _run_stage(
+    stage: str, scope: Scope, body: Callable[[StageContext], dict], argv: list[str] | None, errors: list[str]
+) -> int:
     key = "round"
     try:
         args = _parse(stage, scope, argv)
@@ -170,7 +171,9 @@ def _run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], a
             key = args.key
             known = params.entries if scope == "entry" else params.benchmarks
             if key not in known:
-                raise ParamsError(f"{args.params}: {scope}s.{key}: no such {scope} (have: {', '.join(known) or 'none'})")
+                raise ParamsError(
+                    f"{args.params}: {scope}s.{key}: no such {scope} (have: {', '.join(known) or 'none'})"
+                )
         with timing_lock.stage(f"{stage}@{key}"):
             return _execute(stage, scope, key, params, body, errors)
     except RoundError as err:
@@ -180,14 +183,19 @@ def _run_stage(stage: str, scope: Scope, body: Callable[[StageContext], dict], a
         return err.exit_code
 
 
-def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Callable[[StageContext], dict],
-             errors: list[str]) -> int:
+def _execute(
+    stage: str, scope: Scope, key: str, params: RoundParams, body: Callable[[StageContext], dict], errors: list[str]
+) -> int:
     from . import tracking
 
     if scope == "round":
         final, metrics_file, plots = layout.SUBMISSION_OUT, layout.SUBMISSION_METRICS, layout.SUBMISSION_PLOTS
     else:
-        final, metrics_file, plots = layout.out_dir(key, stage), layout.metrics_path(key, stage), layout.plots_dir(key, stage)
+        final, metrics_file, plots = (
+            layout.out_dir(key, stage),
+            layout.metrics_path(key, stage),
+            layout.plots_dir(key, stage),
+        )
     partial = final.with_name(final.name + ".partial")
     plots_partial = plots.with_name(plots.name + ".partial")
     ours = (partial, final, plots_partial, plots, metrics_file, metrics_file.with_name(metrics_file.name + ".partial"))
@@ -196,7 +204,9 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
     dvc_stage = stage if scope == "round" else f"{stage}@{key}"
     tags = {"dvc.stage": dvc_stage}
     if scope == "entry":
-        tags.update({"mlperf.division": params.entries[key].division, "mlperf.benchmark": params.entries[key].mlperf_id})
+        tags.update(
+            {"mlperf.division": params.entries[key].division, "mlperf.benchmark": params.entries[key].mlperf_id}
+        )
     try:
         _discard(*ours)  # an earlier run's outputs: this run's or none
         partial.mkdir(parents=True)
@@ -230,8 +240,10 @@ def _execute(stage: str, scope: Scope, key: str, params: RoundParams, body: Call
         full = _disk_full(err, partial)  # asked before the partial output is discarded and frees its space
         _discard(*ours)
         if full:  # not a bug: the machine's state; say where, keep nothing
-            errors.append(f"no space left on device while writing {getattr(err, 'filename', None) or final.parent} "
-                          "(nothing was kept; free space and re-run)")
+            errors.append(
+                f"no space left on device while writing {getattr(err, 'filename', None) or final.parent} "
+                "(nothing was kept; free space and re-run)"
+            )
             _error(f"{stage}@{key}: {errors[-1]}")
             return DISK_FULL_EXIT
         traceback.print_exc()
@@ -265,4 +277,3 @@ def _discard(*paths: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-

@@ -18,23 +18,44 @@ from .errors import InputError
 
 # What a DataFrame of object, string, integer and float columns needs, as pandas 1.x to 3.x and numpy 1.x / 2.x
 # write it (protocols 2 to 5; pandas 3 stores strings in Arrow arrays).
-ALLOWED = frozenset({
-    ("builtins", "slice"), ("builtins", "bytearray"), ("_codecs", "encode"),  # protocol 2 writes bytes through encode
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("pandas", "DataFrame"), ("pandas.core.frame", "DataFrame"), ("pandas", "Series"), ("pandas.core.series", "Series"),
-    ("pandas", "Index"), ("pandas", "RangeIndex"), ("pandas", "NA"), ("pandas", "StringDtype"),
-    ("pandas.core.internals.managers", "BlockManager"), ("pandas.core.internals.managers", "SingleBlockManager"),
-    ("pandas._libs.internals", "_unpickle_block"), ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"),
-    ("pandas.core.indexes.base", "_new_Index"), ("pandas.core.indexes.base", "Index"),
-    ("pandas.core.indexes.range", "RangeIndex"),
-    ("pandas.arrays", "ArrowStringArray"), ("pandas.arrays", "StringArray"),
-    ("pandas.core.arrays.string_", "StringDtype"), ("pandas.core.arrays.string_", "StringArray"),
-    ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
-    ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "type_for_alias"), ("pyarrow.lib", "py_buffer"),
-})
+ALLOWED = frozenset(
+    {
+        ("builtins", "slice"),
+        ("builtins", "bytearray"),
+        ("_codecs", "encode"),  # protocol 2 writes bytes through encode
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("pandas", "DataFrame"),
+        ("pandas.core.frame", "DataFrame"),
+        ("pandas", "Series"),
+        ("pandas.core.series", "Series"),
+        ("pandas", "Index"),
+        ("pandas", "RangeIndex"),
+        ("pandas", "NA"),
+        ("pandas", "StringDtype"),
+        ("pandas.core.internals.managers", "BlockManager"),
+        ("pandas.core.internals.managers", "SingleBlockManager"),
+        ("pandas._libs.internals", "_unpickle_block"),
+        ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"),
+        ("pandas.core.indexes.base", "_new_Index"),
+        ("pandas.core.indexes.base", "Index"),
+        ("pandas.core.indexes.range", "RangeIndex"),
+        ("pandas.arrays", "ArrowStringArray"),
+        ("pandas.arrays", "StringArray"),
+        ("pandas.core.arrays.string_", "StringDtype"),
+        ("pandas.core.arrays.string_", "StringArray"),
+        ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
+        ("pyarrow.lib", "_restore_array"),
+        ("pyarrow.lib", "type_for_alias"),
+        ("pyarrow.lib", "py_buffer"),
+    }
+)
 
 
 def _moved() -> dict:
@@ -56,8 +77,10 @@ class _Restricted(pickle.Unpickler):
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         module, name = self.moved.get((module, name), (module, name))
         if (module, name) not in ALLOWED:
-            raise InputError(f"{self.where}: refused to unpickle {module}.{name}: only the pandas and numpy classes a "
-                             "DataFrame needs are loaded (a pickle can run code)")
+            raise InputError(
+                f"{self.where}: refused to unpickle {module}.{name}: only the pandas and numpy classes a "
+                "DataFrame needs are loaded (a pickle can run code)"
+            )
         return super().find_class(module, name)
 
 
@@ -76,7 +99,7 @@ def read_dataframe(path: Path):
     with open(path, "rb") as raw:
         gz = raw.read(2) == b"\x1f\x8b"
     try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as fh:
             frame = _Restricted(fh, path).load()
     except InputError:
         raise

@@ -1,4 +1,5 @@
-"""Dataset files by URL, and the manifests that prove a stage output whole: pinned, checksummed, verified before anything is kept."""
+"""Dataset files by URL, and the manifests that prove a stage output whole: pinned, checksummed, verified before
+anything is kept."""
 
 from __future__ import annotations
 
@@ -103,4 +104,3 @@ def verify_manifest(root: Path) -> None:
             raise InputError(f"{path}: missing (listed in {manifest})")
         if sha256_file(path) != digest:
             raise InputError(f"{path}: sha256 does not match {manifest}; the file is corrupt")
-

@@ -18,8 +18,16 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {torch.float8_e4m3fn: "F8_E4M3", torch.int8: "I8", torch.float32: "F32", torch.bfloat16: "BF16",
-          torch.float16: "F16", torch.uint8: "U8", torch.int32: "I32", torch.int64: "I64"}
+DTYPES = {
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.int8: "I8",
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.uint8: "U8",
+    torch.int32: "I32",
+    torch.int64: "I64",
+}
 
 
 class TensorStream:

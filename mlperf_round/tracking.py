@@ -108,7 +108,9 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip() if out.returncode == 0 else "none"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        )
         return commit + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return "none"
@@ -194,8 +196,12 @@ def close_lost_runs(uri: str, round_name: str, keys: set[str], reason: str) -> l
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         return []
-    runs = client.search_runs([exp.experiment_id], filter_string=(
-        f"tags.`mlperf.round` = '{round_name}' and tags.`mlperf.kind` = 'stage' and attributes.status = 'RUNNING'"))
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=(
+            f"tags.`mlperf.round` = '{round_name}' and tags.`mlperf.kind` = 'stage' and attributes.status = 'RUNNING'"
+        ),
+    )
     closed = []
     for r in runs:
         if r.data.tags.get("mlperf.key") in keys:
@@ -280,16 +286,21 @@ def stage_run(round_tags: dict[str, str], key: str, stage: str, tags: dict[str, 
             exp_id = _experiment_id(client)
             parent_id = round_run_id(client, exp_id, round_tags)
         close_stale_runs(client, exp_id, parent_id, key, stage)
-        run = client.create_run(exp_id, start_time=start_ms, run_name=f"{key}/{stage}", tags={
-            "mlflow.parentRunId": parent_id,
-            "mlperf.kind": "stage",
-            "mlperf.key": key,
-            "mlperf.stage": stage,
-            "mlperf.round": round_tags["mlperf.round"],
-            "mlperf.pid": str(stage_pid),
-            "mlperf.host": socket.gethostname(),
-            **tags,
-        })
+        run = client.create_run(
+            exp_id,
+            start_time=start_ms,
+            run_name=f"{key}/{stage}",
+            tags={
+                "mlflow.parentRunId": parent_id,
+                "mlperf.kind": "stage",
+                "mlperf.key": key,
+                "mlperf.stage": stage,
+                "mlperf.round": round_tags["mlperf.round"],
+                "mlperf.pid": str(stage_pid),
+                "mlperf.host": socket.gethostname(),
+                **tags,
+            },
+        )
         return StageRun(client, run.info.run_id, parent_id)
 
     tracker = TrackerProcess(open_run)

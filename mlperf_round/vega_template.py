@@ -18,12 +18,21 @@ from pathlib import Path
 
 # package -> (version, file inside the tarball, sha512 integrity from the registry)
 LIBRARIES = {
-    "vega": ("5.33.1", "package/build/vega.min.js",
-             "1fArfVDUqVbb5z8n+/nVQb+VNBzx8svY6CrsyTK4Ujm4yrd9I1auoKxBAPXLCavY1LcrbHUskQbGUP8gXOzyQw=="),
-    "vega-lite": ("5.23.0", "package/build/vega-lite.min.js",
-                  "l4J6+AWE3DIjvovEoHl2LdtCUkfm4zs8Xxx7INwZEAv+XVb6kR6vIN1gt3t2gN2gs/y4DYTs/RPoTeYAuEg6mA=="),
-    "vega-embed": ("6.29.0", "package/build/vega-embed.min.js",
-                   "PmlshTLtLFLgWtF/b23T1OwX53AugJ9RZ3qPE2c01VFAbgt3/GSNI/etzA/GzdrkceXFma+FDHNXUppKuM0U6Q=="),
+    "vega": (
+        "5.33.1",
+        "package/build/vega.min.js",
+        "1fArfVDUqVbb5z8n+/nVQb+VNBzx8svY6CrsyTK4Ujm4yrd9I1auoKxBAPXLCavY1LcrbHUskQbGUP8gXOzyQw==",
+    ),
+    "vega-lite": (
+        "5.23.0",
+        "package/build/vega-lite.min.js",
+        "l4J6+AWE3DIjvovEoHl2LdtCUkfm4zs8Xxx7INwZEAv+XVb6kR6vIN1gt3t2gN2gs/y4DYTs/RPoTeYAuEg6mA==",
+    ),
+    "vega-embed": (
+        "6.29.0",
+        "package/build/vega-embed.min.js",
+        "PmlshTLtLFLgWtF/b23T1OwX53AugJ9RZ3qPE2c01VFAbgt3/GSNI/etzA/GzdrkceXFma+FDHNXUppKuM0U6Q==",
+    ),
 }
 REGISTRY = "https://registry.npmjs.org"
 DEFAULT = Path(".dvc/plots_template.html")
@@ -45,8 +54,10 @@ def build(path: Path = DEFAULT) -> Path:
     scripts = "".join(_script(name, *spec) for name, spec in LIBRARIES.items())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>DVC plots</title>{scripts}</head>"
-                   "<body>{plot_divs}</body></html>\n")  # no {scripts}: DVC would add its CDN tags
+    tmp.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>DVC plots</title>{scripts}</head>"
+        "<body>{plot_divs}</body></html>\n"
+    )  # no {scripts}: DVC would add its CDN tags
     tmp.replace(path)
     return path
 

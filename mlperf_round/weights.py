@@ -49,8 +49,10 @@ def check_weights(model_dir: Path) -> bool:
         return False
     pickles = sorted(p for p in model_dir.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
     if pickles:
-        raise InputError(f"{pickles[0]}: pickle weights are refused (loading one can run code); "
-                         "convert the checkpoint to .safetensors")
+        raise InputError(
+            f"{pickles[0]}: pickle weights are refused (loading one can run code); "
+            "convert the checkpoint to .safetensors"
+        )
     return True
 
 
@@ -63,7 +65,9 @@ def check_torch_shard(path: Path) -> None:
         state = torch.load(path, map_location="meta" if _zip(path) else "cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: refused by torch.load(weights_only=True), which loads tensors only ({first})") from None
+        raise InputError(
+            f"{path}: refused by torch.load(weights_only=True), which loads tensors only ({first})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: not a state dict of tensors")
 

@@ -14,8 +14,18 @@ from pathlib import Path
 
 import yaml
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "stages", "mlperf_round", "flows", ".dvc/config", ".dvcignore",
-                 ".gitignore", ".dvc/plots_template.html")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    "stages",
+    "mlperf_round",
+    "flows",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/plots_template.html",
+)
 
 
 def sync(source: Path, dest: Path) -> Path:
@@ -53,9 +63,14 @@ def select_benchmarks(params: dict, benchmarks: list[str]) -> dict:
     if unknown:
         from .errors import ParamsError
 
-        raise ParamsError(f"benchmarks: {', '.join(unknown)} not in params.yaml (have: {', '.join(params['benchmarks'])})")
-    return {**params, "benchmarks": {k: v for k, v in params["benchmarks"].items() if k in benchmarks},
-            "entries": {k: v for k, v in params["entries"].items() if v.get("benchmark") in benchmarks}}
+        raise ParamsError(
+            f"benchmarks: {', '.join(unknown)} not in params.yaml (have: {', '.join(params['benchmarks'])})"
+        )
+    return {
+        **params,
+        "benchmarks": {k: v for k, v in params["benchmarks"].items() if k in benchmarks},
+        "entries": {k: v for k, v in params["entries"].items() if v.get("benchmark") in benchmarks},
+    }
 
 
 def write_params(dest: Path, overrides: dict | None = None, benchmarks: list[str] | None = None) -> None:

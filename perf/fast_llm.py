@@ -39,10 +39,24 @@ from mlperf_round.backends import lowp  # noqa: E402
 from mlperf_round.backends.torch_llm import EngineSpec, TorchLLM, package_versions  # noqa: E402
 
 SHAPES = {
-    ("llama2-70b", "real"): dict(vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                                 num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=4096),
-    ("llama2-70b", "tiny"): dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096),
+    ("llama2-70b", "real"): dict(
+        vocab_size=32000,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+    ),
+    ("llama2-70b", "tiny"): dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    ),
     ("gptj", "real"): dict(vocab_size=50400, n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, n_positions=2048),
     ("gptj", "tiny"): dict(vocab_size=512, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=2048),
 }
@@ -87,8 +101,14 @@ def limits(k: int, n: int, device: torch.device) -> dict[str, float]:
     out = {"gemm_tflops_bf16": 2 * m * k * n / timed(lambda: a @ b.t(), device) / 1e12}
     one = torch.ones((), device=device)
     a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
-    out["gemm_tflops_fp8"] = 2 * m * k * n / timed(
-        lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=dtype), device) / 1e12
+    out["gemm_tflops_fp8"] = (
+        2
+        * m
+        * k
+        * n
+        / timed(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=dtype), device)
+        / 1e12
+    )
     size = (2 << 30) if device.type == "cuda" else (64 << 20)
     src, dst = torch.empty(size, dtype=torch.uint8, device=device), torch.empty(size, dtype=torch.uint8, device=device)
     out["copy_bytes_per_s"] = 2 * size / timed(lambda: dst.copy_(src), device)
@@ -104,8 +124,10 @@ def _random_fp8_llama(cfg, device: torch.device, dtype: torch.dtype):
         model = LlamaForCausalLM(cfg)
     gen = torch.Generator(device=device).manual_seed(0)
     for layer in model.model.layers:
-        for parent, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
-                              (layer.mlp, ("gate_proj", "up_proj", "down_proj"))):
+        for parent, names in (
+            (layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+            (layer.mlp, ("gate_proj", "up_proj", "down_proj")),
+        ):
             for name in names:
                 meta = getattr(parent, name)
                 w = torch.randn(meta.out_features, meta.in_features, device=device, dtype=dtype, generator=gen) * 0.02
@@ -143,7 +165,9 @@ def build(model_name: str, shape: str, device: torch.device, dtype: torch.dtype,
     batches = [{"input_ids": torch.from_numpy(p[None]).to(device)} for p in prompts[:8]]
     import copy
 
-    stats = calibration.collect_absmax(copy.deepcopy(base), batches)  # the calibrate stage's statistics (it inserts observers)
+    stats = calibration.collect_absmax(
+        copy.deepcopy(base), batches
+    )  # the calibrate stage's statistics (it inserts observers)
     fast, summary = quantization.quantize(copy.deepcopy(base), "fp8", stats)  # the quantize stage's recipe
     done = lowp.convert(fast, device)
     return base, fast, {"quantized_by": "the round's calibrate + quantize (modelopt FP8)", **done.summary()}
@@ -198,8 +222,10 @@ def loadgen_offline(served: Served, model_name: str, n: int, outdir: Path, expec
 
     outdir.mkdir(parents=True, exist_ok=True)
     conf = outdir / "user.conf"
-    conf.write_text(f"{model_name}.Offline.target_qps = {expected_qps}\n{model_name}.Offline.min_duration = 0\n"
-                    f"{model_name}.Offline.min_query_count = {n}\n{model_name}.*.performance_sample_count_override = {n}\n")
+    conf.write_text(
+        f"{model_name}.Offline.target_qps = {expected_qps}\n{model_name}.Offline.min_duration = 0\n"
+        f"{model_name}.Offline.min_query_count = {n}\n{model_name}.*.performance_sample_count_override = {n}\n"
+    )
     system = System(lambda: served, list(range(n)), report_first_token=True, desc="Offline")
     ts = test_settings(conf, model_name, "Offline", "PerformanceOnly")
     log = lg.LogSettings()
@@ -227,13 +253,21 @@ def baseline(model, prompts: list[np.ndarray], out_len: int, beams: int, batch: 
     ids = torch.zeros((len(chosen), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(chosen):
-        ids[i, width - len(p):], mask[i, width - len(p):] = torch.from_numpy(p), 1
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.from_numpy(p), 1
     ids, mask = ids.to(device), mask.to(device)
 
     def run():
         with torch.inference_mode():
-            return model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, do_sample=False,
-                                  max_new_tokens=out_len, min_new_tokens=out_len, pad_token_id=0, eos_token_id=None)
+            return model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                num_beams=beams,
+                do_sample=False,
+                max_new_tokens=out_len,
+                min_new_tokens=out_len,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
 
     run() if device.type == "cuda" else None  # warm-up: kernels and allocator
     sync(device)
@@ -242,7 +276,12 @@ def baseline(model, prompts: list[np.ndarray], out_len: int, beams: int, batch: 
     sync(device)
     elapsed = time.perf_counter() - start
     new = (out.shape[1] - width) * len(chosen)
-    return {"queries": len(chosen), "samples_per_s": len(chosen) / elapsed, "tokens_per_s": new / elapsed, "wall_s": elapsed}
+    return {
+        "queries": len(chosen),
+        "samples_per_s": len(chosen) / elapsed,
+        "tokens_per_s": new / elapsed,
+        "wall_s": elapsed,
+    }
 
 
 def main() -> None:
@@ -251,7 +290,9 @@ def main() -> None:
     ap.add_argument("--shape", choices=["tiny", "real"], default="tiny")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--queries", type=int, default=64, help="Offline queries (the dataset size of the run)")
-    ap.add_argument("--max-batch", type=int, default=0, help="engine batch limit (0: 256 real in-flight, 32 beam, 16 tiny)")
+    ap.add_argument(
+        "--max-batch", type=int, default=0, help="engine batch limit (0: 256 real in-flight, 32 beam, 16 tiny)"
+    )
     ap.add_argument("--baseline-batch", type=int, default=32)
     ap.add_argument("--out", type=Path, default=None, help="LoadGen logs and the JSON result (default: a temp folder)")
     args = ap.parse_args()
@@ -267,16 +308,25 @@ def main() -> None:
     max_batch = args.max_batch or (16 if args.shape == "tiny" else 256 if inflight else 32)
     hidden = shape.get("hidden_size", shape.get("n_embd"))
     inner = shape.get("intermediate_size", 4 * hidden)
-    result: dict = {"model": args.model, "shape": args.shape, "device": torch.cuda.get_device_name(device)
-                    if device.type == "cuda" else "cpu", "queries": args.queries, "beams": beams,
-                    "mean_input_tokens": float(np.mean([len(p) for p in prompts])), "mean_output_tokens": float(np.mean(out_lens)),
-                    "limits": limits(hidden, inner, device)}
+    result: dict = {
+        "model": args.model,
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "queries": args.queries,
+        "beams": beams,
+        "mean_input_tokens": float(np.mean([len(p) for p in prompts])),
+        "mean_output_tokens": float(np.mean(out_lens)),
+        "limits": limits(hidden, inner, device),
+    }
     t0 = time.perf_counter()
     base, fast, facts = build(args.model, args.shape, device, dtype, prompts)
     result["build_s"], result["build"] = time.perf_counter() - t0, facts
-    linear_params = sum(m.in_features * m.out_features for m in fast.modules() if isinstance(m, (torch.nn.Linear, lowp.Fp8Linear)))
-    weight_bytes = sum(m.weight_t.numel() for m in fast.modules() if isinstance(m, lowp.Fp8Linear)) + \
-        sum(p.numel() * p.element_size() for p in fast.parameters())
+    linear_params = sum(
+        m.in_features * m.out_features for m in fast.modules() if isinstance(m, (torch.nn.Linear, lowp.Fp8Linear))
+    )
+    weight_bytes = sum(m.weight_t.numel() for m in fast.modules() if isinstance(m, lowp.Fp8Linear)) + sum(
+        p.numel() * p.element_size() for p in fast.parameters()
+    )
     kv_scales = None
     if inflight:
         from mlperf_round.backends.paged import measure_kv_scales
@@ -284,17 +334,42 @@ def main() -> None:
         kv_scales = measure_kv_scales(fast, [p.tolist() for p in prompts[:8]], max(len(p) for p in prompts))
     max_in, max_out = max(len(p) for p in prompts), max(out_lens)
     block = 16
-    free = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 8 << 30)
-    kv_per_token = 2 * fast.config.num_hidden_layers * getattr(fast.config, "num_key_value_heads", 1) * \
-        (hidden // fast.config.num_attention_heads) if inflight else 0
-    pool = min(int(0.8 * free / max(kv_per_token * block, 1)), max_batch * math.ceil((max_in + max_out) / block)) if inflight else 0
-    spec = EngineSpec(backend="torch", benchmark=args.model, precision="fp8", dtype=str(dtype).split(".")[1],
-                      max_batch_size=max_batch, max_input_len=max_in, max_output_len=max_out,
-                      min_output_len=max_out if not inflight else 1, beam_width=beams, pad_token_id=0,
-                      eos_token_id=-1 if inflight else vocab - 1,  # beam search: min = max new tokens bars EOS
-                      report_first_token=True, threads=0, versions=package_versions(),
-                      scheduler="inflight" if inflight else "static", kv_block_size=block if inflight else 0,
-                      kv_pool_blocks=pool, device=device.type, kv_cache="fp8" if inflight else "auto", kernels="native")
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 8 << 30
+    kv_per_token = (
+        2
+        * fast.config.num_hidden_layers
+        * getattr(fast.config, "num_key_value_heads", 1)
+        * (hidden // fast.config.num_attention_heads)
+        if inflight
+        else 0
+    )
+    pool = (
+        min(int(0.8 * free / max(kv_per_token * block, 1)), max_batch * math.ceil((max_in + max_out) / block))
+        if inflight
+        else 0
+    )
+    spec = EngineSpec(
+        backend="torch",
+        benchmark=args.model,
+        precision="fp8",
+        dtype=str(dtype).split(".")[1],
+        max_batch_size=max_batch,
+        max_input_len=max_in,
+        max_output_len=max_out,
+        min_output_len=max_out if not inflight else 1,
+        beam_width=beams,
+        pad_token_id=0,
+        eos_token_id=-1 if inflight else vocab - 1,  # beam search: min = max new tokens bars EOS
+        report_first_token=True,
+        threads=0,
+        versions=package_versions(),
+        scheduler="inflight" if inflight else "static",
+        kv_block_size=block if inflight else 0,
+        kv_pool_blocks=pool,
+        device=device.type,
+        kv_cache="fp8" if inflight else "auto",
+        kernels="native",
+    )
     result["engine"] = {k: v for k, v in spec.__dict__.items() if k != "versions"}
     served = Served(TorchLLM.in_memory(fast, spec, kv_scales), prompts, out_lens)
     perf = loadgen_offline(served, args.model, args.queries, out / "offline", expected_qps=10.0)

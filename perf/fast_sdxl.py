@@ -1,4 +1,5 @@
-"""The round's SDXL engines (closed INT8 SmoothQuant, open DeepCache) under LoadGen Offline next to eager fp16, in one run.
+"""The round's SDXL engines (closed INT8 SmoothQuant, open DeepCache) under LoadGen Offline next to eager fp16,
+in one run.
 
     python perf/fast_sdxl.py --shape tiny                      # any machine, about a minute: the whole path
     python perf/fast_sdxl.py --shape real --device cuda        # one H100 / H200: SDXL's shapes, 1024x1024
@@ -30,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlperf_round import engines  # noqa: E402
+from mlperf_round.benchmarks.sdxl import DiffusionGeneration, TinySDXL
 from mlperf_round.diffusion import pipeline  # noqa: E402
 from mlperf_round.metrics.psnr import psnr  # noqa: E402
-from mlperf_round.benchmarks.sdxl import DiffusionGeneration, TinySDXL
 from mlperf_round.params import BuildParams, DeepCacheParams  # noqa: E402
 
 STEPS, GUIDANCE, COLLECTED = 20, 8.0, 8
@@ -47,30 +48,70 @@ def real_pipeline(out: Path, device: torch.device) -> None:
     tok2 = pipeline.build_clip_tokenizer(out / "tokenizer_2")
 
     def text(hidden, layers, heads, projection=None):
-        return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                              num_attention_heads=heads, max_position_embeddings=77, projection_dim=projection or hidden,
-                              hidden_act="gelu", bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                              pad_token_id=tok.pad_token_id)
+        return CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            projection_dim=projection or hidden,
+            hidden_act="gelu",
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
 
     with torch.device(device):
         parts = dict(
             text_encoder=CLIPTextModel(text(768, 12, 12)),
             text_encoder_2=CLIPTextModelWithProjection(text(1280, 32, 20, 1280)),
             unet=UNet2DConditionModel(
-                sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                sample_size=128,
+                in_channels=4,
+                out_channels=4,
+                layers_per_block=2,
+                block_out_channels=(320, 640, 1280),
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-                cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816, norm_num_groups=32),
-            vae=AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                              layers_per_block=2, sample_size=1024, scaling_factor=0.13025),
+                transformer_layers_per_block=(1, 2, 10),
+                attention_head_dim=(5, 10, 20),
+                use_linear_projection=True,
+                cross_attention_dim=2048,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+                norm_num_groups=32,
+            ),
+            vae=AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                latent_channels=4,
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2,
+                sample_size=1024,
+                scaling_factor=0.13025,
+            ),
         )
-    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
-    pipe = StableDiffusionXLPipeline(tokenizer=tok, tokenizer_2=tok2, scheduler=scheduler, force_zeros_for_empty_prompt=True,
-                                     add_watermarker=False, **{k: v.half() for k, v in parts.items()})
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionXLPipeline(
+        tokenizer=tok,
+        tokenizer_2=tok2,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+        **{k: v.half() for k, v in parts.items()},
+    )
     pipe.save_pretrained(out)
 
 
@@ -108,7 +149,6 @@ def unet_flops_per_image(pipe, latents, deepcache: int) -> float:
     return float(sum(counter.get_flop_counts().get("UNet2DConditionModel", {}).values()) or counter.get_total_flops())
 
 
-
 def offline(engine_dir: Path, dataset: Path, n: int, out: Path) -> dict:
     """The performance stage's LoadGen Offline run: a child process that opens the engine, warms it up, serves."""
     from mlperf_round.harness.logs import performance_metrics
@@ -116,12 +156,24 @@ def offline(engine_dir: Path, dataset: Path, n: int, out: Path) -> dict:
 
     conf = out / "user.conf"
     out.mkdir(parents=True, exist_ok=True)
-    conf.write_text(f"stable-diffusion-xl.Offline.target_qps = 2\nstable-diffusion-xl.Offline.min_duration = 0\n"
-                    f"stable-diffusion-xl.Offline.min_query_count = {n}\n"
-                    f"stable-diffusion-xl.*.performance_sample_count_override = {n}\n")
+    conf.write_text(
+        f"stable-diffusion-xl.Offline.target_qps = 2\nstable-diffusion-xl.Offline.min_duration = 0\n"
+        f"stable-diffusion-xl.Offline.min_query_count = {n}\n"
+        f"stable-diffusion-xl.*.performance_sample_count_override = {n}\n"
+    )
     start = time.perf_counter()
-    run_test({"engine": str(engine_dir), "benchmark": "stable-diffusion-xl", "dataset": str(dataset), "scenario": "Offline",
-              "mode": "PerformanceOnly", "user_conf": str(conf), "outdir": str(out / "run")}, timeout_s=3000)
+    run_test(
+        {
+            "engine": str(engine_dir),
+            "benchmark": "stable-diffusion-xl",
+            "dataset": str(dataset),
+            "scenario": "Offline",
+            "mode": "PerformanceOnly",
+            "user_conf": str(conf),
+            "outdir": str(out / "run"),
+        },
+        timeout_s=3000,
+    )
     return {**performance_metrics(out / "run", "Offline"), "process_s": time.perf_counter() - start}
 
 
@@ -155,21 +207,29 @@ def main() -> None:
     torch.save(latents, out / "latents.pt")
     captions = generate_captions(n + 8, seed=0)
     (out / "dataset.json").write_text(json.dumps(captions[:n]))
-    result: dict = {"shape": args.shape, "device": torch.cuda.get_device_name(device) if cuda else "cpu", "images": n,
-                    "batch": batch, "compile": mode, "pipeline_s": time.perf_counter() - t0,
-                    "gemm_tflops_fp16": gemm_ceiling(device)}
+    result: dict = {
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "images": n,
+        "batch": batch,
+        "compile": mode,
+        "pipeline_s": time.perf_counter() - t0,
+        "gemm_tflops_fp16": gemm_ceiling(device),
+    }
 
     # the round's calibrate and quantize stages' functions: statistics from steps 0..7 of 20, INT8 SmoothQuant
     pipe = pipeline.load_pipeline(out / "pipeline", dtype, device=str(device))
     t0 = time.perf_counter()
-    stats, record = calibrate(pipe, [c["caption"] for c in captions[n:n + 4]], latents, COLLECTED, STEPS, GUIDANCE, 2)
+    stats, record = calibrate(pipe, [c["caption"] for c in captions[n : n + 4]], latents, COLLECTED, STEPS, GUIDANCE, 2)
     unet, summary = quantize_unet(load_unet(out / "pipeline" / "unet", dtype).to(device), stats, alpha=0.8)
     save_unet(unet, out / "unet-int8", quantized=True)
     del unet
     result["calibrate_quantize_s"] = time.perf_counter() - t0
     result["int8_layers"] = len(summary["quantized_layers"])
-    result["unet_flops_per_image"] = {"full": unet_flops_per_image(pipe, latents, 0),
-                                      "deepcache": unet_flops_per_image(pipe, latents, 3)}
+    result["unet_flops_per_image"] = {
+        "full": unet_flops_per_image(pipe, latents, 0),
+        "deepcache": unet_flops_per_image(pipe, latents, 3),
+    }
 
     # baseline: the plain eager fp16 pipeline, one image per call
     probe = [c["caption"] for c in captions[:2]]
@@ -183,8 +243,10 @@ def main() -> None:
         torch.cuda.synchronize()
     base_ips = args.baseline_images / (time.perf_counter() - t0)
     reference = pipeline.generate(pipe, probe, latents, STEPS, GUIDANCE)
-    result["baseline_eager_fp16"] = {"images_per_s": base_ips, "share_of_gemm_ceiling":
-                                     base_ips * result["unet_flops_per_image"]["full"] / 1e12 / result["gemm_tflops_fp16"]}
+    result["baseline_eager_fp16"] = {
+        "images_per_s": base_ips,
+        "share_of_gemm_ceiling": base_ips * result["unet_flops_per_image"]["full"] / 1e12 / result["gemm_tflops_fp16"],
+    }
     del pipe
     if cuda:
         torch.cuda.empty_cache()
@@ -194,13 +256,23 @@ def main() -> None:
         "open_deepcache_fp16": ("fp16", out / "pipeline" / "unet", 3),
     }
     for name, (precision, unet_dir, interval) in runs.items():
-        build = BuildParams(dtype=dtype, device=device.type, max_batch_size=batch, kernels="native", compile=mode,
-                            channels_last=cuda)
+        build = BuildParams(
+            dtype=dtype, device=device.type, max_batch_size=batch, kernels="native", compile=mode, channels_last=cuda
+        )
         engine_dir = out / name / "engine"
         engine_dir.mkdir(parents=True)
         t0 = time.perf_counter()
-        engines.build_image_engine("stable-diffusion-xl", precision, build, DiffusionGeneration(),
-                                   DeepCacheParams(interval=interval), out / "pipeline", unet_dir, out / "latents.pt", engine_dir)
+        engines.build_image_engine(
+            "stable-diffusion-xl",
+            precision,
+            build,
+            DiffusionGeneration(),
+            DeepCacheParams(interval=interval),
+            out / "pipeline",
+            unet_dir,
+            out / "latents.pt",
+            engine_dir,
+        )
         from mlperf_round.backends.torch_sdxl import TorchSDXL
 
         engine = TorchSDXL(engine_dir)
@@ -212,10 +284,13 @@ def main() -> None:
             torch.cuda.empty_cache()
         perf = offline(engine_dir, out / "dataset.json", n, out / name)
         flops = result["unet_flops_per_image"]["deepcache" if interval else "full"]
-        perf.update(build_and_warmup_s=build_s, psnr_vs_eager_db=psnr(images, reference),
-                    max_abs_diff_vs_eager=int(np.abs(images.astype(int) - reference.astype(int)).max()),
-                    ratio_vs_eager=perf["samples_per_s"] / base_ips,
-                    share_of_gemm_ceiling=perf["samples_per_s"] * flops / 1e12 / result["gemm_tflops_fp16"])
+        perf.update(
+            build_and_warmup_s=build_s,
+            psnr_vs_eager_db=psnr(images, reference),
+            max_abs_diff_vs_eager=int(np.abs(images.astype(int) - reference.astype(int)).max()),
+            ratio_vs_eager=perf["samples_per_s"] / base_ips,
+            share_of_gemm_ceiling=perf["samples_per_s"] * flops / 1e12 / result["gemm_tflops_fp16"],
+        )
         result[name] = perf
     (out / "fast_sdxl.json").write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps(result, indent=1, default=str))

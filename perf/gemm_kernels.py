@@ -47,7 +47,9 @@ def main() -> None:
         a8, b8 = a.to(torch.float8_e4m3fn), b.t().contiguous().to(torch.float8_e4m3fn).t()  # column-major B
         ai, bi = torch.randint(-127, 128, (m, k), dtype=torch.int8), torch.randint(-127, 128, (k, n), dtype=torch.int8)
         fp32 = median_us(lambda: a @ b, args.cap_ms)
-        fp8 = median_us(lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.float32), args.cap_ms)
+        fp8 = median_us(
+            lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.float32), args.cap_ms
+        )
         int8 = median_us(lambda: torch._int_mm(ai, bi), args.cap_ms)
         print(f"{shape:>16s} {fp32:10.1f} {fp8:12.1f} {fp8 / fp32:9.1f} {int8:10.1f} {int8 / fp32:9.2f}")
 

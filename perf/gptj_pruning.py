@@ -53,9 +53,11 @@ def main() -> None:
     print("| model | parameters | tokens/s | ROUGE-1 | ROUGE-L | params ratio | speed ratio | ROUGE-1 ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
-        print(f"| {name} | {r['parameters']:,.0f} | {r['tokens_per_s']:.0f} | {r['rouge1']:.2f} | {r['rougeL']:.2f} | "
-              f"{r['parameters'] / base['parameters']:.3f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} | "
-              f"{r['rouge1'] / base['rouge1']:.3f} |")
+        print(
+            f"| {name} | {r['parameters']:,.0f} | {r['tokens_per_s']:.0f} | {r['rouge1']:.2f} | {r['rougeL']:.2f} | "
+            f"{r['parameters'] / base['parameters']:.3f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} | "
+            f"{r['rouge1'] / base['rouge1']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

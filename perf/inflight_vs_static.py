@@ -43,11 +43,19 @@ def main() -> None:
             results[policy].append(sum(len(o) for o in outs) / elapsed)
     assert tokens["inflight"] == tokens["static"], "the policies must produce identical tokens"
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(json.dumps({"queries": len(prompts), "max_batch": engine.spec.max_batch_size,
-                      "output_tokens": sum(len(t) for t in tokens["inflight"]),
-                      "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
-                      "runs": {k: [round(x, 1) for x in v] for k, v in results.items()},
-                      "inflight_over_static": round(med["inflight"] / med["static"], 3)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "queries": len(prompts),
+                "max_batch": engine.spec.max_batch_size,
+                "output_tokens": sum(len(t) for t in tokens["inflight"]),
+                "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
+                "runs": {k: [round(x, 1) for x in v] for k, v in results.items()},
+                "inflight_over_static": round(med["inflight"] / med["static"], 3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

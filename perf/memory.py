@@ -33,8 +33,12 @@ SCALES = {  # hidden, intermediate, layers, heads, kv heads
     # real models' (glibc maps blocks of 32 MB and more on their own; a narrow model's layers fragment its heap)
     "mid": (4096, 11008, 3, 32, 8),  # ~0.54 B parameters: ~1.1 GB in bf16
 }
-STAGES = [("download", "llama2-70b"), ("calibrate", "llama2-70b"), ("quantize", "llama2-70b-99p9"),
-          ("build", "llama2-70b-99p9")]
+STAGES = [
+    ("download", "llama2-70b"),
+    ("calibrate", "llama2-70b"),
+    ("quantize", "llama2-70b-99p9"),
+    ("build", "llama2-70b-99p9"),
+]
 
 
 def build_checkpoint(out: Path, scale: str) -> int:
@@ -47,10 +51,19 @@ def build_checkpoint(out: Path, scale: str) -> int:
     hidden, inter, layers, heads, kv = SCALES[scale]
     llama2.build_tokenizer(out)
     tok = llama2.load_tokenizer(out)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-                         max_position_embeddings=2048)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+        max_position_embeddings=2048,
+    )
     config.architectures = ["LlamaForCausalLM"]
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -64,8 +77,10 @@ def build_checkpoint(out: Path, scale: str) -> int:
 
 
 def build_in_child(out: Path, scale: str) -> int:
-    code = f"import sys; sys.path.insert(0, {str(ROOT / 'perf')!r}); import memory; " \
-           f"print(memory.build_checkpoint(__import__('pathlib').Path({str(out)!r}), {scale!r}))"
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'perf')!r}); import memory; "
+        f"print(memory.build_checkpoint(__import__('pathlib').Path({str(out)!r}), {scale!r}))"
+    )
     done = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True)
     return int(done.stdout.strip().splitlines()[-1])
 
@@ -92,15 +107,24 @@ def project(dest: Path, ckpt: Path) -> Path:
 def run_stage(proj: Path, stage: str, key: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(proj), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
     start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", f"stages.{stage}", key], cwd=proj, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", f"stages.{stage}", key],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     err = child.stderr.read()
     _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{stage}@{key} failed:\n{err[-3000:]}")
     metrics = json.loads((proj / f"artifacts/{key}/{stage}/metrics.json").read_text())
-    return {"rss": usage.ru_maxrss * 1024, "s": time.perf_counter() - start,
-            "device_peak": metrics.get("device_peak_bytes")}
+    return {
+        "rss": usage.ru_maxrss * 1024,
+        "s": time.perf_counter() - start,
+        "device_peak": metrics.get("device_peak_bytes"),
+    }
 
 
 def disk_bytes(root: Path, seen: set) -> int:
@@ -123,10 +147,17 @@ def main() -> None:
     os.environ.setdefault("MLPERF_ROUND_STATE", str(root / "state"))
     from importlib.metadata import version
 
-    cuda = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                          stdout=subprocess.PIPE, text=True).stdout.strip() == "True"
+    cuda = (
+        subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"], stdout=subprocess.PIPE, text=True
+        ).stdout.strip()
+        == "True"
+    )
     print(f"host: {_cpu()}, torch {version('torch')}, CUDA: {cuda}")
-    print("| scale | checkpoint (bf16) | stage | peak RSS | RSS / checkpoint | (RSS - tiny's) / checkpoint | peak device | time |")
+    print(
+        "| scale | checkpoint (bf16) | stage | peak RSS | RSS / checkpoint | (RSS - tiny's) / checkpoint | peak "
+        "device | time |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     floor: dict[str, int] = {}  # the tiny scale's RSS per stage: the interpreter and libraries, not the model
     disks: dict[str, tuple[int, dict]] = {}
@@ -140,18 +171,27 @@ def main() -> None:
             if scale == "tiny":
                 floor[stage] = r["rss"]
             above = f"{(r['rss'] - floor[stage]) / size:.2f}" if stage in floor and scale != "tiny" else "-"
-            dev = (f"{r['device_peak'] / 2**30:.2f} GiB" if r["device_peak"] else "not recorded by the stage") \
-                if cuda else "no GPU here"
-            print(f"| {scale} | {size / 2**20:,.1f} MiB | {stage} | {r['rss'] / 2**20:,.0f} MiB | "
-                  f"{r['rss'] / size:.2f} | {above} | {dev} | {r['s']:.0f} s |", flush=True)
+            dev = (
+                (f"{r['device_peak'] / 2**30:.2f} GiB" if r["device_peak"] else "not recorded by the stage")
+                if cuda
+                else "no GPU here"
+            )
+            print(
+                f"| {scale} | {size / 2**20:,.1f} MiB | {stage} | {r['rss'] / 2**20:,.0f} MiB | "
+                f"{r['rss'] / size:.2f} | {above} | {dev} | {r['s']:.0f} s |",
+                flush=True,
+            )
         seen: set = set()
         disk = {stage: disk_bytes(proj / "artifacts" / key / stage, seen) for stage, key in STAGES}
         disks[scale] = (size, disk)
     print("\n| scale | checkpoint on disk | " + " | ".join(f"{s} output" for s, _ in STAGES) + " | all / checkpoint |")
     print("|---|---|" + "---|" * len(STAGES) + "---|")
     for scale, (size, disk) in disks.items():
-        print(f"| {scale} | {size / 2**20:,.1f} MiB | " + " | ".join(f"{b / 2**20:,.1f} MiB" for b in disk.values())
-              + f" | {(size + sum(disk.values())) / size:.2f} |")
+        print(
+            f"| {scale} | {size / 2**20:,.1f} MiB | "
+            + " | ".join(f"{b / 2**20:,.1f} MiB" for b in disk.values())
+            + f" | {(size + sum(disk.values())) / size:.2f} |"
+        )
 
 
 def _cpu() -> str:

@@ -59,13 +59,21 @@ def main() -> None:
                 rates[name].append((len(outs) if image else sum(len(o) for o in outs)) / elapsed)
     unit = "images_per_s" if image else "tokens_per_s"
     med = {k: statistics.median(v) for k, v in rates.items()}
-    result = {"engine": str(args.engine), "precision": spec["precision"], "queries": len(inputs),
-              unit: {k: round(v, 2) for k, v in med.items()}, "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
-              "native_over_emulated": round(med["native"] / med["emulated"], 3), "kernels": engines["native"].kernels}
+    result = {
+        "engine": str(args.engine),
+        "precision": spec["precision"],
+        "queries": len(inputs),
+        unit: {k: round(v, 2) for k, v in med.items()},
+        "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
+        "native_over_emulated": round(med["native"] / med["emulated"], 3),
+        "kernels": engines["native"].kernels,
+    }
     if image:
         result["psnr_db"] = round(psnr(outputs["emulated"], outputs["native"]), 2)
     else:
-        result["identical_tokens"] = [o.tolist() for o in outputs["emulated"]] == [o.tolist() for o in outputs["native"]]
+        result["identical_tokens"] = [o.tolist() for o in outputs["emulated"]] == [
+            o.tolist() for o in outputs["native"]
+        ]
     print(json.dumps(result, indent=1))
 
 

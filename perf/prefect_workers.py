@@ -29,9 +29,23 @@ from mlperf_round.workspace import sync  # noqa: E402
 
 def deployment_run(home: Path, port: int, project: Path, params: dict) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([str(Path(sys.executable).with_name("prefect")), "deployment", "run", local.ROUND_DEPLOYMENT,
-                           "--params", json.dumps(params), "--watch", "--watch-interval", "1"],
-                          env=local.prefect_env(home, port), cwd=project, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "deployment",
+            "run",
+            local.ROUND_DEPLOYMENT,
+            "--params",
+            json.dumps(params),
+            "--watch",
+            "--watch-interval",
+            "1",
+        ],
+        env=local.prefect_env(home, port),
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"deployment run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return time.perf_counter() - start
@@ -54,9 +68,14 @@ def main() -> None:
         local.deploy(home, port, project)
         for n in (1, 2):
             run_dir = base / f"workers-{n}"
-            workers = [local.start_worker(home, port, project, f"bench{n}-{i}", run_dir / f"w{i}").pid for i in range(n)]
-            params = {"benchmarks": args.benchmarks, "dvc_remote": str(run_dir / "remote"),
-                      "mlflow_tracking_uri": f"sqlite:///{run_dir}/mlflow.db"}
+            workers = [
+                local.start_worker(home, port, project, f"bench{n}-{i}", run_dir / f"w{i}").pid for i in range(n)
+            ]
+            params = {
+                "benchmarks": args.benchmarks,
+                "dvc_remote": str(run_dir / "remote"),
+                "mlflow_tracking_uri": f"sqlite:///{run_dir}/mlflow.db",
+            }
             results[f"round, {n} worker(s)"] = deployment_run(home, port, project, params)
             if n == 2:
                 results["no-op round, Prefect (2 workers)"] = deployment_run(home, port, project, params)
@@ -70,8 +89,8 @@ def main() -> None:
     for name, seconds in results.items():
         print(f"{name:36s} {seconds:8.1f} s")
     print(f"two workers vs one: {results['round, 1 worker(s)'] / results['round, 2 worker(s)']:.2f}x faster")
-    print(f"no-op overhead of the Prefect path: {results['no-op round, Prefect (2 workers)'] / results['no-op round, dvc repro']:.1f}x "
-          f"(+{results['no-op round, Prefect (2 workers)'] - results['no-op round, dvc repro']:.1f} s)")
+    prefect_s, dvc_s = results["no-op round, Prefect (2 workers)"], results["no-op round, dvc repro"]
+    print(f"no-op overhead of the Prefect path: {prefect_s / dvc_s:.1f}x (+{prefect_s - dvc_s:.1f} s)")
     if args.out is None:
         shutil.rmtree(base, ignore_errors=True)
 

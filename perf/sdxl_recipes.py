@@ -59,11 +59,14 @@ def main() -> None:
     for name, (engine, cached) in recipes.items():
         e = use(engine, cached)
         e.unet_calls, e.images = {"full": 0, "shallow": 0}, 0
-        images = np.concatenate([e.generate(captions[i:i + args.batch]) for i in range(0, len(captions), args.batch)])
+        images = np.concatenate([e.generate(captions[i : i + args.batch]) for i in range(0, len(captions), args.batch)])
         scores = sdxl.evaluate({i: img.reshape(-1) for i, img in enumerate(images)}, samples, e_dir(args, name), source)
-        report[name] = {"s_per_image": statistics.median(times[name]),
-                        "unet_full_steps_per_image": e.unet_calls["full"] / e.images,
-                        "unet_shallow_steps_per_image": e.unet_calls["shallow"] / e.images, **scores}
+        report[name] = {
+            "s_per_image": statistics.median(times[name]),
+            "unet_full_steps_per_image": e.unet_calls["full"] / e.images,
+            "unet_shallow_steps_per_image": e.unet_calls["shallow"] / e.images,
+            **scores,
+        }
     base = report["fp16"]["s_per_image"]
     for name in report:
         report[name]["speedup_vs_fp16"] = base / report[name]["s_per_image"]

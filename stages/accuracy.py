@@ -23,9 +23,19 @@ def body(ctx: StageContext) -> dict:
     # the bounds exactly as the gate applies them: 4 decimals cannot hold a tiny round's FID (0.0182 +- 2%)
     metrics: dict = {"target": dict(targets), "upper_limit": dict(limits)}
     for scenario in entry.scenarios:
-        scores = evaluation.run_accuracy(engine, ctx.benchmark_name, source / "dataset.json", conf, scenario,
-                                         ctx.out / scenario, ctx.params.round.test_timeout_s)
-        metrics[scenario] = {**scores, "ratio": {k: scores[k] / reference["scores"][k] for k in targets if reference["scores"][k]}}
+        scores = evaluation.run_accuracy(
+            engine,
+            ctx.benchmark_name,
+            source / "dataset.json",
+            conf,
+            scenario,
+            ctx.out / scenario,
+            ctx.params.round.test_timeout_s,
+        )
+        metrics[scenario] = {
+            **scores,
+            "ratio": {k: scores[k] / reference["scores"][k] for k in targets if reference["scores"][k]},
+        }
         stats = ctx.out / scenario / ENGINE_STATS
         if stats.exists():  # text-to-image: UNet work per image (DeepCache's shallow steps are cheap)
             work = json.loads(stats.read_text())
@@ -36,8 +46,9 @@ def body(ctx: StageContext) -> dict:
     metrics["worst_ratio"] = worst
     (ctx.out / "accuracy.json").write_text(json.dumps(metrics, indent=1))
     if entry.division == "closed" and not metrics["passed"]:
-        ctx.tracker.log_metrics({f"{s}.{k}": v for s in entry.scenarios for k, v in metrics[s].items()
-                                 if isinstance(v, float)})
+        ctx.tracker.log_metrics(
+            {f"{s}.{k}": v for s in entry.scenarios for k, v in metrics[s].items() if isinstance(v, float)}
+        )
         for s in entry.scenarios:
             try:
                 evaluation.check_targets(metrics[s], targets, f"{entry.mlperf_id} ({ctx.key}, {s})", limits)

@@ -26,19 +26,27 @@ def _verify(ctx: StageContext, bench, test: str, scenario: str, run_dir) -> dict
         return result
     accuracy = None
     if test == "TEST01":
-        accuracy = compliance.verify_test01_accuracy(ctx.input("accuracy") / scenario / ACCURACY, run_dir / ACCURACY,
-                                                     bench.kind.RESPONSE_DTYPE)
+        accuracy = compliance.verify_test01_accuracy(
+            ctx.input("accuracy") / scenario / ACCURACY, run_dir / ACCURACY, bench.kind.RESPONSE_DTYPE
+        )
     threshold = compliance.SMOKE_PERFORMANCE_THRESHOLD if ctx.params.round.smoke else compliance.PERFORMANCE_THRESHOLD
-    performance = compliance.verify_performance(ctx.input("performance") / scenario, run_dir, scenario_run, test,
-                                                ctx.params.round.version, threshold)
+    performance = compliance.verify_performance(
+        ctx.input("performance") / scenario, run_dir, scenario_run, test, ctx.params.round.version, threshold
+    )
     compliance.write_audit(test, accuracy, performance, run_dir, ctx.out / scenario / test)
     failures = list((accuracy or {}).get("failures", []))
     if not performance["passed"]:
-        failures.append(f"{performance['reason']}: score {performance['test_score']:.3f} against the performance "
-                        f"run's {performance['reference_score']:.3f} (ratio {performance['ratio']:.3f})")
-    return {"passed": (accuracy is None or accuracy["passed"]) and performance["passed"], "failures": failures,
-            "performance_ratio": performance["ratio"], "performance_threshold": threshold,
-            **({"identical": accuracy["identical"], "matched": accuracy["matched"]} if accuracy else {})}
+        failures.append(
+            f"{performance['reason']}: score {performance['test_score']:.3f} against the performance "
+            f"run's {performance['reference_score']:.3f} (ratio {performance['ratio']:.3f})"
+        )
+    return {
+        "passed": (accuracy is None or accuracy["passed"]) and performance["passed"],
+        "failures": failures,
+        "performance_ratio": performance["ratio"],
+        "performance_threshold": threshold,
+        **({"identical": accuracy["identical"], "matched": accuracy["matched"]} if accuracy else {}),
+    }
 
 
 def body(ctx: StageContext) -> dict:
@@ -58,9 +66,20 @@ def body(ctx: StageContext) -> dict:
         audit.write_text(compliance.audit_config(test, ctx.params.round.mlcommons_inference, bench.loadgen_model))
         for scenario in entry.scenarios:
             run_dir = ctx.out / scenario / test / "run"
-            run_test({"engine": str(engine), "benchmark": ctx.benchmark_name, "dataset": str(dataset),
-                      "scenario": scenario, "mode": "PerformanceOnly", "user_conf": str(conf), "outdir": str(run_dir),
-                      "audit_config": str(audit.resolve()), "label": f"{test} {scenario}"}, ctx.params.round.test_timeout_s)
+            run_test(
+                {
+                    "engine": str(engine),
+                    "benchmark": ctx.benchmark_name,
+                    "dataset": str(dataset),
+                    "scenario": scenario,
+                    "mode": "PerformanceOnly",
+                    "user_conf": str(conf),
+                    "outdir": str(run_dir),
+                    "audit_config": str(audit.resolve()),
+                    "label": f"{test} {scenario}",
+                },
+                ctx.params.round.test_timeout_s,
+            )
             result = _verify(ctx, bench, test, scenario, run_dir)
             metrics[f"{scenario}.{test}"] = {k: v for k, v in result.items() if k != "failures"}
             if not result["passed"]:

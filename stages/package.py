@@ -1,4 +1,5 @@
-"""package: the submission tree, systems description, results table and tarball; refuses what the checker would reject."""
+"""package: the submission tree, systems description, results table and tarball; refuses what the checker would
+reject."""
 
 import csv
 import sys
@@ -37,29 +38,45 @@ def body(ctx: StageContext) -> dict:
         print(f"MLCommons checker: {verdict['summary']} (exit {verdict['returncode']})", file=sys.stderr)
         metrics["mlcommons_checker"] = verdict
         if not verdict["passed"] and not rnd.smoke:
-            raise RoundError(f"MLCommons' submission checker rejects the tree: {verdict['summary']} "
-                             f"(see {ctx.out.name}/mlcommons_checker.log)")
+            raise RoundError(
+                f"MLCommons' submission checker rejects the tree: {verdict['summary']} "
+                f"(see {ctx.out.name}/mlcommons_checker.log)"
+            )
     return metrics
 
 
 def _plots_and_report(ctx: StageContext, report: dict) -> None:
     """DVC plots (throughput per entry, accuracy per recipe) and the one-page HTML report, also on the round's run."""
     rows = report["table"]
-    write_csv(ctx.plots / "throughput.csv", [{"entry": f"{r['entry']} {r['scenario']}", "samples_per_s": r["samples_per_s"]}
-                                             for r in rows])
-    write_csv(ctx.plots / "accuracy.csv", [{"entry": f"{a['entry']} ({a['recipe']})", "accuracy_ratio": a["accuracy_ratio"]}
-                                           for a in report["accuracy"]])
+    write_csv(
+        ctx.plots / "throughput.csv",
+        [{"entry": f"{r['entry']} {r['scenario']}", "samples_per_s": r["samples_per_s"]} for r in rows],
+    )
+    write_csv(
+        ctx.plots / "accuracy.csv",
+        [{"entry": f"{a['entry']} ({a['recipe']})", "accuracy_ratio": a["accuracy_ratio"]} for a in report["accuracy"]],
+    )
     latency = {}
     for key in ctx.params.entries:
         for path in sorted(layout.plots_dir(key, "performance").glob("latency_*.csv")):
             with open(path) as f:
-                latency[(key, path.stem.removeprefix("latency_"))] = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+                latency[(key, path.stem.removeprefix("latency_"))] = [
+                    {k: float(v) for k, v in r.items()} for r in csv.DictReader(f)
+                ]
     rnd = ctx.params.round
-    notes = ["Smoke round: shortened LoadGen runs, not submittable." if rnd.smoke else "",
-             f"Unmet rules: {', '.join(report['unmet_rules'])}" if report["unmet_rules"] else "",
-             *report["warnings"]]
-    write_report(ctx.out / REPORT, f"MLPerf Inference {rnd.version} round {rnd.name}: {rnd.submitter}, {rnd.system.name}",
-                 rows, report["accuracy"], latency, [n for n in notes if n])
+    notes = [
+        "Smoke round: shortened LoadGen runs, not submittable." if rnd.smoke else "",
+        f"Unmet rules: {', '.join(report['unmet_rules'])}" if report["unmet_rules"] else "",
+        *report["warnings"],
+    ]
+    write_report(
+        ctx.out / REPORT,
+        f"MLPerf Inference {rnd.version} round {rnd.name}: {rnd.submitter}, {rnd.system.name}",
+        rows,
+        report["accuracy"],
+        latency,
+        [n for n in notes if n],
+    )
     ctx.tracker.log_artifact(ctx.out / REPORT)
     ctx.tracker.log_round_artifact(ctx.out / REPORT)
 

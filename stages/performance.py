@@ -37,14 +37,26 @@ def body(ctx: StageContext) -> dict:
         if scenario in auto:
             offline = metrics["Offline"]
             if not offline["valid"] or offline["samples_per_s"] <= 0:
-                raise RoundError(f"entries.{ctx.key}.loadgen.{scenario}.target_qps: auto needs a VALID Offline run with "
-                                 f"a throughput; it measured {offline['samples_per_s']:g} samples/s "
-                                 f"({offline['invalid_reason'] or 'invalid'})")
+                raise RoundError(
+                    f"entries.{ctx.key}.loadgen.{scenario}.target_qps: auto needs a VALID Offline run with "
+                    f"a throughput; it measured {offline['samples_per_s']:g} samples/s "
+                    f"({offline['invalid_reason'] or 'invalid'})"
+                )
             found[scenario] = getattr(entry.loadgen, scenario).auto_fraction * offline["samples_per_s"]
             conf.write_text(user_conf(entry, smoke, qsl_size, server_qps=found))
         run_dir = ctx.out / scenario
-        run_test({"engine": str(engine), "benchmark": ctx.benchmark_name, "dataset": str(dataset), "scenario": scenario,
-                  "mode": "PerformanceOnly", "user_conf": str(conf), "outdir": str(run_dir)}, ctx.params.round.test_timeout_s)
+        run_test(
+            {
+                "engine": str(engine),
+                "benchmark": ctx.benchmark_name,
+                "dataset": str(dataset),
+                "scenario": scenario,
+                "mode": "PerformanceOnly",
+                "user_conf": str(conf),
+                "outdir": str(run_dir),
+            },
+            ctx.params.round.test_timeout_s,
+        )
         metrics[scenario] = performance_metrics(run_dir, scenario)
         if scenario in SERVER_LIKE:
             metrics[scenario]["target_qps_auto"] = scenario in auto

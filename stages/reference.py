@@ -27,8 +27,15 @@ def body(ctx: StageContext) -> dict:
         with tempfile.TemporaryDirectory(dir=ctx.out.parent) as tmp:
             engine = Path(tmp) / "engine"
             bench.kind.reference_engine(ctx, bench, source, engine)
-            scores = evaluation.run_accuracy(engine, ctx.key, source / "dataset.json", conf, "Offline",
-                                             ctx.out / "Offline", ctx.params.round.test_timeout_s)
+            scores = evaluation.run_accuracy(
+                engine,
+                ctx.key,
+                source / "dataset.json",
+                conf,
+                "Offline",
+                ctx.out / "Offline",
+                ctx.params.round.test_timeout_s,
+            )
         scale = 1.0
     result = {"source": bp.reference.source, "samples": n, "scores": scores, "gen_len_scale": scale}
     (ctx.out / "reference.json").write_text(json.dumps(result, indent=1))

@@ -17,8 +17,13 @@ from mlperf_round.tracking import runs_page
 from .conftest import env
 
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def _free_port() -> int:
@@ -40,8 +45,9 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise AssertionError(f"{url}: no answer in {timeout:.0f} s")
 
 
-def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, metric: str, shot: Path,
-                              run_name: str) -> tuple[str, str, str]:
+def mlflow_compare_screenshot(
+    ws: Path, run_ids: list[str], experiment_id: str, metric: str, shot: Path, run_name: str
+) -> tuple[str, str, str]:
     """Open the experiment as a newcomer does, by the link `make ui` prints (its runs, not a GenAI overview, once
     `run_name` shows),
     then MLflow's run comparison of these runs, wait for `metric`, save a screenshot. (experiment page's URL, its
@@ -50,9 +56,26 @@ def mlflow_compare_screenshot(ws: Path, run_ids: list[str], experiment_id: str, 
 
     port = _free_port()
     log = open(ws / "mlflow-ui.log", "wb")
-    ui = subprocess.Popen(tethered([str(Path(sys.executable).with_name("mlflow")), "ui", "--host", "127.0.0.1", "--port",
-                                    str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{ws}/mlruns/mlflow.db"]),
-                          cwd=ws, env=env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=log)
+    ui = subprocess.Popen(
+        tethered(
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "ui",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{ws}/mlruns/mlflow.db",
+            ]
+        ),
+        cwd=ws,
+        env=env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=log,
+        stderr=log,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_http(f"{base}/health", ui)

@@ -29,10 +29,13 @@ def env() -> dict[str, str]:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """`cmd` tethered to this test process: killed with it (a CI timeout), or on `timeout`, with everything it started."""
+    """`cmd` tethered to this test process: killed with it (a CI timeout), or on `timeout`, with everything it
+    started."""
     from mlperf_round.tether import tethered
 
-    child = subprocess.Popen(tethered(cmd), cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        tethered(cmd), cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         out, err = child.communicate(timeout=timeout)
     except BaseException:
@@ -72,6 +75,6 @@ def listening_addresses(port: int) -> set[str]:
             addr, hexport = local.split(":")
             if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
                 raw = bytes.fromhex(addr)
-                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word is host order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word is host order
                 found.add(str(ipaddress.ip_address(words)) if width == 8 else str(ipaddress.IPv6Address(words)))
     return found

@@ -100,8 +100,14 @@ class LocalHub:
     def set_token(self, token: str | None) -> None:
         self.token = token
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes] | Path, commit: str | None = None,
-                 branch: str = "main", gated: bool = False) -> str:
+    def add_repo(
+        self,
+        repo_id: str,
+        files: dict[str, bytes] | Path,
+        commit: str | None = None,
+        branch: str = "main",
+        gated: bool = False,
+    ) -> str:
         """Register `files` (name -> bytes, or a directory taken recursively) as `commit` of `repo_id`, which
         `branch` then points at. Default commit: a sha1 of the content. Gating applies to the whole repo."""
         if isinstance(files, (str, Path)):
@@ -212,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = next((r for r in ("/".join(seg[:2]), seg[0] if seg else "") if r in repos), None)
         if repo_id is None:
             return self._error(404, "RepoNotFound", "Repository not found", method)
-        repo, rest = repos[repo_id], seg[len(repo_id.split("/")):]
+        repo, rest = repos[repo_id], seg[len(repo_id.split("/")) :]
         if self.label == "hub" and repo.gated and (hub.token is None or auth != f"Bearer {hub.token}"):
             msg = f"Access to model {repo_id} is restricted. You must be authenticated to access it."
             return self._error(401, "GatedRepo", msg, method)
@@ -229,10 +235,25 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "revision":
             blobs = parse_qs(url.query).get("blobs", [""])[0].lower() in ("true", "1")
             siblings = [f.sibling() if blobs else {"rfilename": f.name} for f in files.values()]
-            return self._json({"_id": commit[:24], "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
-                               "sha": commit, "private": False, "gated": "manual" if repo.gated else False,
-                               "disabled": False, "downloads": 0, "likes": 0, "tags": [], "lastModified": _DATE,
-                               "createdAt": _DATE, "siblings": siblings}, method)
+            return self._json(
+                {
+                    "_id": commit[:24],
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "author": repo_id.split("/")[0],
+                    "sha": commit,
+                    "private": False,
+                    "gated": "manual" if repo.gated else False,
+                    "disabled": False,
+                    "downloads": 0,
+                    "likes": 0,
+                    "tags": [],
+                    "lastModified": _DATE,
+                    "createdAt": _DATE,
+                    "siblings": siblings,
+                },
+                method,
+            )
         entries = {f.name: f.entry() for f in files.values()}
         for name in files:  # the folders, implied by the file names
             for i in range(name.count("/")):
@@ -240,8 +261,11 @@ class _Handler(BaseHTTPRequestHandler):
                 oid = hashlib.sha1(f"{commit}:{d}".encode()).hexdigest()
                 entries[d] = {"type": "directory", "oid": oid, "size": 0, "path": d}
         if kind == "paths-info":
-            wanted = (json.loads(body) if self.headers.get("Content-Type", "").startswith("application/json")
-                      else parse_qs(body.decode(), keep_blank_values=True)).get("paths", [])
+            wanted = (
+                json.loads(body)
+                if self.headers.get("Content-Type", "").startswith("application/json")
+                else parse_qs(body.decode(), keep_blank_values=True)
+            ).get("paths", [])
             return self._json([entries[p] for p in wanted if p in entries], method)
         if kind == "tree":
             recursive = parse_qs(url.query).get("recursive", [""])[0].lower() in ("true", "1")
@@ -257,9 +281,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(status, None, f"Injected failure ({status})", method)
         if f.pointer is None:
             return self._serve(repo_id, f, commit, method)
-        self._send(302, {"Location": f"{hub.cdn}/lfs/{repo_id}/{commit}/{quote(f.name)}", "X-Repo-Commit": commit,
-                         "ETag": f'"{f.oid}"', "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.data))},
-                   method=method)
+        self._send(
+            302,
+            {
+                "Location": f"{hub.cdn}/lfs/{repo_id}/{commit}/{quote(f.name)}",
+                "X-Repo-Commit": commit,
+                "ETag": f'"{f.oid}"',
+                "X-Linked-Etag": f'"{f.sha256}"',
+                "X-Linked-Size": str(len(f.data)),
+            },
+            method=method,
+        )
 
     def _serve(self, repo_id: str, f: _File, commit: str, method: str) -> None:
         """The file's bytes, honouring `Range: bytes=N-` / `bytes=N-M` (206), and the test hooks."""
@@ -267,8 +299,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(status, None, f"Injected failure ({status})", method)
         data, cut = self.hub._take(repo_id, f.name) if method == "GET" else (None, None)
         data = f.data if data is None else data
-        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "X-Repo-Commit": commit,
-                   "ETag": f'"{f.sha256 if f.pointer else f.oid}"'}
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "X-Repo-Commit": commit,
+            "ETag": f'"{f.sha256 if f.pointer else f.oid}"',
+        }
         spec = self.headers.get("Range", "")
         if not spec.startswith("bytes="):
             return self._send(200, headers, data, method, cut)

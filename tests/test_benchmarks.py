@@ -17,8 +17,20 @@ from mlperf_round.versions import VERSIONS
 ROOT = Path(__file__).resolve().parent.parent
 MASTER_CONF = ROOT.parent / "shared" / "mlcommons" / "main-b66003e1" / "loadgen" / "mlperf.conf"
 BENCHES = sorted(benchmarks.REGISTRY.values(), key=lambda b: b.key)
-TEXT = ("build_tokenizer", "build_tiny_model", "write_generated_dataset", "read_shipped", "load_samples",
-        "load_tokenizer", "tokenizer_dir", "load_model", "calibration_batches", "score", "targets", "upper_limits")
+TEXT = (
+    "build_tokenizer",
+    "build_tiny_model",
+    "write_generated_dataset",
+    "read_shipped",
+    "load_samples",
+    "load_tokenizer",
+    "tokenizer_dir",
+    "load_model",
+    "calibration_batches",
+    "score",
+    "targets",
+    "upper_limits",
+)
 IMAGE = ("download", "load_samples", "evaluate", "targets", "upper_limits")
 KIND = ("download", "calibrate", "reference_engine", "quantize", "build", "open_engine", "evaluate")
 
@@ -28,7 +40,7 @@ def test_every_benchmark_answers_what_the_stages_and_the_checker_ask(bench: Benc
     assert "." not in bench.key, "DVC splits param paths at dots: the params key must not hold one"
     assert bench.module.BENCHMARK is bench and benchmarks.get(bench.key) is bench
     assert issubclass(bench.schema, BenchmarkParams) and bench.schema().model_dump()
-    for name in (TEXT if bench.kind.NAME == "text-generation" else IMAGE):
+    for name in TEXT if bench.kind.NAME == "text-generation" else IMAGE:
         assert callable(getattr(bench, name)), f"{bench.key} lacks {name}"
     for name in KIND:
         assert callable(getattr(bench.kind, name)), f"kind {bench.kind.NAME} lacks {name}"
@@ -52,12 +64,17 @@ def test_latency_bounds_and_token_latencies_are_mlperf_confs(bench: Benchmark):
     for scenario in ("Server", "Interactive") if bench.has_interactive("v6.1") else ("Server",):
         name = bench.loadgen_name(scenario)
         bounds = bench.latency_bounds(scenario, text)
-        for key, conf_key in (("ttft_latency_ms", "ttft_latency"), ("tpot_latency_ms", "tpot_latency"),
-                              ("target_latency_ms", "target_latency")):
+        for key, conf_key in (
+            ("ttft_latency_ms", "ttft_latency"),
+            ("tpot_latency_ms", "tpot_latency"),
+            ("target_latency_ms", "target_latency"),
+        ):
             want = int(table.get((name, "Server", conf_key), 0))
             assert bounds.get(key, 0) == want, (name, key)
-    expected = {"llama2-70b": {"Server": (2000, 200), "Interactive": (450, 40)},
-                "llama3_1-8b": {"Server": (2000, 100), "Interactive": (500, 30)}}
+    expected = {
+        "llama2-70b": {"Server": (2000, 200), "Interactive": (450, 40)},
+        "llama3_1-8b": {"Server": (2000, 100), "Interactive": (500, 30)},
+    }
     for scenario, (ttft, tpot) in expected.get(bench.key, {}).items():
         assert bench.latency_bounds(scenario, text) == {"ttft_latency_ms": ttft, "tpot_latency_ms": tpot}
 
@@ -68,17 +85,26 @@ def test_interactive_is_a_scenario_from_v51_and_an_id_of_its_own_in_v50():
     assert llama2.loadgen_scenario("Interactive") == "Server"
     v61 = [(p.mlperf_id, p.folder, p.scenario) for p in llama3.placements("v6.1", 0.99, ["Offline", "Interactive"])]
     assert v61 == [("llama3.1-8b", "Offline", "Offline"), ("llama3.1-8b", "Interactive", "Interactive")]
-    v50 = {(p.mlperf_id, p.folder, p.scenario) for p in llama2.placements("v5.0", 0.999, ["Offline", "Server", "Interactive"])}
-    assert v50 == {("llama2-70b-99.9", "Offline", "Offline"), ("llama2-70b-99.9", "Server", "Server"),
-                   ("llama2-70b-interactive-99.9", "Server", "Interactive"),
-                   ("llama2-70b-interactive-99.9", "Offline", "Offline")}
+    v50 = {
+        (p.mlperf_id, p.folder, p.scenario)
+        for p in llama2.placements("v5.0", 0.999, ["Offline", "Server", "Interactive"])
+    }
+    assert v50 == {
+        ("llama2-70b-99.9", "Offline", "Offline"),
+        ("llama2-70b-99.9", "Server", "Server"),
+        ("llama2-70b-interactive-99.9", "Server", "Interactive"),
+        ("llama2-70b-interactive-99.9", "Offline", "Offline"),
+    }
     assert llama2.has_interactive("v5.0") and llama2.has_interactive("v6.1") and llama3.has_interactive("v6.1")
     assert not benchmarks.get("gptj").has_interactive("v5.0")
 
 
 def _round(version: str, entries: dict, benches: dict | None = None) -> dict:
-    return {"round": {"version": version, "system": {"system_type": "datacenter"}},
-            "benchmarks": benches or {"llama2-70b": {}, "llama3_1-8b": {}}, "entries": entries}
+    return {
+        "round": {"version": version, "system": {"system_type": "datacenter"}},
+        "benchmarks": benches or {"llama2-70b": {}, "llama3_1-8b": {}},
+        "entries": entries,
+    }
 
 
 def test_params_place_interactive_per_version_and_name_what_is_missing():
@@ -87,18 +113,25 @@ def test_params_place_interactive_per_version_and_name_what_is_missing():
     entry = {"benchmark": "llama2-70b", "accuracy_target": 0.999, "scenarios": ["Offline", "Interactive"]}
     v61 = parse_params(_round("v6.1", {"a": entry}, {"llama2-70b": {}}))
     assert {p.folder for p in v61.placements(v61.entries["a"])} == {"Offline", "Interactive"}
-    v50 = parse_params(_round("v5.0", {"a": {**entry, "scenarios": ["Offline", "Server", "Interactive"]}},
-                              {"llama2-70b": {}}))
+    v50 = parse_params(
+        _round("v5.0", {"a": {**entry, "scenarios": ["Offline", "Server", "Interactive"]}}, {"llama2-70b": {}})
+    )
     assert {p.mlperf_id for p in v50.placements(v50.entries["a"])} == {"llama2-70b-99.9", "llama2-70b-interactive-99.9"}
     with pytest.raises(ParamsError, match=r"entries\.a\.scenarios: v5\.0 datacenter needs Server for llama2-70b-99\.9"):
         parse_params(_round("v5.0", {"a": entry}, {"llama2-70b": {}}))
     with pytest.raises(ParamsError, match=r"entries\.a\.scenarios: gptj-99 has no Interactive scenario"):
-        parse_params(_round("v5.0", {"a": {"benchmark": "gptj", "scenarios": ["Offline", "Interactive"]}}, {"gptj": {}}))
-    with pytest.raises(ParamsError, match=r"benchmarks\.llama3_1-8b: llama3_1-8b is not a benchmark of MLPerf Inference v5\.0"):
+        parse_params(
+            _round("v5.0", {"a": {"benchmark": "gptj", "scenarios": ["Offline", "Interactive"]}}, {"gptj": {}})
+        )
+    with pytest.raises(
+        ParamsError, match=r"benchmarks\.llama3_1-8b: llama3_1-8b is not a benchmark of MLPerf Inference v5\.0"
+    ):
         parse_params(_round("v5.0", {}, {"llama3_1-8b": {}}))
     with pytest.raises(ParamsError, match=r"accuracy_target: llama3_1-8b's target is 0\.99, not 0\.999"):
         parse_params(_round("v6.1", {"a": {"benchmark": "llama3_1-8b", "accuracy_target": 0.999}}))
-    with pytest.raises(ParamsError, match=r"entries\.a\.benchmark: 'llama3\.1-8b' is not a benchmark \(known: .*llama3_1-8b"):
+    with pytest.raises(
+        ParamsError, match=r"entries\.a\.benchmark: 'llama3\.1-8b' is not a benchmark \(known: .*llama3_1-8b"
+    ):
         parse_params(_round("v6.1", {"a": {"benchmark": "llama3.1-8b"}}))
 
 
@@ -114,8 +147,18 @@ def test_shipped_v61_round_is_valid_and_uses_the_current_benchmarks():
 def test_user_conf_holds_interactive_under_its_own_model_name():
     from mlperf_round.harness.settings import user_conf
 
-    params = parse_params(_round("v6.1", {"a": {"benchmark": "llama3_1-8b", "scenarios": ["Offline", "Interactive"],
-                                                "loadgen": {"Interactive": {"target_qps": 2.5}}}}))
+    params = parse_params(
+        _round(
+            "v6.1",
+            {
+                "a": {
+                    "benchmark": "llama3_1-8b",
+                    "scenarios": ["Offline", "Interactive"],
+                    "loadgen": {"Interactive": {"target_qps": 2.5}},
+                }
+            },
+        )
+    )
     conf = user_conf(params.entries["a"], True, 64)
     assert "llama3_1-8b-interactive.Server.target_qps = 2.5" in conf
     assert "llama3_1-8b-interactive.Server.min_query_count = 460" in conf
@@ -127,9 +170,14 @@ def test_a_new_benchmark_is_one_module():
     src = inspect.getsource(benchmarks)
     for bench in BENCHES:
         assert bench.module.__name__.rsplit(".", 1)[1] in src
-    for path in [*(ROOT / "stages").glob("*.py"), *(ROOT / "mlperf_round" / "submission").glob("*.py"),
-                 *(ROOT / "mlperf_round" / "harness").glob("*.py"), ROOT / "mlperf_round" / "params.py",
-                 ROOT / "mlperf_round" / "compare.py", ROOT / "mlperf_round" / "engines.py"]:
+    for path in [
+        *(ROOT / "stages").glob("*.py"),
+        *(ROOT / "mlperf_round" / "submission").glob("*.py"),
+        *(ROOT / "mlperf_round" / "harness").glob("*.py"),
+        ROOT / "mlperf_round" / "params.py",
+        ROOT / "mlperf_round" / "compare.py",
+        ROOT / "mlperf_round" / "engines.py",
+    ]:
         text = path.read_text()
-        for word in ("\"gptj\"", "\"llama2-70b\"", "\"llama3_1-8b\"", "\"stable-diffusion-xl\"", "is_image"):
+        for word in ('"gptj"', '"llama2-70b"', '"llama3_1-8b"', '"stable-diffusion-xl"', "is_image"):
             assert word not in text, f"{path.relative_to(ROOT)} names {word}"

@@ -18,8 +18,12 @@ EOS = 2
 
 
 def entry(idx: int, tokens: list[int], first: list[int] | None = None, count: int | None = None) -> dict:
-    row = {"seq_id": idx, "qsl_idx": idx, "data": np.asarray(tokens, dtype=np.int32).tobytes().hex(),
-           "token_count": len(tokens) if count is None else count}
+    row = {
+        "seq_id": idx,
+        "qsl_idx": idx,
+        "data": np.asarray(tokens, dtype=np.int32).tobytes().hex(),
+        "token_count": len(tokens) if count is None else count,
+    }
     if first is not None:
         row["token_data"] = np.asarray(first, dtype=np.int32).tobytes().hex()
     return row
@@ -75,9 +79,13 @@ def test_a_performance_log_cut_at_a_line_boundary_is_refused(tmp_path: Path):
     """Settings come before results in a detail log: cut between them, every line still parses."""
     from mlperf_round.harness.logs import read_detail
 
-    rec = lambda key, value: ":::MLLOG " + json.dumps({"key": key, "value": value, "metadata": {}})
+    def rec(key, value):
+        return ":::MLLOG " + json.dumps({"key": key, "value": value, "metadata": {}})
+
     path = tmp_path / "mlperf_log_detail.txt"
-    path.write_text("\n".join([rec("effective_test_mode", "PerformanceOnly"), rec("effective_scenario", "Offline")]) + "\n")
+    path.write_text(
+        "\n".join([rec("effective_test_mode", "PerformanceOnly"), rec("effective_scenario", "Offline")]) + "\n"
+    )
     assert read_detail(path)["effective_scenario"] == "Offline"  # an accuracy run logs no result: fine there
     with pytest.raises(InputError, match=r"mlperf_log_detail.txt: no LoadGen result recorded \(truncated log\?\)$"):
         read_detail(path, performance=True)

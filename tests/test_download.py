@@ -7,9 +7,9 @@ headers, LFS files redirected to a second host. Dataset files come from a plain 
 from __future__ import annotations
 
 import functools
-import json
 import hashlib
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +26,7 @@ from .hub import LocalHub
 
 REPO, REV = "example/gpt-j-tiny", "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_localhubtoken"
+
 
 def _sharded_gptj(dest: Path) -> dict[str, str]:
     """A tiny GPT-J saved in three safetensors shards with their index, as the real 6B is; returns name -> sha256."""
@@ -52,8 +53,12 @@ def hub(tmp_path: Path, monkeypatch):
 
 
 def _point_at(project: Path, endpoint: str, sums: dict[str, str]) -> None:
-    edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"].update(
-        source="hf", hf={"repo": REPO, "revision": REV, "files": sums, "endpoint": endpoint}))
+    edit_params(
+        project,
+        lambda d: d["benchmarks"]["gptj"]["model"].update(
+            source="hf", hf={"repo": REPO, "revision": REV, "files": sums, "endpoint": endpoint}
+        ),
+    )
 
 
 def _download(project: Path, check: bool = False):
@@ -72,7 +77,9 @@ def _last_line(proc) -> str:
     return proc.stderr.strip().splitlines()[-1]
 
 
-def test_pin_then_download_a_sharded_gated_checkpoint_into_the_hub_cache_by_reference(project: Path, hub, tmp_path: Path):
+def test_pin_then_download_a_sharded_gated_checkpoint_into_the_hub_cache_by_reference(
+    project: Path, hub, tmp_path: Path
+):
     """pin resolves main to its commit and writes every file's sha256 (comments kept); download verifies the shards
     in the Hub cache, publishes a reference, not a copy; the token reaches the Hub and never its CDN."""
     before = (project / "params.yaml").read_text()
@@ -100,13 +107,15 @@ def test_pin_then_download_a_sharded_gated_checkpoint_into_the_hub_cache_by_refe
     run([sys.executable, "-m", "stages.calibrate", "gptj"], project)  # the sharded checkpoint loads where it lies
     os.utime(snapshot / "config.json", ns=(1, 1))
     proc = run([sys.executable, "-m", "stages.calibrate", "gptj"], project, check=False)
-    assert proc.returncode == 3 and _last_line(proc).endswith("config.json: changed since download verified it "
-                                                             "(size or mtime); re-run download"), proc.stderr
+    assert proc.returncode == 3 and _last_line(proc).endswith(
+        "config.json: changed since download verified it (size or mtime); re-run download"
+    ), proc.stderr
 
 
 @pytest.mark.parametrize("case", ["pinned-sha", "corrupt-bytes", "shard-left-out", "gated", "pickle-only"])
-def test_bad_checkpoints_get_one_line_and_nothing_is_published_or_cached(project: Path, hub, monkeypatch, tmp_path: Path,
-                                                                         case: str):
+def test_bad_checkpoints_get_one_line_and_nothing_is_published_or_cached(
+    project: Path, hub, monkeypatch, tmp_path: Path, case: str
+):
     shard = sorted(n for n in hub.sums if n.endswith(".safetensors"))[-1]
     sums = dict(hub.sums)
     if case == "pinned-sha":
@@ -115,18 +124,31 @@ def test_bad_checkpoints_get_one_line_and_nothing_is_published_or_cached(project
     elif case == "corrupt-bytes":
         size = (tmp_path / "repo" / shard).stat().st_size  # as long as the real shard: the client checks lengths only
         hub.corrupt(REPO, shard, bytes(size))
-        expected = f"{shard}: sha256 {hashlib.sha256(bytes(size)).hexdigest()} does not match the pinned {hub.sums[shard]}"
+        expected = (
+            f"{shard}: sha256 {hashlib.sha256(bytes(size)).hexdigest()} does not match the pinned {hub.sums[shard]}"
+        )
     elif case == "shard-left-out":
         del sums[shard]
         expected = f"model.safetensors.index.json: names shard {shard}, which is not among the pinned files"
     elif case == "gated":
         monkeypatch.delenv("HF_TOKEN")
-        expected = f"{REPO}@{REV}: gated repository on {hub.endpoint}; set HF_TOKEN to a token that has been granted access"
+        expected = (
+            f"{REPO}@{REV}: gated repository on {hub.endpoint}; set HF_TOKEN to a token that has been granted access"
+        )
     else:
         hub.add_repo("example/pickled", {"config.json": b"{}", "model.ckpt": b"\x80" * 2000}, commit="1" * 40)
-        edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"].update(source="hf", hf={
-            "repo": "example/pickled", "revision": "1" * 40, "endpoint": hub.endpoint,
-            "files": {"config.json": hashlib.sha256(b"{}").hexdigest()}}))
+        edit_params(
+            project,
+            lambda d: d["benchmarks"]["gptj"]["model"].update(
+                source="hf",
+                hf={
+                    "repo": "example/pickled",
+                    "revision": "1" * 40,
+                    "endpoint": hub.endpoint,
+                    "files": {"config.json": hashlib.sha256(b"{}").hexdigest()},
+                },
+            ),
+        )
         expected = "example/pickled@" + "1" * 40 + ": weights only as pickle (model.ckpt)"
     if case != "pickle-only":
         _point_at(project, hub.endpoint, sums)
@@ -137,13 +159,29 @@ def test_bad_checkpoints_get_one_line_and_nothing_is_published_or_cached(project
     assert not (snapshot / shard).exists()  # a bad shard never stays in the Hub cache, nor is one fetched in vain
     if case == "corrupt-bytes":
         blobs = snapshot.parent.parent / "blobs"
-        assert all(hashlib.sha256(b.read_bytes()).hexdigest() in hub.sums.values() for b in blobs.iterdir() if b.is_file())
+        assert all(
+            hashlib.sha256(b.read_bytes()).hexdigest() in hub.sums.values() for b in blobs.iterdir() if b.is_file()
+        )
     if case == "pickle-only":
-        proc = run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--repo", "example/pickled",
-                    "--endpoint", hub.endpoint], project, check=False)
+        proc = run(
+            [
+                sys.executable,
+                "-m",
+                "mlperf_round.cli",
+                "pin",
+                "gptj",
+                "--repo",
+                "example/pickled",
+                "--endpoint",
+                hub.endpoint,
+            ],
+            project,
+            check=False,
+        )
         assert proc.returncode == 3 and _last_line(proc).endswith(
             "error: pin: example/pickled@" + "1" * 40 + ": its weights are pickle only (model.ckpt), "
-            "which can run code when loaded"), proc.stderr
+            "which can run code when loaded"
+        ), proc.stderr
 
 
 def test_a_transient_failure_keeps_the_verified_files_and_a_retry_fetches_only_the_rest(project: Path, hub):
@@ -151,7 +189,9 @@ def test_a_transient_failure_keeps_the_verified_files_and_a_retry_fetches_only_t
     hub.fail(REPO, shard, status=503, times=100)
     _point_at(project, hub.endpoint, hub.sums)
     proc = _download(project)
-    assert proc.returncode == 75 and shard in _last_line(proc) and "a retry may succeed" in _last_line(proc), proc.stderr[-3000:]
+    assert proc.returncode == 75 and shard in _last_line(proc) and "a retry may succeed" in _last_line(proc), (
+        proc.stderr[-3000:]
+    )
     _nothing_published(project)
     hub.fail(REPO, shard, status=503, times=0)
     hub.requests.clear()
@@ -175,8 +215,9 @@ def test_local_checkpoint_is_verified_once_and_never_copied(project: Path, tmp_p
     monkeypatch.setenv("MLPERF_ROUND_STATE", str(tmp_path / "state"))
     ckpt = tmp_path / "gpt-j-on-disk"
     sums = _sharded_gptj(ckpt)
-    edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"].update(
-        source="local", path=str(ckpt), hf={"files": sums}))
+    edit_params(
+        project, lambda d: d["benchmarks"]["gptj"]["model"].update(source="local", path=str(ckpt), hf={"files": sums})
+    )
     first = _download(project, check=True)
     assert "verify" in first.stderr
     ref = json.loads((project / "artifacts/gptj/download/source/model.ref.json").read_text())
@@ -188,19 +229,26 @@ def test_local_checkpoint_is_verified_once_and_never_copied(project: Path, tmp_p
     data[-1] ^= 0xFF
     (ckpt / shard).write_bytes(bytes(data))
     proc = _download(project)
-    assert proc.returncode == 3 and _last_line(proc).endswith(f"{ckpt / shard}: sha256 "
-                                                             f"{hashlib.sha256(data).hexdigest()} does not match the pinned {sums[shard]}")
+    assert proc.returncode == 3 and _last_line(proc).endswith(
+        f"{ckpt / shard}: sha256 {hashlib.sha256(data).hexdigest()} does not match the pinned {sums[shard]}"
+    )
     _nothing_published(project)
 
 
 def test_params_refuse_a_branch_a_path_out_of_the_folder_and_a_pickle(project: Path):
-    cases = {"main": "revision 'main' is not a 40-hex-digit commit (mlperf-round pin resolves a branch or tag to its commit)",
-             "../escape.json": "files.../escape.json: not a plain relative file name inside the repository",
-             "/etc/passwd": "files./etc/passwd: not a plain relative file name inside the repository",
-             "model.pt": "files.model.pt: a pickle file runs code when it is loaded"}
+    cases = {
+        "main": "revision 'main' is not a 40-hex-digit commit (mlperf-round pin resolves a branch or tag to its "
+        "commit)",
+        "../escape.json": "files.../escape.json: not a plain relative file name inside the repository",
+        "/etc/passwd": "files./etc/passwd: not a plain relative file name inside the repository",
+        "model.pt": "files.model.pt: a pickle file runs code when it is loaded",
+    }
     for value, expected in cases.items():
-        hf = {"repo": REPO, "revision": value if value == "main" else REV,
-              "files": {"config.json" if value == "main" else value: "0" * 64}}
+        hf = {
+            "repo": REPO,
+            "revision": value if value == "main" else REV,
+            "files": {"config.json" if value == "main" else value: "0" * 64},
+        }
         edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"].update(source="hf", hf=hf))
         proc = _download(project)
         assert proc.returncode == 2 and expected in _last_line(proc), (value, proc.stderr[-1500:])
@@ -228,7 +276,15 @@ def test_corrupted_input_is_refused_by_the_next_stage(project: Path):
     weights.write_bytes(bytes(data))
     proc = run([sys.executable, "-m", "stages.calibrate", "gptj"], project, check=False)
     assert proc.returncode == 3
-    assert proc.stderr.strip().splitlines()[-1].endswith("sha256 does not match " + str(Path("artifacts/gptj/download/source/manifest.json")) + "; the file is corrupt")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "sha256 does not match "
+            + str(Path("artifacts/gptj/download/source/manifest.json"))
+            + "; the file is corrupt"
+        )
+    )
     assert not (project / "artifacts/gptj/calibrate/stats").exists()
 
 
@@ -245,7 +301,10 @@ def test_llama_checkpoint_and_openorca_set_over_http(project: Path, tmp_path: Pa
     tok = llama2.load_tokenizer(files)
     llama2.build_tiny_model(TinyLlama(train_steps=0), tok, files)
     (root / "data").mkdir(parents=True)
-    for name, rows in (("orca.json", llama2.generate_dataset(8, 5, tok)), ("calib.json", llama2.generate_dataset(4, 6, tok))):
+    for name, rows in (
+        ("orca.json", llama2.generate_dataset(8, 5, tok)),
+        ("calib.json", llama2.generate_dataset(4, 6, tok)),
+    ):
         (root / "data" / name).write_text(json.dumps(rows))
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
@@ -255,11 +314,27 @@ def test_llama_checkpoint_and_openorca_set_over_http(project: Path, tmp_path: Pa
     hub = LocalHub().start()
     try:
         hub.add_repo("meta/llama-tiny", files, commit=REV)
-        edit_params(project, lambda d: d["benchmarks"]["llama2-70b"].update(
-            model={"source": "hf", "hf": {"repo": "meta/llama-tiny", "revision": REV, "endpoint": hub.endpoint,
-                                         "files": {p.name: digest(p) for p in files.iterdir() if p.is_file()}}},
-            dataset={"source": "url", "url": f"{url}/data/orca.json", "sha256": digest(root / "data/orca.json"),
-                     "calibration_url": f"{url}/data/calib.json", "calibration_sha256": digest(root / "data/calib.json")}))
+        edit_params(
+            project,
+            lambda d: d["benchmarks"]["llama2-70b"].update(
+                model={
+                    "source": "hf",
+                    "hf": {
+                        "repo": "meta/llama-tiny",
+                        "revision": REV,
+                        "endpoint": hub.endpoint,
+                        "files": {p.name: digest(p) for p in files.iterdir() if p.is_file()},
+                    },
+                },
+                dataset={
+                    "source": "url",
+                    "url": f"{url}/data/orca.json",
+                    "sha256": digest(root / "data/orca.json"),
+                    "calibration_url": f"{url}/data/calib.json",
+                    "calibration_sha256": digest(root / "data/calib.json"),
+                },
+            ),
+        )
         run([sys.executable, "-m", "stages.download", "llama2-70b"], project)
     finally:
         server.shutdown()
@@ -277,9 +352,9 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
     import torch
 
     from mlperf_round.benchmarks import sdxl
+    from mlperf_round.benchmarks.sdxl import TinySDXL
     from mlperf_round.diffusion import pipeline
     from mlperf_round.metrics import clip_score, fid
-    from mlperf_round.benchmarks.sdxl import TinySDXL
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("MLPERF_ROUND_STATE", str(tmp_path / "state"))
@@ -295,9 +370,13 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
     header = "id\timage_id\tcaption\theight\twidth\tfile_name\tcoco_url\n"  # MLPerf's captions_source.tsv columns
     calib = sdxl.generate_captions(2, 2)
     # the calibration list as MLCommons ships it: caption ids (coco_cal_captions_list.txt) into a captions table
-    for name, rows in (("captions.tsv", sdxl.generate_captions(6, 1)), ("captions_source.tsv", sdxl.generate_captions(5, 3) + calib)):
-        (data / name).write_text(header + "".join(f"{r['id']}\t{r['id']}\t{r['caption']}\t1024\t1024\tx.jpg\thttp://x\n"
-                                                  for r in rows))
+    for name, rows in (
+        ("captions.tsv", sdxl.generate_captions(6, 1)),
+        ("captions_source.tsv", sdxl.generate_captions(5, 3) + calib),
+    ):
+        (data / name).write_text(
+            header + "".join(f"{r['id']}\t{r['id']}\t{r['caption']}\t1024\t1024\tx.jpg\thttp://x\n" for r in rows)
+        )
     (data / "coco_cal_captions_list.txt").write_text("".join(f"{r['id']}\n" for r in calib))
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     tree = lambda d: {str(p.relative_to(d)): digest(p) for p in d.rglob("*") if p.is_file()}  # noqa: E731
@@ -310,15 +389,41 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
     try:
         hub.add_repo("stabilityai/sdxl-tiny", pipe_files, commit=REV)
         hub.add_repo("laion/clip-tiny", clip_files, commit=REV)
-        edit_params(project, lambda d: d["benchmarks"]["stable-diffusion-xl"].update(
-            model={"source": "hf", "latents": file("latents.pt"),
-                   "hf": {"repo": "stabilityai/sdxl-tiny", "revision": REV, "endpoint": hub.endpoint, "files": tree(pipe_files)}},
-            dataset={"source": "url", "url": file("captions.tsv")["url"], "sha256": file("captions.tsv")["sha256"],
-                     "calibration_url": file("coco_cal_captions_list.txt")["url"],
-                     "calibration_sha256": file("coco_cal_captions_list.txt")["sha256"],
-                     "captions_url": file("captions_source.tsv")["url"], "captions_sha256": file("captions_source.tsv")["sha256"]},
-            evaluation={"source": "url", "inception": file("inception.pt"), "statistics": file("val2014.npz"),
-                        "clip": {"repo": "laion/clip-tiny", "revision": REV, "endpoint": hub.endpoint, "files": tree(clip_files)}}))
+        edit_params(
+            project,
+            lambda d: d["benchmarks"]["stable-diffusion-xl"].update(
+                model={
+                    "source": "hf",
+                    "latents": file("latents.pt"),
+                    "hf": {
+                        "repo": "stabilityai/sdxl-tiny",
+                        "revision": REV,
+                        "endpoint": hub.endpoint,
+                        "files": tree(pipe_files),
+                    },
+                },
+                dataset={
+                    "source": "url",
+                    "url": file("captions.tsv")["url"],
+                    "sha256": file("captions.tsv")["sha256"],
+                    "calibration_url": file("coco_cal_captions_list.txt")["url"],
+                    "calibration_sha256": file("coco_cal_captions_list.txt")["sha256"],
+                    "captions_url": file("captions_source.tsv")["url"],
+                    "captions_sha256": file("captions_source.tsv")["sha256"],
+                },
+                evaluation={
+                    "source": "url",
+                    "inception": file("inception.pt"),
+                    "statistics": file("val2014.npz"),
+                    "clip": {
+                        "repo": "laion/clip-tiny",
+                        "revision": REV,
+                        "endpoint": hub.endpoint,
+                        "files": tree(clip_files),
+                    },
+                },
+            ),
+        )
         run([sys.executable, "-m", "stages.download", "stable-diffusion-xl"], project)
     finally:
         server.shutdown()
@@ -328,7 +433,9 @@ def test_sdxl_pipeline_latents_captions_and_metric_networks_over_http(project: P
     source = project / "artifacts/stable-diffusion-xl/download/source"
     assert torch.equal(pipeline.load_latents(source / pipeline.LATENTS_FILE), pipeline.make_latents(64, 3))
     assert sdxl.load_samples(source / "dataset.json")[0].caption == sdxl.generate_captions(6, 1)[0]["caption"]
-    assert [(s.id, s.caption) for s in sdxl.load_samples(source / "calibration.json")] == [(r["id"], r["caption"]) for r in calib]
+    assert [(s.id, s.caption) for s in sdxl.load_samples(source / "calibration.json")] == [
+        (r["id"], r["caption"]) for r in calib
+    ]
     from mlperf_round import checkpoints
 
     pipeline.load_pipeline(checkpoints.resolve(source))  # a whole, loadable pipeline, where the Hub cache keeps it
@@ -338,26 +445,83 @@ def test_pin_keeps_what_the_loaders_read():
     from mlperf_round.pin import select_files
 
     meta = {"size": 1, "sha256": None}
-    sdxl = dict.fromkeys(["model_index.json", "sd_xl_base_1.0.safetensors", "unet/config.json",
-                          "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
-                          "unet/openvino_model.bin", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-                          "tokenizer/vocab.json", "tokenizer/merges.txt", "README.md", "images/x.png"], meta)
-    assert select_files(sdxl) == ["model_index.json", "tokenizer/merges.txt", "tokenizer/vocab.json", "unet/config.json",
-                                  "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
-                                  "vae/diffusion_pytorch_model.safetensors"]
-    llama = dict.fromkeys(["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
-                           "model-00002-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                           "tokenizer.model", "tokenizer.json", "original/consolidated.00.pth", ".gitattributes"], meta)
-    assert select_files(llama) == ["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
-                                   "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
-                                   "tokenizer.model"]
+    sdxl = dict.fromkeys(
+        [
+            "model_index.json",
+            "sd_xl_base_1.0.safetensors",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "unet/openvino_model.bin",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "tokenizer/vocab.json",
+            "tokenizer/merges.txt",
+            "README.md",
+            "images/x.png",
+        ],
+        meta,
+    )
+    assert select_files(sdxl) == [
+        "model_index.json",
+        "tokenizer/merges.txt",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+    llama = dict.fromkeys(
+        [
+            "config.json",
+            "generation_config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "tokenizer.model",
+            "tokenizer.json",
+            "original/consolidated.00.pth",
+            ".gitattributes",
+        ],
+        meta,
+    )
+    assert select_files(llama) == [
+        "config.json",
+        "generation_config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer.model",
+    ]
     # MLCommons' GPT-J checkpoint-final/: PyTorch shards only, beside the trainer's own pickles (never read)
-    gptj = dict.fromkeys(["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
-                          "pytorch_model.bin.index.json", "training_args.bin", "rng_state.pth", "optimizer.pt",
-                          "trainer_state.json", "vocab.json", "merges.txt", "tokenizer_config.json"], meta)
-    assert select_files(gptj) == ["config.json", "merges.txt", "tokenizer_config.json", "trainer_state.json", "vocab.json",
-                                  "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
-                                  "pytorch_model.bin.index.json"]
+    gptj = dict.fromkeys(
+        [
+            "config.json",
+            "pytorch_model-00001-of-00002.bin",
+            "pytorch_model-00002-of-00002.bin",
+            "pytorch_model.bin.index.json",
+            "training_args.bin",
+            "rng_state.pth",
+            "optimizer.pt",
+            "trainer_state.json",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer_config.json",
+        ],
+        meta,
+    )
+    assert select_files(gptj) == [
+        "config.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "trainer_state.json",
+        "vocab.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+    ]
 
 
 def test_pin_url_writes_a_dataset_and_its_sha256(project: Path, tmp_path: Path):
@@ -372,7 +536,9 @@ def test_pin_url_writes_a_dataset_and_its_sha256(project: Path, tmp_path: Path):
     try:
         early = run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url], project, check=False)
         run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url, "--into", "calibration"], project)
-        proc = run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url + ".gone"], project, check=False)
+        proc = run(
+            [sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url + ".gone"], project, check=False
+        )
         run([sys.executable, "-m", "mlperf_round.cli", "pin", "gptj", "--url", url], project)
     finally:
         server.shutdown()
@@ -380,7 +546,9 @@ def test_pin_url_writes_a_dataset_and_its_sha256(project: Path, tmp_path: Path):
     assert early.returncode != 0 and "calibration_url: source 'url' needs the calibration list" in early.stderr
     ds = load_params(project / "params.yaml").benchmarks["gptj"].dataset
     assert ds.source == "url" and ds.url == url == ds.calibration_url
-    assert ds.sha256 == hashlib.sha256((tmp_path / "www/cnn_eval.json").read_bytes()).hexdigest() == ds.calibration_sha256
+    assert (
+        ds.sha256 == hashlib.sha256((tmp_path / "www/cnn_eval.json").read_bytes()).hexdigest() == ds.calibration_sha256
+    )
     assert proc.returncode == 3 and "HTTP 404" in proc.stderr.strip().splitlines()[-1]
 
 
@@ -389,12 +557,18 @@ def test_calibration_on_a_cuda_device_this_machine_lacks_is_one_line(project: Pa
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: calibration.device cuda is valid here")
-    edit_params(project, lambda d: (d["benchmarks"]["gptj"]["model"]["tiny"].update(train_steps=0),
-                                    d["benchmarks"]["gptj"]["calibration"].update(device="cuda")))
+    edit_params(
+        project,
+        lambda d: (
+            d["benchmarks"]["gptj"]["model"]["tiny"].update(train_steps=0),
+            d["benchmarks"]["gptj"]["calibration"].update(device="cuda"),
+        ),
+    )
     _download(project, check=True)
     proc = run([sys.executable, "-m", "stages.calibrate", "gptj"], project, check=False)
     assert proc.returncode == 3 and _last_line(proc).endswith(
-        "benchmarks.gptj.calibration.device: cuda was asked for, but torch sees no CUDA device"), proc.stderr[-2000:]
+        "benchmarks.gptj.calibration.device: cuda was asked for, but torch sees no CUDA device"
+    ), proc.stderr[-2000:]
     assert not (project / "artifacts/gptj/calibrate/stats").exists()
 
 
@@ -405,15 +579,28 @@ def test_the_error_after_a_progress_bar_starts_a_line_of_its_own(project: Path, 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    edit_params(project, lambda d: (d["benchmarks"]["gptj"]["model"]["tiny"].update(train_steps=0),
-                                    d["benchmarks"]["gptj"].update(dataset={
-                                        "source": "url", "url": f"http://127.0.0.1:{server.server_address[1]}/set.json",
-                                        "sha256": "0" * 64, "calibration_url": "http://127.0.0.1:9/never.json",
-                                        "calibration_sha256": "0" * 64})))
+    edit_params(
+        project,
+        lambda d: (
+            d["benchmarks"]["gptj"]["model"]["tiny"].update(train_steps=0),
+            d["benchmarks"]["gptj"].update(
+                dataset={
+                    "source": "url",
+                    "url": f"http://127.0.0.1:{server.server_address[1]}/set.json",
+                    "sha256": "0" * 64,
+                    "calibration_url": "http://127.0.0.1:9/never.json",
+                    "calibration_sha256": "0" * 64,
+                }
+            ),
+        ),
+    )
     try:  # bytes: text mode would turn the bar's carriage returns into newlines
-        proc = subprocess.run([sys.executable, "-m", "stages.download", "gptj"], cwd=project, env=env(),
-                              capture_output=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "stages.download", "gptj"], cwd=project, env=env(), capture_output=True, timeout=600
+        )
     finally:
         server.shutdown()
     assert proc.returncode == 3 and b"set.json:" in proc.stderr, proc.stderr[-800:]  # the bar ran
-    assert b"\rerror:" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(b"error: download@gptj: http://")
+    assert b"\rerror:" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(
+        b"error: download@gptj: http://"
+    )

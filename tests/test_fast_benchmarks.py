@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(script: str, *args: str, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "perf" / script), *args, "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=out.parent)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "perf" / script), *args, "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=out.parent,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / script.replace(".py", ".json")).read_text())
 
@@ -25,7 +30,9 @@ def test_fast_llm_benchmark_at_tiny_shape(tmp_path, model):
     perf = r["round_engine_loadgen_offline"]
     assert perf["valid"] and perf["samples_per_s"] > 0
     assert perf["output_tokens"] == perf["output_tokens_expected"] > 0  # every query ran to its fixed length
-    assert r["engine"]["kernels"] == "native" and r["engine"]["scheduler"] == ("inflight" if model == "llama2-70b" else "static")
+    assert r["engine"]["kernels"] == "native" and r["engine"]["scheduler"] == (
+        "inflight" if model == "llama2-70b" else "static"
+    )
     assert r["limits"]["gemm_tflops_fp8"] > 0 and 0 < perf["share_of_fp8_gemm_ceiling"]
     assert r["baseline_transformers_generate"]["samples_per_s"] > 0 and r["ratio_samples_per_s"] > 0
     if model == "gptj":  # the round's calibrate and quantize made the FP8 layers
@@ -33,7 +40,18 @@ def test_fast_llm_benchmark_at_tiny_shape(tmp_path, model):
 
 
 def test_fast_sdxl_benchmark_at_tiny_shape(tmp_path):
-    r = run("fast_sdxl.py", "--shape", "tiny", "--images", "16", "--batch", "8", "--baseline-images", "2", out=tmp_path / "out")
+    r = run(
+        "fast_sdxl.py",
+        "--shape",
+        "tiny",
+        "--images",
+        "16",
+        "--batch",
+        "8",
+        "--baseline-images",
+        "2",
+        out=tmp_path / "out",
+    )
     flops = r["unet_flops_per_image"]
     assert 0 < flops["deepcache"] < flops["full"]
     for name in ("closed_int8_sq", "open_deepcache_fp16"):

@@ -9,10 +9,10 @@ import torch
 
 from mlperf_round import engines
 from mlperf_round.backends.torch_sdxl import TorchSDXL, bucket, buckets
+from mlperf_round.benchmarks.sdxl import DiffusionGeneration, TinySDXL
 from mlperf_round.diffusion import pipeline
 from mlperf_round.diffusion.quantize import calibrate, quantize_unet, save_unet
 from mlperf_round.metrics.psnr import psnr
-from mlperf_round.benchmarks.sdxl import DiffusionGeneration, TinySDXL
 from mlperf_round.params import BuildParams, DeepCacheParams
 
 CAPTIONS = ["a red cat sitting on a table", "two old dogs walking along the street", "a boat"]
@@ -36,11 +36,18 @@ def parts(tmp_path_factory):
 def engine(parts: Path, name: str, deepcache: int = 0, **build) -> TorchSDXL:
     out = parts / "engines" / name
     out.mkdir(parents=True)
-    engines.build_image_engine("stable-diffusion-xl", "int8_sq", BuildParams(max_batch_size=4, **build),
-                               DiffusionGeneration(), DeepCacheParams(interval=deepcache), parts / "pipeline",
-                               parts / "unet", parts / "latents.pt", out)
+    engines.build_image_engine(
+        "stable-diffusion-xl",
+        "int8_sq",
+        BuildParams(max_batch_size=4, **build),
+        DiffusionGeneration(),
+        DeepCacheParams(interval=deepcache),
+        parts / "pipeline",
+        parts / "unet",
+        parts / "latents.pt",
+        out,
+    )
     return TorchSDXL(out)
-
 
 
 def test_native_int8_and_channels_last_render_the_emulated_images(parts):
@@ -75,7 +82,12 @@ def test_batch_buckets_are_powers_of_two_up_to_the_limit():
 def test_compile_scope_is_the_whole_unet_or_its_blocks_under_deepcache(parts):
     """Compilation is lazy: building the engine wraps the modules; the first call compiles (GPU test below)."""
     whole = engine(parts, "compiled", kernels="native", compile="default")
-    assert whole.compiled == {"channels_last": False, "compile": "default", "compiled_modules": 2, "compile_scope": "unet"}
+    assert whole.compiled == {
+        "channels_last": False,
+        "compile": "default",
+        "compiled_modules": 2,
+        "compile_scope": "unet",
+    }
     assert whole.pipe.unet._compiled_call_impl is not None and whole.pipe.vae.decoder._compiled_call_impl is not None
     cached = engine(parts, "compiled-deepcache", deepcache=3, compile="max-autotune")
     blocks = [m for m in cached.pipe.unet.modules() if getattr(m, "_compiled_call_impl", None) is not None]
@@ -88,8 +100,16 @@ def test_compile_scope_is_the_whole_unet_or_its_blocks_under_deepcache(parts):
 def test_compiled_engine_on_cuda_renders_the_eager_images(parts, deepcache):
     name = f"cuda-{deepcache}"
     ref = engine(parts, f"{name}-eager", deepcache=deepcache, device="cuda", dtype="float16")
-    fast = engine(parts, f"{name}-fast", deepcache=deepcache, device="cuda", dtype="float16", kernels="native",
-                  compile="reduce-overhead", channels_last=True)
+    fast = engine(
+        parts,
+        f"{name}-fast",
+        deepcache=deepcache,
+        device="cuda",
+        dtype="float16",
+        kernels="native",
+        compile="reduce-overhead",
+        channels_last=True,
+    )
     fast.warmup()
     a, b = ref.generate(CAPTIONS), fast.generate(CAPTIONS)
     assert psnr(a, b) > 30, f"compiled native fp16/INT8 images are {psnr(a, b):.1f} dB from eager ones"

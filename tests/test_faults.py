@@ -29,16 +29,31 @@ from .conftest import copy_project, env, run
 pytestmark = pytest.mark.slow
 ENTRY = "gptj-99"
 OVERRIDES = {  # one GPT-J entry, Offline, shorter training, 16 samples: the whole chain in about two minutes
-    "benchmarks": {"gptj": {"model": {"tiny": {"train_steps": 100}}, "dataset": {"size": 16, "calibration_size": 8},
-                            "generation": {"max_new_tokens": 40}}},
-    "entries": {ENTRY: {"division": "open", "scenarios": ["Offline"], "loadgen": {"Offline": {"min_query_count": 16}}},
-                "gptj-99-pruned": None},
+    "benchmarks": {
+        "gptj": {
+            "model": {"tiny": {"train_steps": 100}},
+            "dataset": {"size": 16, "calibration_size": 8},
+            "generation": {"max_new_tokens": 40},
+        }
+    },
+    "entries": {
+        ENTRY: {"division": "open", "scenarios": ["Offline"], "loadgen": {"Offline": {"min_query_count": 16}}},
+        "gptj-99-pruned": None,
+    },
 }
 # one stage of each kind, in the order the round runs them
-KILLED = ["download@gptj", "calibrate@gptj", f"quantize@{ENTRY}", f"build@{ENTRY}", f"accuracy@{ENTRY}",
-          f"performance@{ENTRY}", "package"]
+KILLED = [
+    "download@gptj",
+    "calibrate@gptj",
+    f"quantize@{ENTRY}",
+    f"build@{ENTRY}",
+    f"accuracy@{ENTRY}",
+    f"performance@{ENTRY}",
+    "package",
+]
 BYTE_EQUAL = {  # outputs byte-equal to an uninterrupted round's, so DVC records the same hash
-    "download@gptj": "artifacts/gptj/download/source", "calibrate@gptj": "artifacts/gptj/calibrate/stats",
+    "download@gptj": "artifacts/gptj/download/source",
+    "calibrate@gptj": "artifacts/gptj/calibrate/stats",
 }
 # outputs equal in content: the reference's scores beside LoadGen logs that hold times and pids; checkpoints that
 # torch.save pickles (Model Optimizer's state holds sets, whose order is per process), so tensors are compared;
@@ -58,7 +73,9 @@ def _same_content(a: Path, b: Path) -> None:
         elif name == "engine.json":  # the kernel choice's timings are measurements; the choice itself is the same
             x, y = (json.loads((d / name).read_text()) for d in (a, b))
             timed = [e.pop("kernel_choice") for e in (x, y)]
-            assert x == y and [(t["choice"], t["host"]) for t in timed][0] == [(t["choice"], t["host"]) for t in timed][1]
+            assert (
+                x == y and [(t["choice"], t["host"]) for t in timed][0] == [(t["choice"], t["host"]) for t in timed][1]
+            )
         else:
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
@@ -144,11 +161,18 @@ def _kill_mid_stage(ws: Path, stage: str, report: Path) -> set[str]:
     """`dvc repro <stage>`, SIGKILLed (DVC, the stage and its children) once the stage computes:
     its partial output exists and its MLflow run is RUNNING. The DVC cache as it was when the stage started."""
     report.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", stage], cwd=ws, env=env() | {REPORT_ENV: str(report)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", stage],
+        cwd=ws,
+        env=env() | {REPORT_ENV: str(report)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     key, kind = (stage.split("@")[1], stage.split("@")[0]) if "@" in stage else (None, stage)
     partial = (ws / (layout.SUBMISSION_OUT if key is None else layout.out_dir(key, kind))).with_name(
-        (layout.SUBMISSION_OUT if key is None else layout.out_dir(key, kind)).name + ".partial")
+        (layout.SUBMISSION_OUT if key is None else layout.out_dir(key, kind)).name + ".partial"
+    )
     cache, deadline, stopped = None, time.monotonic() + 600, False
     try:
         while time.monotonic() < deadline:
@@ -188,8 +212,9 @@ def workspace(tmp_path_factory) -> Path:
     return _workspace(tmp_path_factory.mktemp("faults") / "killed")
 
 
-def test_sigkill_mid_stage_caches_nothing_and_the_round_resumes_to_the_same_outputs(workspace: Path, reference: Path,
-                                                                                       tmp_path: Path):
+def test_sigkill_mid_stage_caches_nothing_and_the_round_resumes_to_the_same_outputs(
+    workspace: Path, reference: Path, tmp_path: Path
+):
     ws = workspace
     for stage in KILLED:
         lock_before = _lock(ws).get(stage)
@@ -227,7 +252,9 @@ def test_disk_full_while_a_stage_writes_is_one_line_and_the_round_continues_once
     lock_before, cache_before = _lock(ws)[f"build@{ENTRY}"], _cache(ws)
     # one page: the engine links its checkpoint (a symlink across filesystems) and writes only its tokenizer
     # files and engine.json, which do not fit
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(stage_dir)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(stage_dir)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:  # root without the right to mount (a container): nothing to test with
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -249,8 +276,14 @@ def test_a_second_repro_on_the_same_workspace_is_refused_and_the_first_completes
     ws = workspace
     report = tmp_path / "report.jsonl"
     write_params(ws, {"entries": {ENTRY: {"build": {"max_batch_size": 2}}}})
-    first = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=env() | {REPORT_ENV: str(report)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=ws,
+        env=env() | {REPORT_ENV: str(report)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while "start" not in _reports(report).get(f"build@{ENTRY}", set()):
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
@@ -259,6 +292,8 @@ def test_a_second_repro_on_the_same_workspace_is_refused_and_the_first_completes
     out, err = first.communicate(timeout=900)
     assert second.returncode != 0
     # DVC refuses it: its repository lock, or (DVC 3.67, while the first runs a stage) the outputs' read-write lock
-    assert re.search(r"Unable to acquire lock|is busy, it is being blocked by", second.stderr + second.stdout), second.stderr
+    assert re.search(r"Unable to acquire lock|is busy, it is being blocked by", second.stderr + second.stdout), (
+        second.stderr
+    )
     assert first.returncode == 0, err[-3000:]
     assert json.loads(_dvc(ws, "status", "--json").stdout) == {}

@@ -35,12 +35,21 @@ def _paths(node: object, prefix: tuple = ()) -> list[tuple]:
 
 
 PATHS = _paths(SHIPPED)
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["fp8", "int8_sq", "2:4", "Offline", "Server", "closed",
-                                                           "open", "gptj", "torch", "v5.0", "v6.1", "-1", "1e-3"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                      max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["fp8", "int8_sq", "2:4", "Offline", "Server", "closed", "open", "gptj", "torch", "v5.0", "v6.1", "-1", "1e-3"]
+    ),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -90,9 +99,33 @@ def test_a_params_file_that_is_not_a_mapping_is_one_line(data):
         parse_params(data, SOURCE)
 
 
-words = st.one_of(st.sampled_from(["compare", "check", "--format", "json", "csv", "xml", "--fail-on-regression", "-5",
-                                   "10", "--tracking-uri", "--version", "v5.0", "v9.9", "--smoke", "--help", "-h",
-                                   "smoke", "", "--", "-"]), st.text(max_size=10))
+words = st.one_of(
+    st.sampled_from(
+        [
+            "compare",
+            "check",
+            "--format",
+            "json",
+            "csv",
+            "xml",
+            "--fail-on-regression",
+            "-5",
+            "10",
+            "--tracking-uri",
+            "--version",
+            "v5.0",
+            "v9.9",
+            "--smoke",
+            "--help",
+            "-h",
+            "smoke",
+            "",
+            "--",
+            "-",
+        ]
+    ),
+    st.text(max_size=10),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -111,8 +144,12 @@ def test_any_command_line_of_the_cli_exits_cleanly(argv, tmp_path_factory, monke
     assert code in (0, 1, 2, 3), (argv, code)
 
 
-STAGE_ARGV = st.lists(st.one_of(st.sampled_from(["--params", "nope.yaml", "--", "-x", "gptj-99", "llama2", "--help"]),
-                                st.text(max_size=8)), max_size=4)
+STAGE_ARGV = st.lists(
+    st.one_of(
+        st.sampled_from(["--params", "nope.yaml", "--", "-x", "gptj-99", "llama2", "--help"]), st.text(max_size=8)
+    ),
+    max_size=4,
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -129,12 +166,19 @@ def test_any_stage_command_line_is_parsed_or_refused_in_one_line(argv, stage):
         assert exit_.code == 0
 
 
-@pytest.mark.parametrize("argv", [["stages.download", "nope"], ["stages.quantize", "gptj-99", "--params", "missing.yaml"],
-                                  ["stages.package", "extra"], ["mlperf_round", "compare", "one"],
-                                  ["mlperf_round", "frobnicate"], ["mlperf_round.submission.check"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stages.download", "nope"],
+        ["stages.quantize", "gptj-99", "--params", "missing.yaml"],
+        ["stages.package", "extra"],
+        ["mlperf_round", "compare", "one"],
+        ["mlperf_round", "frobnicate"],
+        ["mlperf_round.submission.check"],
+    ],
+)
 def test_entry_points_refuse_bad_arguments_with_exit_2_and_one_line_before_any_work(argv, project: Path):
     proc = run([sys.executable, "-m", *argv], project, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (proc.returncode, proc.stderr)
     assert not (project / "artifacts").exists() and not (project / "mlruns").exists()
-

@@ -17,8 +17,18 @@ def model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, initializer_range=0.5, eos_token_id=EOS, bos_token_id=0, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.5,
+        eos_token_id=EOS,
+        bos_token_id=0,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).double().eval()  # float64: batched and unbatched math agree to ~1e-12
 
 
@@ -32,16 +42,24 @@ def engine(model, **kw):
     return InflightEngine(model, **{**args, **kw})
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+)
 def test_paged_greedy_equals_transformers_generate(model, device):
     model = model.to(device)
     ps = prompts((5, 17, 9, 30, 3, 12, 1))
     outs = generate_all(engine(model), ps)
     for p, out in zip(ps, outs):
         ids = torch.tensor([p], device=device)
-        ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
-                             eos_token_id=EOS, pad_token_id=0)[0, len(p):]
+        ref = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=20,
+            do_sample=False,
+            eos_token_id=EOS,
+            pad_token_id=0,
+        )[0, len(p) :]
         assert out.tolist() == ref.tolist()
 
 
@@ -114,5 +132,7 @@ def test_prefill_passes_of_max_num_tokens_give_the_same_tokens(model):
     passes = []
     original = eng._prefill
     eng._prefill = lambda seqs: passes.append([len(s.prompt) for s in seqs]) or original(seqs)
-    assert [o.tolist() for o in generate_all(eng, ps)] == [o.tolist() for o in generate_all(engine(model, max_batch=7), ps)]
+    assert [o.tolist() for o in generate_all(eng, ps)] == [
+        o.tolist() for o in generate_all(engine(model, max_batch=7), ps)
+    ]
     assert passes == [[5], [17], [9], [30], [3, 12, 1]]  # in order; a longer prompt than the budget goes alone

@@ -39,8 +39,9 @@ def www(tmp_path: Path):
     """A plain HTTP file server on loopback over tmp_path/www: (folder, base URL)."""
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -55,11 +56,19 @@ def _openorca_frame(rows: list[dict], tok):
     import pandas as pd
 
     out = [tok(r["output"], add_special_tokens=False)["input_ids"] for r in rows]
-    return pd.DataFrame({"id": [r["id"] for r in rows], "system_prompt": [r["system_prompt"] for r in rows],
-                         "question": [r["question"] for r in rows], "input": [r["input"] for r in rows],
-                         "output": [r["output"] for r in rows], "tok_input": [r["tok_input"] for r in rows],
-                         "tok_input_length": [len(r["tok_input"]) for r in rows], "tok_output": out,
-                         "tok_output_length": [len(o) for o in out]})
+    return pd.DataFrame(
+        {
+            "id": [r["id"] for r in rows],
+            "system_prompt": [r["system_prompt"] for r in rows],
+            "question": [r["question"] for r in rows],
+            "input": [r["input"] for r in rows],
+            "output": [r["output"] for r in rows],
+            "tok_input": [r["tok_input"] for r in rows],
+            "tok_input_length": [len(r["tok_input"]) for r in rows],
+            "tok_output": out,
+            "tok_output_length": [len(o) for o in out],
+        }
+    )
 
 
 def test_openorca_pickles_as_shipped_are_read_and_one_that_runs_code_is_refused(project: Path, tmp_path: Path, www):
@@ -68,14 +77,25 @@ def test_openorca_pickles_as_shipped_are_read_and_one_that_runs_code_is_refused(
     tok = llama2.load_tokenizer(tmp_path / "tok")
     rows, calib = llama2.generate_dataset(6, 11, tok), llama2.generate_dataset(3, 12, tok)
     _openorca_frame(rows, tok).to_pickle(root / "open_orca_gpt4_tokenized_llama.sampled_24576.pkl")
-    _openorca_frame(calib, tok).to_pickle(root / "open_orca_gpt4_tokenized_llama.calibration_1000.pkl.gz",
-                                          compression="gzip")
-    names = ("open_orca_gpt4_tokenized_llama.sampled_24576.pkl", "open_orca_gpt4_tokenized_llama.calibration_1000.pkl.gz")
+    _openorca_frame(calib, tok).to_pickle(
+        root / "open_orca_gpt4_tokenized_llama.calibration_1000.pkl.gz", compression="gzip"
+    )
+    names = (
+        "open_orca_gpt4_tokenized_llama.sampled_24576.pkl",
+        "open_orca_gpt4_tokenized_llama.calibration_1000.pkl.gz",
+    )
 
     def point(dataset: str, calibration: str) -> None:
-        edit_params(project, lambda d: d["benchmarks"]["llama2-70b"]["dataset"].update(
-            source="url", url=f"{url}/{dataset}", sha256=_sha(root / dataset),
-            calibration_url=f"{url}/{calibration}", calibration_sha256=_sha(root / calibration)))
+        edit_params(
+            project,
+            lambda d: d["benchmarks"]["llama2-70b"]["dataset"].update(
+                source="url",
+                url=f"{url}/{dataset}",
+                sha256=_sha(root / dataset),
+                calibration_url=f"{url}/{calibration}",
+                calibration_sha256=_sha(root / calibration),
+            ),
+        )
 
     marker = tmp_path / "ran"
     with open(root / "evil.pkl", "wb") as f:
@@ -91,8 +111,9 @@ def test_openorca_pickles_as_shipped_are_read_and_one_that_runs_code_is_refused(
     run([sys.executable, "-m", "stages.download", "llama2-70b"], project)
     source = project / "artifacts/llama2-70b/download/source"
     samples = llama2.load_samples(source / "dataset.json")
-    assert [(s.prompt, s.reference, list(s.input_ids)) for s in samples] == \
-        [(r["input"], r["output"], r["tok_input"]) for r in rows]  # MLCommons' token ids served as given
+    assert [(s.prompt, s.reference, list(s.input_ids)) for s in samples] == [
+        (r["input"], r["output"], r["tok_input"]) for r in rows
+    ]  # MLCommons' token ids served as given
     assert [s.prompt for s in llama2.load_samples(source / "calibration.json")] == [r["input"] for r in calib]
     assert not (source / "shipped").exists()
 
@@ -118,8 +139,9 @@ def _mlcommons_gptj_checkpoint(folder: Path, marker: Path):
         torch.save({k: state[k].contiguous() for k in part}, folder / name)
         weight_map.update(dict.fromkeys(part, name))
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                     "weight_map": weight_map}, indent=2))
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     with open(folder / "training_args.bin", "wb") as f:
         pickle.dump(_Payload(marker), f)
     torch.save({"step": 1}, folder / "rng_state.pth")
@@ -127,8 +149,9 @@ def _mlcommons_gptj_checkpoint(folder: Path, marker: Path):
     return model
 
 
-def test_mlcommons_gptj_checkpoint_of_pytorch_shards_is_pinned_by_path_and_served(project: Path, tmp_path: Path,
-                                                                                  monkeypatch):
+def test_mlcommons_gptj_checkpoint_of_pytorch_shards_is_pinned_by_path_and_served(
+    project: Path, tmp_path: Path, monkeypatch
+):
     import torch
 
     from mlperf_round.params import load_params

@@ -75,10 +75,19 @@ def _mlcommons_passes(version: str, test: str, reference: Path, audit: Path) -> 
     if reads == "summary":
         args = ["-r", str(reference / "mlperf_log_summary.txt"), "-t", str(audit / "mlperf_log_summary.txt")]
     else:
-        args = ["--reference_log_details", str(reference / "mlperf_log_detail.txt"),
-                "--test_log_details", str(audit / "mlperf_log_detail.txt")]
-    proc = subprocess.run([sys.executable, str(SNAPSHOTS / script), *args], capture_output=True, text=True,
-                          cwd=(SNAPSHOTS / script).parent, timeout=120)
+        args = [
+            "--reference_log_details",
+            str(reference / "mlperf_log_detail.txt"),
+            "--test_log_details",
+            str(audit / "mlperf_log_detail.txt"),
+        ]
+    proc = subprocess.run(
+        [sys.executable, str(SNAPSHOTS / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=(SNAPSHOTS / script).parent,
+        timeout=120,
+    )
     return "TEST PASS" in proc.stdout
 
 
@@ -181,10 +190,26 @@ def test_test06_verdicts_are_mlcommons_verdicts(tmp_path, snapshot, scenario):
         run = tmp_path / case / "run"
         run.mkdir(parents=True)
         hexed = lambda tokens: np.asarray(tokens, dtype=np.int32).tobytes().hex().upper()  # noqa: E731
-        (run / "mlperf_log_accuracy.json").write_text(json.dumps(
-            [{"seq_id": 0, "qsl_idx": 3, "data": hexed(answer), "token_data": hexed(first), "token_count": count}]))
-        subprocess.run([sys.executable, str(SNAPSHOTS / snapshot / "TEST06/run_verification.py"), "-c", str(run),
-                        "-o", str(tmp_path / case / "out"), "-s", scenario], capture_output=True, timeout=60, check=True)
+        (run / "mlperf_log_accuracy.json").write_text(
+            json.dumps(
+                [{"seq_id": 0, "qsl_idx": 3, "data": hexed(answer), "token_data": hexed(first), "token_count": count}]
+            )
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                str(SNAPSHOTS / snapshot / "TEST06/run_verification.py"),
+                "-c",
+                str(run),
+                "-o",
+                str(tmp_path / case / "out"),
+                "-s",
+                scenario,
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
         theirs = (tmp_path / case / "out/TEST06/verify_accuracy.txt").read_text()
         ours = verify_test06(run / "mlperf_log_accuracy.json", scenario, eos_token_id=2)
         assert ours["passed"] is ("TEST06 verification complete" in theirs), (case, ours, theirs)
@@ -213,8 +238,20 @@ def test_test01_accuracy_verdicts_are_mlcommons_verdicts(tmp_path, snapshot):
     reference = log(tmp_path / "accuracy.json", {0: "1011", 1: "2021", 2: ""})
     for case, rows in TEST01_LOGS.items():
         audit = log(tmp_path / f"{case}.json", rows)
-        proc = subprocess.run([sys.executable, str(SNAPSHOTS / snapshot / "TEST01/verify_accuracy.py"), "-r",
-                               str(reference), "-t", str(audit), "--dtype", "byte"], capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(SNAPSHOTS / snapshot / "TEST01/verify_accuracy.py"),
+                "-r",
+                str(reference),
+                "-t",
+                str(audit),
+                "--dtype",
+                "byte",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         ours = verify_test01_accuracy(reference, audit, "uint8")
         assert ours["passed"] is ("TEST PASS" in proc.stdout), (case, ours, proc.stdout[-300:])

@@ -30,11 +30,16 @@ pytestmark = pytest.mark.slow
 BENCHMARKS = ["gptj", "llama2-70b"]
 GPTJ_STEPS = 600  # the shipped training: the accuracy-gate test restores this model, one INT8 SmoothQuant hurts
 OVERRIDES = {
-    "benchmarks": {"gptj": {"model": {"tiny": {"train_steps": GPTJ_STEPS}}},
-                   "llama2-70b": {"model": {"tiny": {"train_steps": 100}}}},
-    "entries": {"gptj-99": {"division": "open", "scenarios": ["Offline"]},
-                "llama2-70b-99p9": {"division": "open", "scenarios": ["Offline"]}, "llama2-70b-sparse": None,
-                "gptj-99-pruned": None},
+    "benchmarks": {
+        "gptj": {"model": {"tiny": {"train_steps": GPTJ_STEPS}}},
+        "llama2-70b": {"model": {"tiny": {"train_steps": 100}}},
+    },
+    "entries": {
+        "gptj-99": {"division": "open", "scenarios": ["Offline"]},
+        "llama2-70b-99p9": {"division": "open", "scenarios": ["Offline"]},
+        "llama2-70b-sparse": None,
+        "gptj-99-pruned": None,
+    },
 }
 
 
@@ -59,11 +64,28 @@ class Stack:
     def start(self) -> None:
         e = env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.base / "mlflow.log", "wb") as log:
-            self.procs["mlflow"] = subprocess.Popen(tethered(
-                [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
-                 str(self.mlflow_port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.base}/mlflow.db",
-                 "--artifacts-destination", str(self.base / "mlflow-artifacts")]),
-                env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs["mlflow"] = subprocess.Popen(
+                tethered(
+                    [
+                        str(Path(sys.executable).with_name("mlflow")),
+                        "server",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(self.mlflow_port),
+                        "--workers",
+                        "1",
+                        "--backend-store-uri",
+                        f"sqlite:///{self.base}/mlflow.db",
+                        "--artifacts-destination",
+                        str(self.base / "mlflow-artifacts"),
+                    ]
+                ),
+                env=e,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs["server"] = local.start_server(self.home, self.port, self.project, ui=False, tether=True)
         local.deploy(self.home, self.port, self.project)
         local.crash_lost_runs_automation(self.home, self.port, self.project, within_s=60)
@@ -77,14 +99,33 @@ class Stack:
     def stop(self) -> None:
         local.stop([p.pid for p in self.procs.values()])
 
-    def deployment_run(self, timeout: float = 1200, benchmarks: list[str] | None = None,
-                       overrides: dict | None = None) -> subprocess.CompletedProcess:
-        params = {"benchmarks": benchmarks or BENCHMARKS, "params_overrides": OVERRIDES if overrides is None else overrides,
-                  "dvc_remote": str(self.remote), "mlflow_tracking_uri": self.mlflow_uri}
-        return subprocess.run([str(Path(sys.executable).with_name("prefect")), "deployment", "run", local.ROUND_DEPLOYMENT,
-                               "--params", json.dumps(params), "--watch", "--watch-interval", "2"],
-                              env=local.prefect_env(self.home, self.port), cwd=self.project, capture_output=True,
-                              text=True, timeout=timeout)
+    def deployment_run(
+        self, timeout: float = 1200, benchmarks: list[str] | None = None, overrides: dict | None = None
+    ) -> subprocess.CompletedProcess:
+        params = {
+            "benchmarks": benchmarks or BENCHMARKS,
+            "params_overrides": OVERRIDES if overrides is None else overrides,
+            "dvc_remote": str(self.remote),
+            "mlflow_tracking_uri": self.mlflow_uri,
+        }
+        return subprocess.run(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "deployment",
+                "run",
+                local.ROUND_DEPLOYMENT,
+                "--params",
+                json.dumps(params),
+                "--watch",
+                "--watch-interval",
+                "2",
+            ],
+            env=local.prefect_env(self.home, self.port),
+            cwd=self.project,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def stage_runs(self):
         from mlflow.tracking import MlflowClient
@@ -94,27 +135,39 @@ class Stack:
         return client.search_runs([exp.experiment_id], "tags.`mlperf.kind` = 'stage'", max_results=2000) if exp else []
 
     def _query(self, code: str) -> list:
-        out = subprocess.run([sys.executable, "-c", code], env=local.prefect_env(self.home, self.port), cwd=self.project,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=local.prefect_env(self.home, self.port),
+            cwd=self.project,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def task_runs(self, name: str) -> list:
-        return self._query("import asyncio, json\nfrom prefect.client.orchestration import get_client\n"
-                           "from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName\n"
-                           "async def main():\n    async with get_client() as c:\n"
-                           f"        runs = await c.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[{name!r}])))\n"
-                           "        print(json.dumps([{'state': r.state.type.value, 'attempts': r.run_count} for r in runs]))\n"
-                           "asyncio.run(main())\n")
+        return self._query(
+            "import asyncio, json\nfrom prefect.client.orchestration import get_client\n"
+            "from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName\n"
+            "async def main():\n    async with get_client() as c:\n"
+            f"        runs = await "
+            f"c.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[{name!r}])))\n"
+            "        print(json.dumps([{'state': r.state.type.value, 'attempts': r.run_count} for r in runs]))\n"
+            "asyncio.run(main())\n"
+        )
 
     def flow_runs(self, flow_name: str) -> list:
-        code = ("import asyncio, json\nfrom prefect.client.orchestration import get_client\n"
-                "from prefect.client.schemas.filters import FlowFilter, FlowFilterName\n"
-                "async def main():\n    async with get_client() as c:\n"
-                f"        runs = await c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[{flow_name!r}])))\n"
-                "        print(json.dumps([{'name': r.name, 'state': r.state.type.value, 'pid': r.infrastructure_pid,\n"
-                "            'start': r.start_time.timestamp() if r.start_time else None,\n"
-                "            'end': r.end_time.timestamp() if r.end_time else None} for r in runs]))\n"
-                "asyncio.run(main())\n")
+        code = (
+            "import asyncio, json\nfrom prefect.client.orchestration import get_client\n"
+            "from prefect.client.schemas.filters import FlowFilter, FlowFilterName\n"
+            "async def main():\n    async with get_client() as c:\n"
+            f"        runs = await "
+            f"c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[{flow_name!r}])))\n"
+            "        print(json.dumps([{'name': r.name, 'state': r.state.type.value, 'pid': r.infrastructure_pid,\n"
+            "            'start': r.start_time.timestamp() if r.start_time else None,\n"
+            "            'end': r.end_time.timestamp() if r.end_time else None} for r in runs]))\n"
+            "asyncio.run(main())\n"
+        )
         return self._query(code)
 
 
@@ -139,7 +192,13 @@ def test_deployment_run_computes_the_round_with_branches_in_parallel(stack: Stac
     assert len(trees) == 1 and (trees[0] / "results/cpu-smoke/gptj-99/Offline/performance/run_1").is_dir()
     assert (trees[0] / "results/cpu-smoke/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
     runs = stack.stage_runs()
-    for stage in ("download@gptj", "performance@gptj-99", "download@llama2-70b", "performance@llama2-70b-99p9", "package"):
+    for stage in (
+        "download@gptj",
+        "performance@gptj-99",
+        "download@llama2-70b",
+        "performance@llama2-70b-99p9",
+        "package",
+    ):
         assert finished(runs, stage) == 1, stage  # each stage computed exactly once, on whichever worker
     branches = {r["name"]: r for r in stack.flow_runs("mlperf-round-branch")}
     assert set(branches) == set(BENCHMARKS) and all(r["state"] == "COMPLETED" for r in branches.values())
@@ -163,7 +222,9 @@ def test_second_deployment_run_recomputes_nothing(stack: Stack):
 def _wait_for_running(stack: Stack, stage: str, timeout: float = 600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = [r for r in stack.stage_runs() if r.data.tags.get("dvc.stage") == stage and r.info.status == "RUNNING"]
+        running = [
+            r for r in stack.stage_runs() if r.data.tags.get("dvc.stage") == stage and r.info.status == "RUNNING"
+        ]
         if running:
             return running[0]
         time.sleep(0.5)
@@ -179,7 +240,9 @@ def _ancestors(pid: int) -> set[int]:
 
 
 def test_a_worker_lost_mid_stage_fails_the_run_and_a_rerun_resumes(stack: Stack):
-    OVERRIDES["benchmarks"]["gptj"]["model"]["tiny"]["train_steps"] = 120  # GPT-J's branch has work again (and is quick)
+    OVERRIDES["benchmarks"]["gptj"]["model"]["tiny"]["train_steps"] = (
+        120  # GPT-J's branch has work again (and is quick)
+    )
     downloads_before = finished(stack.stage_runs(), "download@gptj")
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(proc=stack.deployment_run()))
@@ -235,11 +298,25 @@ def test_stage_tasks_retry_transient_failures_only(stack: Stack, tmp_path: Path)
         "print(json.dumps({'attempts': asyncio.run(attempts())}))\n"
     )
     attempts = {}
-    for case, endpoint in (("unreachable", f"http://127.0.0.1:{dead}"), ("missing", f"http://127.0.0.1:{server.server_address[1]}")):
-        edit_params(ws, lambda d: d["benchmarks"]["gptj"]["model"].update(
-            source="hf", hf={"repo": "x/y", "revision": "0" * 40, "files": {"config.json": "0" * 64}, "endpoint": endpoint}))
-        out = subprocess.run([sys.executable, "-c", code, str(ws)], env=local.prefect_env(stack.home, stack.port),
-                             cwd=stack.project, capture_output=True, text=True, timeout=600)
+    for case, endpoint in (
+        ("unreachable", f"http://127.0.0.1:{dead}"),
+        ("missing", f"http://127.0.0.1:{server.server_address[1]}"),
+    ):
+        edit_params(
+            ws,
+            lambda d: d["benchmarks"]["gptj"]["model"].update(
+                source="hf",
+                hf={"repo": "x/y", "revision": "0" * 40, "files": {"config.json": "0" * 64}, "endpoint": endpoint},
+            ),
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(ws)],
+            env=local.prefect_env(stack.home, stack.port),
+            cwd=stack.project,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         attempts[case] = json.loads(out.stdout.strip().splitlines()[-1])["attempts"]
     server.shutdown()
     assert attempts == {"unreachable": 3, "missing": 1}
@@ -249,12 +326,18 @@ def test_a_closed_entry_below_target_fails_its_branch_once_and_never_reaches_the
     """The accuracy gate on the Prefect path: GPT-J closed in INT8 SmoothQuant keeps about 95% of the reference's
     ROUGE-1 (the shipped 600 training steps; test_round checks the same gate through `dvc repro`). The stage exits 4,
     which is never retried; the round fails before `package`, so nothing of it is packaged anywhere."""
-    overrides = {"benchmarks": {"gptj": {"model": {"tiny": {"train_steps": GPTJ_STEPS}}}},  # restored from the remote
-                 "entries": {"gptj-99": {"recipe": {"precision": "int8_sq"}}, "gptj-99-pruned": None}}
+    overrides = {
+        "benchmarks": {"gptj": {"model": {"tiny": {"train_steps": GPTJ_STEPS}}}},  # restored from the remote
+        "entries": {"gptj-99": {"recipe": {"precision": "int8_sq"}}, "gptj-99-pruned": None},
+    }
     packaged = finished(stack.stage_runs(), "package")
     proc = stack.deployment_run(benchmarks=["gptj"], overrides=overrides)
     assert proc.returncode != 0, proc.stdout[-2000:]
-    failed = [r for r in stack.stage_runs() if r.data.tags.get("dvc.stage") == "accuracy@gptj-99" and r.info.status == "FAILED"]
+    failed = [
+        r
+        for r in stack.stage_runs()
+        if r.data.tags.get("dvc.stage") == "accuracy@gptj-99" and r.info.status == "FAILED"
+    ]
     assert len(failed) == 1 and "missed its accuracy target" in failed[0].data.tags["mlperf.error"]
     attempts = [r for r in stack.task_runs("accuracy@gptj-99") if r["state"] == "FAILED"]
     assert [r["attempts"] for r in attempts] == [1], attempts  # deterministic: not retried

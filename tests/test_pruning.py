@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from mlperf_round.benchmarks import gptj
+from mlperf_round.benchmarks.gptj import GPTJBenchmark
 from mlperf_round.errors import ParamsError
 from mlperf_round.optimization import distillation, pruning
 from mlperf_round.optimization.generation_eval import greedy_rouge
-from mlperf_round.benchmarks.gptj import GPTJBenchmark
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,9 @@ def test_distillation_recovers_rouge_of_the_pruned_model(tiny: Path, tmp_path: P
     before_kd = probe(pruned)
 
     sequences = distillation.packed_sequences(tok, gptj.distillation_texts(tiny), 128)
-    distilled, curve = distillation.distill(pruned, model, sequences, steps=300, lr=2e-3, temperature=2.0, batch_size=8, seed=0)
+    distilled, curve = distillation.distill(
+        pruned, model, sequences, steps=300, lr=2e-3, temperature=2.0, batch_size=8, seed=0
+    )
     after_kd = probe(distilled)
     assert curve[-1]["kd_loss"] < curve[0]["kd_loss"] / 2
     assert report["parameters_after"] < 0.7 * report["parameters_before"]

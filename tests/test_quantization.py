@@ -22,8 +22,11 @@ def tiny():
 
 
 def _amax(model):
-    return {n: (m.input_quantizer.amax.clone(), m.weight_quantizer.amax.clone())
-            for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.input_quantizer.is_enabled}
+    return {
+        n: (m.input_quantizer.amax.clone(), m.weight_quantizer.amax.clone())
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m.input_quantizer.is_enabled
+    }
 
 
 def test_fp8_from_statistics_equals_modelopt_calibration(tiny):
@@ -87,8 +90,9 @@ def test_the_quantized_layers_alone_rebuild_the_quantized_model_exactly(tiny, tm
     model.save_pretrained(tmp_path / "source" / "model")  # a download stage's output
     stats = calibration.collect_absmax(copy.deepcopy(model), batches)
     q, summary = quantization.quantize(copy.deepcopy(model), precision, stats, alpha=0.5)
-    written = quantized_checkpoint.save(q, tmp_path / "quantize" / "model", summary["quantized_layers"], precision,
-                                        False, tmp_path / "source")
+    written = quantized_checkpoint.save(
+        q, tmp_path / "quantize" / "model", summary["quantized_layers"], precision, False, tmp_path / "source"
+    )
     assert not (tmp_path / "quantize/model/model.safetensors").exists()
     full = sum(p.numel() * p.element_size() for p in model.parameters())
     assert written < full / 2, (written, full)  # one byte a quantized weight, nothing unchanged

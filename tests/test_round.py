@@ -54,7 +54,8 @@ def test_round_produces_every_declared_output(workspace: Path):
         per_entry = ("quantize", "build", "accuracy", "performance", "compliance")
         assert set(stages) == {
             *(f"{s}@{b}" for s in ("download", "calibrate", "reference") for b in (BENCH, "llama2-70b", SDXL_BENCH)),
-            *(f"{s}@{e}" for s in per_entry for e in (ENTRY, PRUNED, *LLAMA, SDXL, DEEPCACHE)), "package",
+            *(f"{s}@{e}" for s in per_entry for e in (ENTRY, PRUNED, *LLAMA, SDXL, DEEPCACHE)),
+            "package",
         }
         for stage in stages.values():
             for out in stage.outs:
@@ -139,7 +140,11 @@ def test_sparse_entry_is_24_on_every_layer_and_packaged_open(workspace: Path):
 def test_pruned_gptj_is_smaller_distilled_and_packaged_open_with_its_transformations(workspace: Path):
     quant = metrics(workspace, PRUNED, "quantize")
     assert quant["pruning"]["layers"] == 1 and quant["pruning"]["heads_per_layer"] == 2
-    assert quant["parameters"] == quant["pruning"]["parameters_after"] < 0.7 * metrics(workspace, ENTRY, "quantize")["parameters"]
+    assert (
+        quant["parameters"]
+        == quant["pruning"]["parameters_after"]
+        < 0.7 * metrics(workspace, ENTRY, "quantize")["parameters"]
+    )
     assert quant["pruning"]["kd_loss_last"] < quant["pruning"]["kd_loss_first"] / 2
     curve = (workspace / layout.out_dir(PRUNED, "quantize") / "distill_loss.csv").read_text().splitlines()
     assert curve[0] == "step,kd_loss" and len(curve) == 301
@@ -172,7 +177,9 @@ def test_sdxl_calibrates_on_the_first_8_steps_and_quantizes_the_recipe_layers(wo
     q = metrics(workspace, SDXL, "quantize")
     assert q["quantized_layers"] > 0 and q["smoothed_layers"] < q["quantized_layers"]  # convs are not smoothed
     layers = json.loads((workspace / layout.out_dir(SDXL, "quantize") / "layers.json").read_text())
-    assert all(".resnets." in l["layer"] or ".attn" in l["layer"] or ".ff." in l["layer"] for l in layers["quantized_layers"])
+    assert all(
+        ".resnets." in q["layer"] or ".attn" in q["layer"] or ".ff." in q["layer"] for q in layers["quantized_layers"]
+    )
     assert metrics(workspace, DEEPCACHE, "quantize")["quantized_layers"] == 0  # fp16: the unquantized recipe
     # kernels auto: every smoothed linear on the faster INT8 candidate here; native bakes each conv's weight once
     build = metrics(workspace, SDXL, "build")
@@ -209,7 +216,9 @@ def test_sdxl_accuracy_performance_and_compliance(workspace: Path):
     assert "TEST PASS" in (tree / "Server/TEST04/verify_performance.txt").read_text()
     assert (tree / "Offline/TEST04/performance/run_1/mlperf_log_detail.txt").is_file()
     assert metrics(workspace, DEEPCACHE, "compliance")["tests"] == []
-    assert (workspace / "submission/package/tree/open/MLPerfRound/results/cpu-smoke/stable-diffusion-xl/Offline").is_dir()
+    assert (
+        workspace / "submission/package/tree/open/MLPerfRound/results/cpu-smoke/stable-diffusion-xl/Offline"
+    ).is_dir()
 
 
 TREE_V50 = "submission/package/tree"
@@ -220,28 +229,46 @@ def required_files_v50(tree: Path, division: str, mlperf_id: str, scenario: str,
     """What MLCommons' v5.0 checker opens for one result (the v5.0.1 checker's source)."""
     org = tree / division / "MLPerfRound"
     res, meas = org / "results" / SYSTEM / mlperf_id / scenario, org / "measurements" / SYSTEM / mlperf_id / scenario
-    files = [org / "systems" / f"{SYSTEM}.json", org / "code" / mlperf_id / "README.md",
-             *(res / "performance/run_1" / f for f in ("mlperf_log_summary.txt", "mlperf_log_detail.txt")),
-             *(res / "accuracy" / f for f in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "accuracy.txt",
-                                              "mlperf_log_accuracy.json")),
-             meas / "user.conf", meas / "README.md", meas / "mlperf.conf", meas / f"{SYSTEM}_torch_{scenario}.json"]
+    files = [
+        org / "systems" / f"{SYSTEM}.json",
+        org / "code" / mlperf_id / "README.md",
+        *(res / "performance/run_1" / f for f in ("mlperf_log_summary.txt", "mlperf_log_detail.txt")),
+        *(
+            res / "accuracy" / f
+            for f in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "accuracy.txt", "mlperf_log_accuracy.json")
+        ),
+        meas / "user.conf",
+        meas / "README.md",
+        meas / "mlperf.conf",
+        meas / f"{SYSTEM}_torch_{scenario}.json",
+    ]
     comp = org / "compliance" / SYSTEM / mlperf_id / scenario
     for test in tests:
         files += [comp / test / "verify_accuracy.txt"] if test in ("TEST01", "TEST06") else []
-        files += [comp / test / "verify_performance.txt", comp / test / "performance/run_1/mlperf_log_detail.txt"] \
-            if test in ("TEST01", "TEST04") else []
-        files += [comp / test / "accuracy/accuracy.txt", comp / test / "accuracy/mlperf_log_accuracy.json"] \
-            if test == "TEST01" else []
+        files += (
+            [comp / test / "verify_performance.txt", comp / test / "performance/run_1/mlperf_log_detail.txt"]
+            if test in ("TEST01", "TEST04")
+            else []
+        )
+        files += (
+            [comp / test / "accuracy/accuracy.txt", comp / test / "accuracy/mlperf_log_accuracy.json"]
+            if test == "TEST01"
+            else []
+        )
     return files
 
 
 def test_v50_tree_has_every_required_file_and_check_finds_only_smoke_rules(workspace: Path):
     tree = workspace / TREE_V50
-    expected = [("closed", "gptj-99", ()), ("closed", "llama2-70b-99.9", ("TEST06",)),
-                ("closed", "stable-diffusion-xl", ("TEST01", "TEST04")), ("open", "llama2-70b-99.9", ()),
-                ("open", "stable-diffusion-xl", ())]
+    expected = [
+        ("closed", "gptj-99", ()),
+        ("closed", "llama2-70b-99.9", ("TEST06",)),
+        ("closed", "stable-diffusion-xl", ("TEST01", "TEST04")),
+        ("open", "llama2-70b-99.9", ()),
+        ("open", "stable-diffusion-xl", ()),
+    ]
     for division, mlperf_id, tests in expected:
-        for scenario in (("Offline",) if division == "open" else ("Offline", "Server")):
+        for scenario in ("Offline",) if division == "open" else ("Offline", "Server"):
             for f in required_files_v50(tree, division, mlperf_id, scenario, tests):
                 assert f.is_file() and f.stat().st_size > 0, f
     assert (tree / "closed/MLPerfRound/calibration.md").read_text().count("## ") == 3  # three quantized closed entries
@@ -259,7 +286,9 @@ def test_v50_tree_has_every_required_file_and_check_finds_only_smoke_rules(works
     assert check.splitlines()[-1].endswith("0 are defects"), check[-500:]
     assert "[min_duration]" in check and "[dataset_size]" in check and "[performance_sample_count]" in check
     # the CLI, with MLPerf's published targets: the tiny models' scores are findings too, and it exits 1
-    proc = run([sys.executable, "-m", "mlperf_round.submission.check", str(tree), "--version", "v5.0"], workspace, check=False)
+    proc = run(
+        [sys.executable, "-m", "mlperf_round.submission.check", str(tree), "--version", "v5.0"], workspace, check=False
+    )
     assert proc.returncode == 1 and "rouge1" in proc.stdout and "[accuracy]" in proc.stdout
 
 
@@ -271,8 +300,10 @@ def test_results_table_lists_unmet_rules_and_provenance_traces_each_result(works
 
     rows = list(csv.DictReader((workspace / "submission/package/results.csv").open()))
     assert len(rows) == 9 and not any(r["submittable"] == "True" for r in rows)
-    assert all({"min_duration", "performance_sample_count", "dataset_size", "reference"} <= set(r["unmet_rules"].split())
-               for r in rows)
+    assert all(
+        {"min_duration", "performance_sample_count", "dataset_size", "reference"} <= set(r["unmet_rules"].split())
+        for r in rows
+    )
     md = (workspace / "submission/package/results.md").read_text()
     assert "`min_duration`: runs shorter than MLPerf's 600 s minimum" in md
     with tarfile.open(next((workspace / "submission/package").glob("*.tar.gz"))) as tar:
@@ -280,13 +311,15 @@ def test_results_table_lists_unmet_rules_and_provenance_traces_each_result(works
     readme = (workspace / TREE_V50 / f"closed/MLPerfRound/measurements/{SYSTEM}/gptj-99/Offline/README.md").read_text()
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
     perf_md5 = lock[f"performance@{ENTRY}"]["outs"][0]["md5"]
-    line = next(l for l in readme.splitlines() if l.startswith(f"| performance@{ENTRY} "))
+    line = next(ln for ln in readme.splitlines() if ln.startswith(f"| performance@{ENTRY} "))
     assert perf_md5 in line
     run_id = re.search(r"\| `([0-9a-f]{32})` \|", line).group(1)
     by_id = {r.info.run_id: r for r in mlflow_runs(workspace)}
     assert by_id[run_id].data.tags["dvc.stage"] == f"performance@{ENTRY}"
     package = next(r for r in by_id.values() if r.data.tags.get("dvc.stage") == "package")
-    assert "min_duration" in package.data.tags["mlperf.unmet_rules"] and package.data.tags["mlperf.submittable"] == "false"
+    assert (
+        "min_duration" in package.data.tags["mlperf.unmet_rules"] and package.data.tags["mlperf.submittable"] == "false"
+    )
     assert package.data.metrics["findings"] > 0 and package.data.metrics["defects"] == 0
 
 
@@ -315,14 +348,20 @@ def _edit_metrics(artifacts: Path, key: str, stage: str, edit) -> None:
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("accuracy", r"^gptj-99: gptj-99 missed its accuracy target"),
-    ("invalid", r"^gptj-99 Offline: the performance run is INVALID \(min duration not met\)"),
-    ("compliance", r"^stable-diffusion-xl Server: compliance TEST04 did not pass"),
-    ("scenario", r"^llama2-70b-99p9: required scenario Server has no performance result"),
-    ("size", r"^check: closed/MLPerfRound/results/cpu-smoke/gptj-99/Offline/performance/run_1/mlperf_log_detail.txt: "
-             r"5\d\.\d MB is over the 50 MB file limit \[size\]"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("accuracy", r"^gptj-99: gptj-99 missed its accuracy target"),
+        ("invalid", r"^gptj-99 Offline: the performance run is INVALID \(min duration not met\)"),
+        ("compliance", r"^stable-diffusion-xl Server: compliance TEST04 did not pass"),
+        ("scenario", r"^llama2-70b-99p9: required scenario Server has no performance result"),
+        (
+            "size",
+            r"^check: closed/MLPerfRound/results/cpu-smoke/gptj-99/Offline/performance/run_1/mlperf_log_detail.txt: "
+            r"5\d\.\d MB is over the 50 MB file limit \[size\]",
+        ),
+    ],
+)
 def test_package_refuses_what_the_checker_would_reject(artifacts_copy, tmp_path: Path, case: str, expected: str):
     from mlperf_round.sources import write_manifest
     from mlperf_round.submission.package import PackagingError
@@ -332,8 +371,12 @@ def test_package_refuses_what_the_checker_would_reject(artifacts_copy, tmp_path:
         _edit_metrics(artifacts, ENTRY, "accuracy", lambda d: d.update(passed=False))
     elif case == "invalid":  # outside a smoke round an INVALID run is refused (a smoke round only warns)
         params.round.smoke = False
-        _edit_metrics(artifacts, ENTRY, "performance",
-                      lambda d: d["Offline"].update(valid=False, invalid_reason="min duration not met"))
+        _edit_metrics(
+            artifacts,
+            ENTRY,
+            "performance",
+            lambda d: d["Offline"].update(valid=False, invalid_reason="min duration not met"),
+        )
     elif case == "compliance":
         _edit_metrics(artifacts, SDXL, "compliance", lambda d: d["Server.TEST04"].update(passed=False))
     elif case == "scenario":
@@ -349,12 +392,20 @@ def test_package_refuses_what_the_checker_would_reject(artifacts_copy, tmp_path:
     assert any(re.match(expected, line) for line in err.value.problems), err.value.problems
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("detail-cut", r"performance/logs/Offline/mlperf_log_detail.txt: (line \d+ is not a valid MLLOG record|no LoadGen result)"),
-    ("summary-cut", r"performance/logs/Offline/mlperf_log_summary.txt: incomplete summary"),
-    ("accuracy-not-json", r"accuracy/logs/Offline/mlperf_log_accuracy.json: not valid JSON"),
-])
-def test_a_corrupt_loadgen_log_is_one_line_naming_it_and_nothing_is_packaged(artifacts_copy, tmp_path: Path, case, expected):
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        (
+            "detail-cut",
+            r"performance/logs/Offline/mlperf_log_detail.txt: (line \d+ is not a valid MLLOG record|no LoadGen result)",
+        ),
+        ("summary-cut", r"performance/logs/Offline/mlperf_log_summary.txt: incomplete summary"),
+        ("accuracy-not-json", r"accuracy/logs/Offline/mlperf_log_accuracy.json: not valid JSON"),
+    ],
+)
+def test_a_corrupt_loadgen_log_is_one_line_naming_it_and_nothing_is_packaged(
+    artifacts_copy, tmp_path: Path, case, expected
+):
     """Real LoadGen logs of the round, cut in half or overwritten (their manifest re-recorded, so only the
     content is wrong): the reader refuses them in one line, and so does package."""
     from mlperf_round.errors import InputError
@@ -364,8 +415,11 @@ def test_a_corrupt_loadgen_log_is_one_line_naming_it_and_nothing_is_packaged(art
     artifacts, params = artifacts_copy
     stage = "accuracy" if case.startswith("accuracy") else "performance"
     logs = layout.out_dir(ENTRY, stage, artifacts)
-    name = {"detail-cut": "mlperf_log_detail.txt", "summary-cut": "mlperf_log_summary.txt",
-            "accuracy-not-json": "mlperf_log_accuracy.json"}[case]
+    name = {
+        "detail-cut": "mlperf_log_detail.txt",
+        "summary-cut": "mlperf_log_summary.txt",
+        "accuracy-not-json": "mlperf_log_accuracy.json",
+    }[case]
     path = logs / "Offline" / name
     text = path.read_text()
     path.write_text(text[: len(text) // 2] if case.endswith("cut") else "{'not': json")
@@ -392,16 +446,24 @@ def test_check_finds_a_removed_file_an_emptied_system_field_and_an_invalid_log(a
     detail.write_text(detail.read_text().replace('"value": "VALID"', '"value": "INVALID"'))
     gptj = org / f"results/{SYSTEM}/gptj-99/Offline/performance/run_1/mlperf_log_detail.txt"
     gptj.write_text(re.sub(r'"/mlperf\.conf":"[0-9a-f]{40}"', '"/mlperf.conf":"' + "0" * 40 + '"', gptj.read_text()))
-    proc = run([sys.executable, "-m", "mlperf_round.submission.check", str(tree), "--version", "v5.0", "--smoke"],
-               ROOT, check=False)
+    proc = run(
+        [sys.executable, "-m", "mlperf_round.submission.check", str(tree), "--version", "v5.0", "--smoke"],
+        ROOT,
+        check=False,
+    )
     out = proc.stdout.splitlines()
     assert proc.returncode == 1
     assert f"closed/MLPerfRound/measurements/{SYSTEM}/gptj-99/Server/user.conf: missing or empty [missing-file]" in out
     assert f"closed/MLPerfRound/systems/{SYSTEM}.json: host_memory_capacity: must not be empty [system]" in out
     assert f"{detail.relative_to(tree)}: LoadGen says INVALID [invalid-run]" in out
-    assert any(line.startswith(f"{gptj.relative_to(tree)}: ran with mlperf.conf {'0' * 40}, the installed LoadGen has ")
-               and line.endswith("[mlperf-conf]") for line in out), out
-    assert re.match(r"check: 9 results, \d+ findings .*; \d+ are what a smoke round cannot meet, \d+ are defects", out[-1])
+    assert any(
+        line.startswith(f"{gptj.relative_to(tree)}: ran with mlperf.conf {'0' * 40}, the installed LoadGen has ")
+        and line.endswith("[mlperf-conf]")
+        for line in out
+    ), out
+    assert re.match(
+        r"check: 9 results, \d+ findings .*; \d+ are what a smoke round cannot meet, \d+ are defects", out[-1]
+    )
 
 
 MLCOMMONS = ROOT.parent / "shared" / "mlcommons"
@@ -438,14 +500,18 @@ def test_mlflow_holds_the_round_and_every_stage(workspace: Path):
     assert perf.data.params[f"entries.{ENTRY}.recipe.precision"] == "fp8"
     # the round's run spans its stages (it used to end 7 ms after it began), and opens on its runs in the UI
     assert parent.info.end_time >= max(r.info.end_time for r in children)
-    assert parent.info.end_time - parent.info.start_time >= 0.9 * (max(r.info.end_time for r in children)
-                                                                   - min(r.info.start_time for r in children))
+    assert parent.info.end_time - parent.info.start_time >= 0.9 * (
+        max(r.info.end_time for r in children) - min(r.info.start_time for r in children)
+    )
     from mlflow.tracking import MlflowClient
 
     exp = MlflowClient(f"sqlite:///{workspace}/mlruns/mlflow.db").get_experiment(parent.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     build = next(r for r in children if r.data.tags["dvc.stage"] == f"build@{LLAMA[0]}")
-    assert build.data.tags["mlperf.kernels_fp8"] in ("native", "emulated") and build.data.metrics["kernels_fp8_emulated_us"] > 0
+    assert (
+        build.data.tags["mlperf.kernels_fp8"] in ("native", "emulated")
+        and build.data.metrics["kernels_fp8_emulated_us"] > 0
+    )
 
 
 def test_server_load_is_found_from_the_offline_run(workspace: Path):
@@ -480,13 +546,17 @@ def test_server_qps_change_reruns_only_performance_compliance_and_package(worksp
 def test_sparse_recipe_change_reruns_only_the_open_entry(workspace: Path):
     edit_params(workspace, lambda d: d["entries"][LLAMA[1]]["recipe"].update(sparsity_method="sparse_magnitude"))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
-    assert ran(proc) == {f"{s}@{LLAMA[1]}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {"package"}
+    assert ran(proc) == {f"{s}@{LLAMA[1]}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {
+        "package"
+    }
 
 
 def test_precision_change_reruns_from_quantize_not_download_or_calibrate(workspace: Path):
     edit_params(workspace, lambda d: d["entries"][ENTRY]["recipe"].update(precision="fp32"))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
-    assert ran(proc) == {f"{s}@{ENTRY}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {"package"}
+    assert ran(proc) == {f"{s}@{ENTRY}" for s in ("quantize", "build", "accuracy", "performance", "compliance")} | {
+        "package"
+    }
 
 
 @long_test
@@ -506,10 +576,14 @@ def test_recipe_that_ruins_accuracy_fails_the_accuracy_stage(workspace: Path):
     edit_params(workspace, lambda d: d["entries"][ENTRY]["recipe"].update(precision="int8_sq"))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace, check=False)
     assert proc.returncode != 0
-    line = next(l for l in proc.stderr.splitlines() if l.startswith(f"error: accuracy@{ENTRY}"))
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith(f"error: accuracy@{ENTRY}"))
     assert re.search(r"missed its accuracy target: rouge1 \d+\.\d+ < \d+\.\d+", line), line
     assert not (workspace / layout.out_dir(ENTRY, "accuracy")).exists()
-    failed = [r for r in mlflow_runs(workspace) if r.data.tags.get("dvc.stage") == f"accuracy@{ENTRY}" and r.info.status == "FAILED"]
+    failed = [
+        r
+        for r in mlflow_runs(workspace)
+        if r.data.tags.get("dvc.stage") == f"accuracy@{ENTRY}" and r.info.status == "FAILED"
+    ]
     assert failed and "missed its accuracy target" in failed[0].data.tags["mlperf.error"]
     assert not any(r.info.status == "RUNNING" for r in mlflow_runs(workspace))
 
@@ -517,8 +591,13 @@ def test_recipe_that_ruins_accuracy_fails_the_accuracy_stage(workspace: Path):
 # Comparing rounds. These run last: they reuse what the knob tests above left in DVC's run-cache,
 # so each round below only re-runs `package` (two rounds cost seconds, not a round each).
 
+
 def _round_metrics(ws: Path, name: str) -> dict[str, float]:
-    parents = [r for r in mlflow_runs(ws) if r.data.tags.get("mlperf.kind") == "round" and r.data.tags.get("mlperf.round") == name]
+    parents = [
+        r
+        for r in mlflow_runs(ws)
+        if r.data.tags.get("mlperf.kind") == "round" and r.data.tags.get("mlperf.round") == name
+    ]
     assert len(parents) == 1, name
     return parents[0].data.metrics
 
@@ -530,10 +609,16 @@ def _compare(ws: Path, *args: str, check: bool = True):
 def test_compare_shows_two_recipes_side_by_side_and_fails_on_a_planted_regression(workspace: Path):
     # Each round gets its own name: back at FP8, DVC restores even `package` from its run-cache, so a
     # round still called "smoke" would keep the metrics the FP32 knob test last logged under that name.
-    edit_params(workspace, lambda d: (d["round"].update(name="smoke-fp8"), d["entries"][ENTRY]["recipe"].update(precision="fp8")))
+    edit_params(
+        workspace,
+        lambda d: (d["round"].update(name="smoke-fp8"), d["entries"][ENTRY]["recipe"].update(precision="fp8")),
+    )
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)  # round "smoke-fp8"
     assert "package" in ran(proc), proc.stdout
-    edit_params(workspace, lambda d: (d["round"].update(name="smoke-fp32"), d["entries"][ENTRY]["recipe"].update(precision="fp32")))
+    edit_params(
+        workspace,
+        lambda d: (d["round"].update(name="smoke-fp32"), d["entries"][ENTRY]["recipe"].update(precision="fp32")),
+    )
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)  # round "smoke-fp32": the same but GPT-J unquantized
     assert ran(proc) == {"package"}, proc.stdout
     fp8, fp32 = _round_metrics(workspace, "smoke-fp8"), _round_metrics(workspace, "smoke-fp32")
@@ -553,34 +638,51 @@ def test_compare_shows_two_recipes_side_by_side_and_fails_on_a_planted_regressio
     assert (ENTRY, "-", "accuracy_worst_ratio") in rows and (SDXL, "Offline", "FID_SCORE") in rows
 
     md = _compare(workspace, "smoke-fp8", "smoke-fp32").stdout.splitlines()
-    assert md[0] == "| entry | scenario | metric | smoke-fp8 | smoke-fp32 | smoke-fp32/smoke-fp8 | smoke-fp32-smoke-fp8 |"
+    assert (
+        md[0] == "| entry | scenario | metric | smoke-fp8 | smoke-fp32 | smoke-fp32/smoke-fp8 | smoke-fp32-smoke-fp8 |"
+    )
     assert any(line.startswith(f"| {ENTRY} | Offline | samples_per_s | ") for line in md)
     csv_head = _compare(workspace, "smoke-fp8", "smoke-fp32", "--format", "csv").stdout.splitlines()[0]
     assert csv_head == "entry,scenario,metric,smoke-fp8,smoke-fp32,smoke-fp32/smoke-fp8,smoke-fp32-smoke-fp8"
 
-    # a planted regression: round smoke-fp32 again, with GPT-J's Offline throughput cut by 40% and its p99 latency up 25%
+    # a planted regression: round smoke-fp32 again, with GPT-J's Offline throughput cut by 40% and its p99 latency
+    # up 25%
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workspace}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("mlperf-round")
-    planted = client.create_run(exp.experiment_id, run_name="planted", tags={"mlperf.kind": "round", "mlperf.round": "planted"})
+    planted = client.create_run(
+        exp.experiment_id, run_name="planted", tags={"mlperf.kind": "round", "mlperf.round": "planted"}
+    )
     for name, value in fp32.items():
-        scale = 0.6 if name == f"{ENTRY}/Offline/samples_per_s" else 1.25 if name == f"{ENTRY}/Server/latency_p99_ms" else 1.0
+        scale = (
+            0.6
+            if name == f"{ENTRY}/Offline/samples_per_s"
+            else 1.25
+            if name == f"{ENTRY}/Server/latency_p99_ms"
+            else 1.0
+        )
         client.log_metric(planted.info.run_id, name, value * scale)
     client.set_terminated(planted.info.run_id)
     bad = _compare(workspace, "smoke-fp32", planted.info.run_id, "--fail-on-regression", "10", check=False)
     assert bad.returncode == 1, bad.stderr
     lines = [line for line in bad.stderr.splitlines() if line.startswith("regression:")]
     assert len(lines) == 2, bad.stderr
-    assert re.match(rf"regression: planted: {ENTRY} Offline samples_per_s \S+ -> \S+ \(40\.0% worse than smoke-fp32, over 10%\)",
-                    lines[0]), lines
+    assert re.match(
+        rf"regression: planted: {ENTRY} Offline samples_per_s \S+ -> \S+ \(40\.0% worse than smoke-fp32, over 10%\)",
+        lines[0],
+    ), lines
     assert re.match(rf"regression: planted: {ENTRY} Server latency_p99_ms \S+ -> \S+ \(25\.0% worse", lines[1]), lines
     assert _compare(workspace, "smoke-fp32", "planted", "--fail-on-regression", "45").returncode == 0
     missing = _compare(workspace, "smoke-fp8", "nope", check=False)
     assert missing.returncode == 2
-    assert missing.stderr.splitlines()[-1].startswith("error: nope: no such round in sqlite:///mlruns/mlflow.db (have: ")
+    assert missing.stderr.splitlines()[-1].startswith(
+        "error: nope: no such round in sqlite:///mlruns/mlflow.db (have: "
+    )
     quoted = _compare(workspace, "smoke-fp8", "it's", check=False)  # a name is matched, never pasted into a filter
-    assert quoted.returncode == 2 and quoted.stderr.splitlines()[-1].startswith("error: it's: no such round"), quoted.stderr
+    assert quoted.returncode == 2 and quoted.stderr.splitlines()[-1].startswith("error: it's: no such round"), (
+        quoted.stderr
+    )
 
 
 def test_mlflow_ui_compares_two_rounds_in_chromium(workspace: Path):
@@ -588,13 +690,21 @@ def test_mlflow_ui_compares_two_rounds_in_chromium(workspace: Path):
 
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
-    runs = {r.data.tags["mlperf.round"]: r for r in mlflow_runs(workspace)
-            if r.data.tags.get("mlperf.kind") == "round" and r.data.tags["mlperf.round"] in ("smoke-fp8", "smoke-fp32")}
+    runs = {
+        r.data.tags["mlperf.round"]: r
+        for r in mlflow_runs(workspace)
+        if r.data.tags.get("mlperf.kind") == "round" and r.data.tags["mlperf.round"] in ("smoke-fp8", "smoke-fp32")
+    }
     metric = f"{ENTRY}/Offline/samples_per_s"
     shot = Path(os.environ.get("MLPERF_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "mlflow_compare.png"
     landing_url, landing, text = mlflow_compare_screenshot(
-        workspace, [runs["smoke-fp8"].info.run_id, runs["smoke-fp32"].info.run_id], runs["smoke-fp8"].info.experiment_id,
-        metric, shot, "smoke-fp32")
+        workspace,
+        [runs["smoke-fp8"].info.run_id, runs["smoke-fp32"].info.run_id],
+        runs["smoke-fp8"].info.experiment_id,
+        metric,
+        shot,
+        "smoke-fp32",
+    )
     # the link `make ui` prints opens on the runs (with their durations), not on MLflow's GenAI overview
     assert "/runs" in landing_url and "workflowType=machine_learning" in landing_url, landing_url
     assert "smoke-fp8" in landing and "Duration" in landing and "Usage" not in landing, landing[:800]
@@ -622,8 +732,20 @@ def test_sweep_gives_one_experiment_per_value_in_dvc_and_mlflow(workspace: Path,
     run([*git, "add", "-A"], workspace)
     run([*git, "commit", "-qm", "baseline"], workspace)
     for bs in (4, 2):  # batch size: re-runs GPT-J's build, accuracy, performance, compliance and package
-        run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"entries.{ENTRY}.build.max_batch_size={bs}", "-n", f"bs{bs}"],
-            workspace)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "dvc",
+                "exp",
+                "run",
+                "-S",
+                f"entries.{ENTRY}.build.max_batch_size={bs}",
+                "-n",
+                f"bs{bs}",
+            ],
+            workspace,
+        )
     shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace).stdout)
     revs = {r["name"]: r for b in shown for e in (b.get("experiments") or []) for r in e["revs"]}
     assert set(revs) >= {"bs4", "bs2"}, list(revs)

@@ -20,8 +20,10 @@ from mlperf_round.versions import VERSIONS
 from .conftest import copy_project, edit_params, env
 
 LONG = "MLPERF_ROUND_LONG_TESTS"  # a second whole round (about 9 minutes on 2 cores): opt-in, to keep CI under an hour
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.environ.get(LONG), reason=f"a whole v6.1 round; set {LONG}=1 to run it")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get(LONG), reason=f"a whole v6.1 round; set {LONG}=1 to run it"),
+]
 ORG = "closed/MLPerfRound"
 SYSTEM = "cpu-smoke"
 
@@ -39,13 +41,29 @@ def v61(data: dict) -> None:
 def workspace(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("v61")
     loadgen = base / "loadgen-6.0.17"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(loadgen),
-                    "mlcommons-loadgen==6.0.17"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(loadgen),
+            "mlcommons-loadgen==6.0.17",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     ws = copy_project(base / "project")
     edit_params(ws, v61)
     e = env()
     e["PYTHONPATH"] = os.pathsep.join([".", str(loadgen)])
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=e, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=ws, env=e, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return ws
 
@@ -56,19 +74,34 @@ def test_v61_tree_has_every_required_file_in_the_new_layout(workspace: Path):
     assert not (org / "measurements").exists() and not (org / "compliance").exists()
     assert json.loads((org / f"systems/{SYSTEM}.json").read_text())["system_type"] == "datacenter,edge"
     assert (org / "calibration.md").read_text().count("## ") == 2
-    wanted = {"llama2-70b-99.9": (("Offline", "Server"), ("TEST06",)),
-              "stable-diffusion-xl": (("SingleStream", "Offline", "Server"), ("TEST01", "TEST04"))}
+    wanted = {
+        "llama2-70b-99.9": (("Offline", "Server"), ("TEST06",)),
+        "stable-diffusion-xl": (("SingleStream", "Offline", "Server"), ("TEST01", "TEST04")),
+    }
     for mlperf_id, (scenarios, tests) in wanted.items():
         for scenario in scenarios:
             res = org / "results" / SYSTEM / mlperf_id / scenario
-            files = ["measurements.json", "user.conf", "README.md", "mlperf.conf",
-                     "performance/run_1/mlperf_log_detail.txt", "performance/run_1/mlperf_log_summary.txt",
-                     "accuracy/accuracy.txt", "accuracy/mlperf_log_accuracy.json"]
-            files += {"TEST06": ["TEST06/verify_accuracy.txt"],
-                      "TEST01": ["TEST01/verify_accuracy.txt", "TEST01/verify_performance.txt",
-                                 "TEST01/performance/run_1/mlperf_log_detail.txt", "TEST01/accuracy/accuracy.txt",
-                                 "TEST01/accuracy/mlperf_log_accuracy.json"],
-                      "TEST04": ["TEST04/verify_performance.txt", "TEST04/performance/run_1/mlperf_log_detail.txt"]}[tests[0]]
+            files = [
+                "measurements.json",
+                "user.conf",
+                "README.md",
+                "mlperf.conf",
+                "performance/run_1/mlperf_log_detail.txt",
+                "performance/run_1/mlperf_log_summary.txt",
+                "accuracy/accuracy.txt",
+                "accuracy/mlperf_log_accuracy.json",
+            ]
+            files += {
+                "TEST06": ["TEST06/verify_accuracy.txt"],
+                "TEST01": [
+                    "TEST01/verify_accuracy.txt",
+                    "TEST01/verify_performance.txt",
+                    "TEST01/performance/run_1/mlperf_log_detail.txt",
+                    "TEST01/accuracy/accuracy.txt",
+                    "TEST01/accuracy/mlperf_log_accuracy.json",
+                ],
+                "TEST04": ["TEST04/verify_performance.txt", "TEST04/performance/run_1/mlperf_log_detail.txt"],
+            }[tests[0]]
             files += ["TEST04/verify_performance.txt"] if "TEST04" in tests else []
             for f in files:
                 assert (res / f).is_file() and (res / f).stat().st_size, res / f

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from mlperf_round.benchmarks.sdxl import TinySDXL
 from mlperf_round.diffusion import pipeline
 from mlperf_round.diffusion.deepcache import DeepCache
 from mlperf_round.diffusion.quantize import TARGETS, calibrate, quantize_unet
 from mlperf_round.errors import InputError, ParamsError
 from mlperf_round.harness.compliance import verify_performance, verify_test01_accuracy
 from mlperf_round.metrics import clip_score, fid
-from mlperf_round.benchmarks.sdxl import TinySDXL
 
 CAPTIONS = ["a red cat sitting on a table", "two old dogs walking along the street"]
 STEPS, COLLECTED = 20, 8
@@ -43,10 +43,14 @@ def _step_maxima(pipe, latents) -> dict[str, list[float]]:
         def record(module, args):
             per_step = maxima.setdefault(name, [0.0] * STEPS)
             per_step[state["step"]] = max(per_step[state["step"]], float(args[0].abs().max()))
+
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in pipe.unet.named_modules()
-               if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    handles = [
+        m.register_forward_pre_hook(hook(n))
+        for n, m in pipe.unet.named_modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+    ]
 
     def on_step_end(p, i, t, kwargs):
         state["step"] = min(i + 1, STEPS - 1)
@@ -118,7 +122,9 @@ def test_deepcache_runs_fewer_full_unet_evaluations_than_steps(pipe):
     base, latents = pipe
     deep_runs = {"n": 0}
     # an inner module: hooks on a cached block itself still fire when its patched forward returns the cache
-    handle = base.unet.mid_block.resnets[0].register_forward_pre_hook(lambda m, a: deep_runs.__setitem__("n", deep_runs["n"] + 1))
+    handle = base.unet.mid_block.resnets[0].register_forward_pre_hook(
+        lambda m, a: deep_runs.__setitem__("n", deep_runs["n"] + 1)
+    )
     plain = pipeline.generate(base, CAPTIONS, latents, STEPS, 8.0)
     assert deep_runs["n"] == STEPS
     cache = DeepCache(base.unet, interval=3, branch=0).enable()
@@ -162,7 +168,9 @@ def test_frechet_distance_and_clip_score(tmp_path):
     large = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     scores = clip_score.clip_scores(model, tok, large, CAPTIONS)
     with torch.no_grad():  # by hand: open_clip's transform (PIL bicubic to 32 px), then 100 x cosine
-        x = torch.from_numpy(np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BICUBIC)) for im in large]))
+        x = torch.from_numpy(
+            np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BICUBIC)) for im in large])
+        )
         x = x.permute(0, 3, 1, 2).float() / 255
         x = (x - torch.tensor(clip_score.MEAN).view(1, 3, 1, 1)) / torch.tensor(clip_score.STD).view(1, 3, 1, 1)
         img = clip_score._pooled(model.get_image_features(pixel_values=x))
@@ -173,8 +181,9 @@ def test_frechet_distance_and_clip_score(tmp_path):
     # a non-square image: the shorter side to 32 (the longer one 64 x 32 / 48 = 42, truncated), then a center crop
     tall = rng.integers(0, 256, (1, 64, 48, 3), dtype=np.uint8)
     resized = np.asarray(Image.fromarray(tall[0]).resize((32, 42), Image.BICUBIC), dtype=np.float32)[5:37] / 255
-    expected = (torch.from_numpy(resized).permute(2, 0, 1)[None] - torch.tensor(clip_score.MEAN).view(1, 3, 1, 1)) \
-        / torch.tensor(clip_score.STD).view(1, 3, 1, 1)
+    expected = (
+        torch.from_numpy(resized).permute(2, 0, 1)[None] - torch.tensor(clip_score.MEAN).view(1, 3, 1, 1)
+    ) / torch.tensor(clip_score.STD).view(1, 3, 1, 1)
     assert torch.equal(clip_score.preprocess(tall, 32), expected)
 
 
@@ -200,29 +209,43 @@ def _summary(run_dir: Path, scenario: str, score: float, valid: str = "VALID") -
     key = "Samples per second" if scenario == "Offline" else "Completed samples per second"
     run_dir.mkdir()
     (run_dir / "mlperf_log_summary.txt").write_text(
-        f"Scenario : {scenario}\n{key} : {score}\nResult is : {valid}\n\nNo errors encountered during test.\n")
+        f"Scenario : {scenario}\n{key} : {score}\nResult is : {valid}\n\nNo errors encountered during test.\n"
+    )
     return run_dir
 
 
-@pytest.mark.parametrize("test, score, passed", [("TEST04", 10.5, True), ("TEST04", 11.5, False), ("TEST04", 5.0, True),
-                                                 ("TEST01", 9.5, True), ("TEST01", 8.5, False), ("TEST01", 11.5, False)])
+@pytest.mark.parametrize(
+    "test, score, passed",
+    [
+        ("TEST04", 10.5, True),
+        ("TEST04", 11.5, False),
+        ("TEST04", 5.0, True),
+        ("TEST01", 9.5, True),
+        ("TEST01", 8.5, False),
+        ("TEST01", 11.5, False),
+    ],
+)
 def test_performance_verification(tmp_path, test, score, passed):
     """v5.0's summary-reading verify_performance.py (later versions: tests/test_mlcommons_verification.py)."""
     ref = _summary(tmp_path / "ref", "Offline", 10.0)
     result = verify_performance(ref, _summary(tmp_path / "t", "Offline", score), "Offline", test, "v5.0")
     assert result["passed"] is passed
-    server = verify_performance(_summary(tmp_path / "r2", "Server", 10.0), _summary(tmp_path / "t2", "Server", 10.2),
-                                "Server", test, "v5.0")
+    server = verify_performance(
+        _summary(tmp_path / "r2", "Server", 10.0), _summary(tmp_path / "t2", "Server", 10.2), "Server", test, "v5.0"
+    )
     assert server["passed"]
     invalid = verify_performance(ref, _summary(tmp_path / "t3", "Offline", 10.0, "INVALID"), "Offline", test, "v5.0")
     assert not invalid["passed"] and invalid["reason"] == "Test results are invalid"
+
 
 def _fid_inception_state(path: Path) -> dict:
     """Seeded weights in the layout of pytorch-fid's pt_inception-2015-12-05 file: torchvision's Inception-v3 with
     1,008 classes and no auxiliary head has the same names and shapes (pytorch-fid changes pooling, not weights)."""
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    state = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, init_weights=True, weights=None).state_dict()
+    state = torchvision.models.inception_v3(
+        num_classes=1008, aux_logits=False, init_weights=True, weights=None
+    ).state_dict()
     torch.save(state, path)
     return state
 
@@ -250,6 +273,7 @@ def test_pytorch_fid_weights_give_pytorch_fids_own_features(tmp_path):
 def test_pytorch_fid_weights_without_the_extra_are_one_line(tmp_path):
     try:
         import pytorch_fid  # noqa: F401
+
         pytest.skip("pytorch-fid is installed here")
     except ImportError:
         pass

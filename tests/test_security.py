@@ -1,4 +1,5 @@
-"""Security: weights from safetensors (or PyTorch shards read with weights_only), a token never leaves the process that uses it, servers on 127.0.0.1."""
+"""Security: weights from safetensors (or PyTorch shards read with weights_only), a token never leaves the process
+that uses it, servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 import yaml
 
 from mlperf_round.benchmarks import gptj
-from mlperf_round.errors import InputError, ParamsError
 from mlperf_round.benchmarks.gptj import TinyGPTJ
+from mlperf_round.errors import InputError, ParamsError
 from mlperf_round.params import parse_params
 
 from .conftest import ROOT, edit_params, run
@@ -34,7 +35,9 @@ class _Payload:
 @pytest.mark.parametrize("name", ["model.pt", "weights.CKPT", "training_args.bin", "unet/diffusion_pytorch_model.bin"])
 def test_params_refuse_pickle_weights_before_anything_is_fetched(name):
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["benchmarks"]["gptj"]["model"].update(source="hf", hf={"repo": REPO, "revision": REV, "files": {name: "0" * 64}})
+    data["benchmarks"]["gptj"]["model"].update(
+        source="hf", hf={"repo": REPO, "revision": REV, "files": {name: "0" * 64}}
+    )
     with pytest.raises(ParamsError, match=rf"benchmarks\.gptj\.model\.hf\.files\.{name}: a pickle file runs code"):
         parse_params(data)
 
@@ -80,12 +83,17 @@ def gated_hub(tmp_path: Path, monkeypatch):
 
 def test_hf_token_reaches_the_hub_and_nothing_else(project: Path, gated_hub, monkeypatch, tmp_path: Path):
     hub, sums = gated_hub
-    edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"].update(
-        source="hf", hf={"repo": REPO, "revision": REV, "files": sums, "endpoint": hub.endpoint}))
+    edit_params(
+        project,
+        lambda d: d["benchmarks"]["gptj"]["model"].update(
+            source="hf", hf={"repo": REPO, "revision": REV, "files": sums, "endpoint": hub.endpoint}
+        ),
+    )
     monkeypatch.delenv("HF_TOKEN", raising=False)
     refused = run([sys.executable, "-m", "stages.download", "gptj"], project, check=False)
     assert refused.returncode == 3 and refused.stderr.strip().splitlines()[-1].endswith(
-        "gated repository on " + hub.endpoint + "; set HF_TOKEN to a token that has been granted access"), refused.stderr
+        "gated repository on " + hub.endpoint + "; set HF_TOKEN to a token that has been granted access"
+    ), refused.stderr
     assert all(r[3] is None for r in hub.requests)  # no saved login was sent either
 
     hub.requests.clear()
@@ -95,8 +103,12 @@ def test_hf_token_reaches_the_hub_and_nothing_else(project: Path, gated_hub, mon
     to_cdn = [r for r in hub.requests if r[0] == "cdn"]
     assert to_hub and all(r[3] == f"Bearer {CANARY}" for r in to_hub)  # the token was used, on the Hub
     assert any(r[2].endswith(".safetensors") for r in to_cdn) and all(r[3] is None for r in to_cdn)  # never on the CDN
-    leaks = [str(p.relative_to(tmp_path)) for root in (project, tmp_path / "hf-cache", tmp_path / "state")
-             for p in root.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+    leaks = [
+        str(p.relative_to(tmp_path))
+        for root in (project, tmp_path / "hf-cache", tmp_path / "state")
+        for p in root.rglob("*")
+        if p.is_file() and CANARY.encode() in p.read_bytes()
+    ]
     assert leaks == [], leaks  # not in mlruns/ (the SQLite store, artifacts), artifacts/, .dvc/ or the Hub cache
     assert (project / "mlruns/mlflow.db").is_file()
     for proc in [refused, *procs]:
@@ -104,13 +116,22 @@ def test_hf_token_reaches_the_hub_and_nothing_else(project: Path, gated_hub, mon
 
 
 def test_hf_token_is_not_sent_over_plain_http_to_a_remote_host(project: Path, monkeypatch):
-    edit_params(project, lambda d: d["benchmarks"]["gptj"]["model"].update(
-        source="hf", hf={"repo": REPO, "revision": REV, "files": {"config.json": "0" * 64}, "endpoint": "http://hub.example"}))
+    edit_params(
+        project,
+        lambda d: d["benchmarks"]["gptj"]["model"].update(
+            source="hf",
+            hf={"repo": REPO, "revision": REV, "files": {"config.json": "0" * 64}, "endpoint": "http://hub.example"},
+        ),
+    )
     monkeypatch.setenv("HF_TOKEN", CANARY)
     proc = run([sys.executable, "-m", "stages.download", "gptj"], project, check=False)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].endswith("endpoint http://hub.example is not https, and HF_TOKEN is only "
-                                                         "sent over https") and CANARY not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("endpoint http://hub.example is not https, and HF_TOKEN is only sent over https")
+        and CANARY not in proc.stderr
+    )
 
 
 def test_a_truncated_safetensors_file_is_one_line_naming_it(tmp_path: Path):

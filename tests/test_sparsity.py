@@ -18,16 +18,28 @@ def _llama(intermediate: int = 128):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=intermediate, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module")
 def batches():
     g = torch.Generator().manual_seed(1)
-    return [{"input_ids": torch.randint(0, 128, (2, 16), generator=g),
-             "attention_mask": torch.ones(2, 16, dtype=torch.long)} for _ in range(4)]
+    return [
+        {
+            "input_ids": torch.randint(0, 128, (2, 16), generator=g),
+            "attention_mask": torch.ones(2, 16, dtype=torch.long),
+        }
+        for _ in range(4)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +74,21 @@ def test_every_attention_and_mlp_linear_becomes_24(method, batches):
     model, report = sparsity.sparsify(_llama(), method, batches)
     layers = report["sparsified_layers"]
     assert len(layers) == 14 and report["dense_layers"] == ["lm_head"] and report["method"] == method
-    assert {n.rsplit(".", 1)[-1] for n in layers} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert sparsity.measure_24(model, layers) == {"groups_24_share": 1.0, "zero_fraction": 0.5, "layers_fully_24": 14, "layers": 14}
+    assert {n.rsplit(".", 1)[-1] for n in layers} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    assert sparsity.measure_24(model, layers) == {
+        "groups_24_share": 1.0,
+        "zero_fraction": 0.5,
+        "layers_fully_24": 14,
+        "layers": 14,
+    }
     assert sparsity.measure_24(copy.deepcopy(model).to(torch.bfloat16), layers)["groups_24_share"] == 1.0
     assert sparsity.measure_24(model, ["lm_head"])["zero_fraction"] == 0.0
     assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))  # exported
@@ -161,5 +186,7 @@ def test_a_corrupt_index_is_an_input_error(sparse, tmp_path):
     key = "model.layers.0.mlp.down_proj.weight.index_24"
     tensors[key] = tensors[key][:, :-1].contiguous()
     save_file(tensors, str(path), metadata={"format": "pt"})
-    with pytest.raises(InputError, match=r"model\.safetensors: the 2:4 tensors of model\.layers\.0\.mlp\.down_proj\.weight"):
+    with pytest.raises(
+        InputError, match=r"model\.safetensors: the 2:4 tensors of model\.layers\.0\.mlp\.down_proj\.weight"
+    ):
         sparsity.decompress_checkpoint(tmp_path / "24")

@@ -11,14 +11,20 @@ from mlperf_round.tensor_stream import TensorStream
 
 def tensors() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return {"a.weight": (torch.randn(5, 7) * 100).to(torch.float8_e4m3fn), "a.weight_scale": torch.tensor(0.25),
-            "b.weight": torch.randint(-128, 127, (3, 2), dtype=torch.int8), "b.scale": torch.rand(3, 1),
-            "c": torch.randn(4, dtype=torch.bfloat16)}
+    return {
+        "a.weight": (torch.randn(5, 7) * 100).to(torch.float8_e4m3fn),
+        "a.weight_scale": torch.tensor(0.25),
+        "b.weight": torch.randint(-128, 127, (3, 2), dtype=torch.int8),
+        "b.scale": torch.rand(3, 1),
+        "c": torch.randn(4, dtype=torch.bfloat16),
+    }
 
 
 def test_a_streamed_file_reads_back_tensor_for_tensor(tmp_path):
     ts = tensors()
-    with TensorStream(tmp_path / "x.safetensors", [(k, v.dtype, v.shape) for k, v in ts.items()], {"format": "pt"}) as out:
+    with TensorStream(
+        tmp_path / "x.safetensors", [(k, v.dtype, v.shape) for k, v in ts.items()], {"format": "pt"}
+    ) as out:
         for k, v in ts.items():
             out.write(k, v)
     with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
@@ -27,8 +33,11 @@ def test_a_streamed_file_reads_back_tensor_for_tensor(tmp_path):
         for k, v in ts.items():
             back = f.get_tensor(k)
             assert back.dtype == v.dtype and back.shape == v.shape
-            assert torch.equal(back.view(torch.uint8), v.view(torch.uint8)) if v.dtype == torch.float8_e4m3fn \
+            assert (
+                torch.equal(back.view(torch.uint8), v.view(torch.uint8))
+                if v.dtype == torch.float8_e4m3fn
                 else torch.equal(back, v)
+            )
 
 
 def test_a_tensor_out_of_plan_or_a_missing_one_leaves_no_file(tmp_path):

@@ -54,8 +54,13 @@ def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
 
 def test_killing_the_starter_ends_the_server_and_its_worker_in_another_session(tmp_path: Path):
     pid_file = tmp_path / "worker.pid"
-    starter = subprocess.Popen([sys.executable, "-c", STARTER, SERVER, str(pid_file)], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, SERVER, str(pid_file)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         tether = int(starter.stdout.readline())
         deadline = time.monotonic() + 30
@@ -75,11 +80,14 @@ def test_killing_the_starter_ends_the_server_and_its_worker_in_another_session(t
 
 def test_a_tethered_command_keeps_its_exit_code_and_leaves_nothing_behind(tmp_path: Path):
     pid_file = tmp_path / "orphan.pid"
-    code = ("import subprocess, sys\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
-            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
-            "sys.exit(3)\n")
-    done = subprocess.run(tethered([sys.executable, "-c", code]), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          timeout=60)
+    code = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        tethered([sys.executable, "-c", code]), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60
+    )
     assert done.returncode == 3
     assert _wait_gone([int(pid_file.read_text())], timeout=5) == []

@@ -26,8 +26,12 @@ def lock_file(tmp_path, monkeypatch):
 
 
 def _holder(kind: str, seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, kind, str(seconds)], env={**os.environ, "PYTHONPATH": os.getcwd()},
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, kind, str(seconds)],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 

@@ -17,8 +17,14 @@ from mlperf_round.tracker_process import DIED
 
 from .conftest import ROOT
 
-TAGS = {"mlperf.round": "helper-test", "mlperf.version": "v5.0", "mlperf.system": "cpu", "mlperf.submitter": "t",
-        "mlperf.smoke": "true", "git.commit": "none"}
+TAGS = {
+    "mlperf.round": "helper-test",
+    "mlperf.version": "v5.0",
+    "mlperf.system": "cpu",
+    "mlperf.submitter": "t",
+    "mlperf.smoke": "true",
+    "git.commit": "none",
+}
 
 
 def _runs(ws: Path, stage: str):
@@ -58,7 +64,9 @@ def test_everything_logged_arrives_and_the_run_starts_when_the_stage_did(ws: Pat
 
 
 def test_a_logging_call_that_fails_fails_the_stage_and_its_run(ws: Path):
-    with pytest.raises(RoundError, match=r"MLflow: finish: RuntimeError: 1 logging call\(s\) failed, the first: log_metrics"):
+    with pytest.raises(
+        RoundError, match=r"MLflow: finish: RuntimeError: 1 logging call\(s\) failed, the first: log_metrics"
+    ):
         with tracking.stage_run(TAGS, "k", "accuracy", {}) as run:
             run.log_metrics({"not a valid name!": 1.0})  # MLflow refuses the name; the call was queued, not awaited
     _, (r,) = _runs(ws, "accuracy")
@@ -74,13 +82,17 @@ def test_an_exception_in_the_stage_ends_its_run_failed_with_the_error(ws: Path):
 
 
 def test_a_stage_that_dies_leaves_its_run_killed(ws: Path):
-    code = ("import os, signal\n"
-            "from mlperf_round import tracking\n"
-            f"with tracking.stage_run({TAGS!r}, 'k', 'performance', {{}}) as run:\n"
-            "    run.log_metrics({'x': 1.0})\n"
-            "    run.run_id\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ws, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    code = (
+        "import os, signal\n"
+        "from mlperf_round import tracking\n"
+        f"with tracking.stage_run({TAGS!r}, 'k', 'performance', {{}}) as run:\n"
+        "    run.log_metrics({'x': 1.0})\n"
+        "    run.run_id\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ws, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120
+    )
     assert done.returncode == -9
     deadline = time.monotonic() + 30
     while True:
@@ -93,18 +105,27 @@ def test_a_stage_that_dies_leaves_its_run_killed(ws: Path):
 
 def test_sigterm_to_the_stage_group_unwinds_the_stage_once_and_ends_its_run_killed(ws: Path):
     """The helper is in the stage's process group: it must ignore the signal, never run the stage's handler."""
-    code = ("import os, signal, sys, time\n"
-            "from mlperf_round import tracking\n"
-            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as the runner does\n"
-            "try:\n"
-            f"    with tracking.stage_run({TAGS!r}, 'k', 'compliance', {{}}) as run:\n"
-            "        run.run_id\n"
-            "        os.killpg(0, signal.SIGTERM)\n"
-            "        time.sleep(30)\n"
-            "finally:\n"
-            "    print('unwound', os.getpid(), flush=True)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ws, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
-                          capture_output=True, text=True, start_new_session=True)
+    code = (
+        "import os, signal, sys, time\n"
+        "from mlperf_round import tracking\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as the runner does\n"
+        "try:\n"
+        f"    with tracking.stage_run({TAGS!r}, 'k', 'compliance', {{}}) as run:\n"
+        "        run.run_id\n"
+        "        os.killpg(0, signal.SIGTERM)\n"
+        "        time.sleep(30)\n"
+        "finally:\n"
+        "    print('unwound', os.getpid(), flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ws,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+    )
     assert done.returncode == 143, done.stderr[-2000:]
     assert done.stdout.count("unwound") == 1, done.stdout
     _, (r,) = _runs(ws, "compliance")

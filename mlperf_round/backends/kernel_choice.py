@@ -60,7 +60,9 @@ class KernelChoice:
         parts = []
         for kind, chosen in self.choice.items():
             t = self.timings_us.get(kind, {})
-            figures = ", ".join(f"{c} {'>=' if self.lower_bound.get(kind) == c else ''}{us:.0f} us" for c, us in t.items())
+            figures = ", ".join(
+                f"{c} {'>=' if self.lower_bound.get(kind) == c else ''}{us:.0f} us" for c, us in t.items()
+            )
             parts.append(f"{kind} {chosen} ({figures})")
         return "; ".join(parts)
 
@@ -182,8 +184,9 @@ def choose(model: torch.nn.Module, device: torch.device, rows: int, budget_s: fl
     return result
 
 
-def resolve(model: torch.nn.Module, recorded: KernelChoice | None, device: torch.device, rows: int,
-            where: str) -> tuple[KernelChoice, bool]:
+def resolve(
+    model: torch.nn.Module, recorded: KernelChoice | None, device: torch.device, rows: int, where: str
+) -> tuple[KernelChoice, bool]:
     """The build's choice where it was measured; timed again on any other host (one line on stderr says so)."""
     here = host_fingerprint(device)
     if recorded is not None and recorded.host == here:
@@ -194,6 +197,8 @@ def resolve(model: torch.nn.Module, recorded: KernelChoice | None, device: torch
         with timed_run(f"kernel timing {where}"):
             return choose(model, device, rows), False
     fresh = choose(model, device, rows)  # no lock: a LoadGen child opens engines while its parent holds the host
-    print(f"note: {where}: engine built on {recorded.host}; kernels re-timed on {here}: {fresh.describe()}",
-          file=sys.stderr)
+    print(
+        f"note: {where}: engine built on {recorded.host}; kernels re-timed on {here}: {fresh.describe()}",
+        file=sys.stderr,
+    )
     return fresh, True

@@ -34,9 +34,13 @@ class Conversion:
     emulated_by_choice: list[str] = field(default_factory=list)  # native-capable, left emulated: the slower kernel here
 
     def summary(self) -> dict[str, int]:
-        return {"native_fp8_linears": len(self.fp8_linear), "native_int8_linears": len(self.int8_linear),
-                "int8_convs_weights_baked": len(self.int8_conv_weights_baked), "fake_quant_layers_left": len(self.left_fake),
-                "emulated_linears_by_choice": len(self.emulated_by_choice)}
+        return {
+            "native_fp8_linears": len(self.fp8_linear),
+            "native_int8_linears": len(self.int8_linear),
+            "int8_convs_weights_baked": len(self.int8_conv_weights_baked),
+            "fake_quant_layers_left": len(self.left_fake),
+            "emulated_linears_by_choice": len(self.emulated_by_choice),
+        }
 
 
 def _safe(amax: torch.Tensor) -> torch.Tensor:
@@ -52,11 +56,14 @@ def _int_bounds(q) -> tuple[float, float]:
 class _NativeLinear(torch.nn.Module):
     """The shared part: flatten leading dims, SmoothQuant's input scale, bias, output dtype."""
 
-    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None,
-                 pre_quant_scale: torch.Tensor | None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: torch.Tensor | None, pre_quant_scale: torch.Tensor | None
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("pre_quant_scale", None if pre_quant_scale is None else pre_quant_scale.detach().reshape(-1).clone())
+        self.register_buffer(
+            "pre_quant_scale", None if pre_quant_scale is None else pre_quant_scale.detach().reshape(-1).clone()
+        )
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     _KEEP_DTYPE = ("weight_t", "w_scale", "x_scale", "pre_quant_scale")  # E4M3 / INT8 weights, calibrated FP32 scales
@@ -73,8 +80,12 @@ class _NativeLinear(torch.nn.Module):
 
     @staticmethod
     def _parts(mod: torch.nn.Linear) -> dict:
-        return {"in_features": mod.in_features, "out_features": mod.out_features, "bias": mod.bias,
-                "pre_quant_scale": mod.input_quantizer.pre_quant_scale}
+        return {
+            "in_features": mod.in_features,
+            "out_features": mod.out_features,
+            "bias": mod.bias,
+            "pre_quant_scale": mod.input_quantizer.pre_quant_scale,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -87,14 +98,21 @@ class _NativeLinear(torch.nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, smoothquant={self.pre_quant_scale is not None}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, "
+        f"smoothquant={self.pre_quant_scale is not None}"
 
 
 class Fp8Linear(_NativeLinear):
     """E4M3 weight (per tensor) x E4M3 input (per tensor, static scale) through `torch._scaled_mm`."""
 
-    def __init__(self, weight: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None = None,
-                 pre_quant_scale: torch.Tensor | None = None):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        w_scale: torch.Tensor,
+        x_scale: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        pre_quant_scale: torch.Tensor | None = None,
+    ):
         """weight: [out, in] in the engine's dtype or already E4M3 (then `w_scale` is its scale)."""
         super().__init__(weight.shape[1], weight.shape[0], bias, pre_quant_scale)
         if weight.dtype != torch.float8_e4m3fn:
@@ -106,8 +124,13 @@ class Fp8Linear(_NativeLinear):
     @classmethod
     def from_quantized(cls, mod: torch.nn.Linear) -> Fp8Linear:
         parts = cls._parts(mod)
-        return cls(mod.weight, _safe(mod.weight_quantizer.amax) / FP8_MAX, _safe(mod.input_quantizer.amax) / FP8_MAX,
-                   parts["bias"], parts["pre_quant_scale"])
+        return cls(
+            mod.weight,
+            _safe(mod.weight_quantizer.amax) / FP8_MAX,
+            _safe(mod.input_quantizer.amax) / FP8_MAX,
+            parts["bias"],
+            parts["pre_quant_scale"],
+        )
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         xq = (x.float() / self.x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
@@ -115,7 +138,9 @@ class Fp8Linear(_NativeLinear):
         rows = xq.shape[0]
         if xq.is_cuda and rows % 16:  # cuBLASLt's FP8 GEMM: row counts in multiples of 16 on some releases
             xq = F.pad(xq.view(torch.uint8), (0, 0, 0, 16 - rows % 16)).view(torch.float8_e4m3fn)
-        return torch._scaled_mm(xq, self.weight_t, scale_a=self.x_scale, scale_b=self.w_scale, out_dtype=out_dtype)[:rows]
+        return torch._scaled_mm(xq, self.weight_t, scale_a=self.x_scale, scale_b=self.w_scale, out_dtype=out_dtype)[
+            :rows
+        ]
 
 
 class Int8Linear(_NativeLinear):
@@ -189,7 +214,11 @@ def native_layers(model: torch.nn.Module, device: torch.device | str = "cpu"):
                 yield name, mod, kind
 
 
-def convert(model: torch.nn.Module, device: torch.device | str = "cpu", kinds: set[str] | frozenset[str] = frozenset({"fp8", "int8"})) -> Conversion:
+def convert(
+    model: torch.nn.Module,
+    device: torch.device | str = "cpu",
+    kinds: set[str] | frozenset[str] = frozenset({"fp8", "int8"}),
+) -> Conversion:
     """Swap every fake-quantized Linear of `kinds` that a native kernel can run for its native twin, in place;
     the rest stay calibrated, with their weights rounded onto their grid once (the same values each call gives)."""
     done = Conversion()

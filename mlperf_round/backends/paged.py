@@ -30,8 +30,16 @@ class PoolExhausted(RuntimeError):
 class BlockPool:
     """Fixed-size KV blocks from one preallocated pool; counts what it ever handed out at once."""
 
-    def __init__(self, layers: int, blocks: int, block_size: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        layers: int,
+        blocks: int,
+        block_size: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
         shape = (layers, blocks * block_size, kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -77,9 +85,21 @@ class Event:
 class InflightEngine:
     """Greedy generation with in-flight batching; `submit` queues, `step` advances every sequence."""
 
-    def __init__(self, model, *, max_batch: int, block_size: int, pool_blocks: int, max_input: int, max_new: int,
-                 min_new: int, eos_token_id: int, policy: str = "inflight", kv_scales: dict | None = None,
-                 max_num_tokens: int = 8192):
+    def __init__(
+        self,
+        model,
+        *,
+        max_batch: int,
+        block_size: int,
+        pool_blocks: int,
+        max_input: int,
+        max_new: int,
+        min_new: int,
+        eos_token_id: int,
+        policy: str = "inflight",
+        kv_scales: dict | None = None,
+        max_num_tokens: int = 8192,
+    ):
         cfg = model.config
         self.model, self.body = model, model.model
         self.device = next(model.parameters()).device
@@ -92,10 +112,13 @@ class InflightEngine:
         # FP8 KV cache: E4M3 storage, per-layer K and V scales (absmax / 448) measured on calibration prompts
         self.kv_scales = None
         if kv_scales is not None:
-            self.kv_scales = {n: torch.tensor(kv_scales[n], dtype=torch.float32, device=self.device) for n in ("k", "v")}
+            self.kv_scales = {
+                n: torch.tensor(kv_scales[n], dtype=torch.float32, device=self.device) for n in ("k", "v")
+            }
         store = torch.float8_e4m3fn if self.kv_scales is not None else self.dtype
-        self.pool = BlockPool(cfg.num_hidden_layers, pool_blocks, block_size, self.kv_heads, self.head_dim,
-                              store, self.device)
+        self.pool = BlockPool(
+            cfg.num_hidden_layers, pool_blocks, block_size, self.kv_heads, self.head_dim, store, self.device
+        )
         self.observe = False  # record K/V absmax (calibration only: it syncs the device every layer)
         self.kv_absmax = torch.zeros((2, cfg.num_hidden_layers), dtype=torch.float32)
         self.waiting: deque[Sequence] = deque()
@@ -106,13 +129,15 @@ class InflightEngine:
 
     # ------------------------------------------------------------ queue
     def submit(self, rid: int, prompt: np.ndarray | list[int], max_new: int | None = None) -> None:
-        ids = [int(t) for t in prompt][-self.max_input:]
+        ids = [int(t) for t in prompt][-self.max_input :]
         if not ids:
             raise ValueError(f"request {rid}: empty prompt")
         seq = Sequence(rid, ids, min(max_new or self.max_new, self.max_new))
         if self._worst_blocks(seq) > self.pool.size:
-            raise PoolExhausted(f"request {rid} needs {self._worst_blocks(seq)} KV blocks at its longest; "
-                                f"the pool has {self.pool.size} (raise build.kv_pool_blocks)")
+            raise PoolExhausted(
+                f"request {rid} needs {self._worst_blocks(seq)} KV blocks at its longest; "
+                f"the pool has {self.pool.size} (raise build.kv_pool_blocks)"
+            )
         self.waiting.append(seq)
 
     @property
@@ -251,8 +276,14 @@ class InflightEngine:
         mask = (own[:, None] == own[None, :]) & (pos_t[:, None] >= pos_t[None, :])
 
         def attend(q, k, v, layer, scale):
-            out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                                 attn_mask=mask[None, None], scale=scale, enable_gqa=True)
+            out = F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None],
+                k.transpose(0, 1)[None],
+                v.transpose(0, 1)[None],
+                attn_mask=mask[None, None],
+                scale=scale,
+                enable_gqa=True,
+            )
             return out[0].transpose(0, 1)
 
         x = self._layers(self.body.embed_tokens(ids_t), pos_t, torch.tensor(slots, device=dev), attend)
@@ -282,8 +313,14 @@ class InflightEngine:
         def attend(q, k, v, layer, scale):
             keys = self._load(self.pool.k[layer][table], "k", layer, q.dtype)  # [batch, width, kv_heads, head_dim]
             values = self._load(self.pool.v[layer][table], "v", layer, q.dtype)
-            out = F.scaled_dot_product_attention(q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2),
-                                                 attn_mask=valid[:, None, None], scale=scale, enable_gqa=True)
+            out = F.scaled_dot_product_attention(
+                q[:, :, None],
+                keys.transpose(1, 2),
+                values.transpose(1, 2),
+                attn_mask=valid[:, None, None],
+                scale=scale,
+                enable_gqa=True,
+            )
             return out[:, :, 0]
 
         x = self._layers(self.body.embed_tokens(ids_t), pos_t, new_slots, attend)
@@ -296,8 +333,16 @@ def measure_kv_scales(model, prompts: list[list[int]], max_input: int) -> dict[s
     """Per-layer FP8 scales of K (after RoPE) and V: their absmax over the prompts' prefill, / 448.
 
     One prompt at a time: the pool and the prefill's activations stay one prompt's size beside the model."""
-    eng = InflightEngine(model, max_batch=1, block_size=16, pool_blocks=math.ceil((max_input + 1) / 16),
-                         max_input=max_input, max_new=1, min_new=0, eos_token_id=-1)
+    eng = InflightEngine(
+        model,
+        max_batch=1,
+        block_size=16,
+        pool_blocks=math.ceil((max_input + 1) / 16),
+        max_input=max_input,
+        max_new=1,
+        min_new=0,
+        eos_token_id=-1,
+    )
     eng.observe = True
     for i, p in enumerate(prompts):
         eng.submit(i, p)

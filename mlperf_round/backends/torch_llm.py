@@ -104,7 +104,9 @@ def open_spec(spec, engine_dir: Path) -> torch.device:
     return resolve_device(spec.device)
 
 
-def place_kernels(model: torch.nn.Module, spec, device: torch.device, where: str = "engine") -> tuple[dict, dict | None]:
+def place_kernels(
+    model: torch.nn.Module, spec, device: torch.device, where: str = "engine"
+) -> tuple[dict, dict | None]:
     """The quantized layers onto the kernels the engine was built for: native FP8 / INT8 GEMMs, emulated (fake
     quantization, weights rounded once), or under `auto` the faster of the two per kind on this host.
     Returns (what was converted and chosen, for the build's metrics; the choice's record, for engine.json)."""
@@ -143,7 +145,9 @@ class TorchLLM:
 
         self.spec = read_spec(engine_dir)
         self.device = open_spec(self.spec, engine_dir)
-        self.model = load(engine_dir / "model", self.spec.dtype)  # on the host: the device gets FP8 layers, not bf16 ones
+        self.model = load(
+            engine_dir / "model", self.spec.dtype
+        )  # on the host: the device gets FP8 layers, not bf16 ones
         self.kernels, self.kernel_record = place_kernels(self.model, self.spec, self.device, str(engine_dir))
         self.model.to(self.device)
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
@@ -174,10 +178,19 @@ class TorchLLM:
         s = self.spec
         policy = policy or s.scheduler
         if s.scheduler == "inflight":
-            return InflightEngine(self.model, max_batch=s.max_batch_size, block_size=s.kv_block_size,
-                                  pool_blocks=s.kv_pool_blocks, max_input=s.max_input_len, max_new=s.max_output_len,
-                                  min_new=s.min_output_len, eos_token_id=s.eos_token_id, policy=policy,
-                                  kv_scales=self.kv_scales, max_num_tokens=s.max_num_tokens)
+            return InflightEngine(
+                self.model,
+                max_batch=s.max_batch_size,
+                block_size=s.kv_block_size,
+                pool_blocks=s.kv_pool_blocks,
+                max_input=s.max_input_len,
+                max_new=s.max_output_len,
+                min_new=s.min_output_len,
+                eos_token_id=s.eos_token_id,
+                policy=policy,
+                kv_scales=self.kv_scales,
+                max_num_tokens=s.max_num_tokens,
+            )
         return StaticBatcher(self)
 
     def sample_ids(self, sample) -> np.ndarray:
@@ -193,8 +206,8 @@ class TorchLLM:
         ids = torch.full((len(inputs), width), s.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(inputs), width), dtype=torch.long)
         for i, x in enumerate(inputs):  # left padding: every prompt ends where generation starts
-            ids[i, width - len(x):] = torch.from_numpy(x)
-            mask[i, width - len(x):] = 1
+            ids[i, width - len(x) :] = torch.from_numpy(x)
+            mask[i, width - len(x) :] = 1
         out = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -221,7 +234,7 @@ class StaticBatcher:
         self.waiting: deque[tuple[int, np.ndarray]] = deque()
 
     def submit(self, rid: int, prompt: np.ndarray) -> None:
-        self.waiting.append((rid, np.asarray(prompt, dtype=np.int64)[-self.engine.spec.max_input_len:]))
+        self.waiting.append((rid, np.asarray(prompt, dtype=np.int64)[-self.engine.spec.max_input_len :]))
 
     @property
     def idle(self) -> bool:

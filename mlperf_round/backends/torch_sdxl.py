@@ -84,7 +84,9 @@ class TorchSDXL:
         if self.spec.deepcache_interval > 1:
             from ..diffusion.deepcache import DeepCache
 
-            self.deepcache = DeepCache(self.pipe.unet, self.spec.deepcache_interval, self.spec.deepcache_branch).enable()
+            self.deepcache = DeepCache(
+                self.pipe.unet, self.spec.deepcache_interval, self.spec.deepcache_branch
+            ).enable()
         self.compiled = optimize_graphs(self.pipe, self.spec, per_block=self.deepcache is not None)
         self.unet_calls = {"full": 0, "shallow": 0}  # UNet steps, summed over images
         self.images = 0
@@ -104,8 +106,14 @@ class TorchSDXL:
             before = (self.deepcache.full_steps, self.deepcache.shallow_steps)
         n = len(captions)  # every image of a batch takes the same steps
         padded = n if s.compile == "off" else bucket(n, s.max_batch_size)  # compiled graphs: a few batch sizes only
-        images = generate(self.pipe, captions + captions[-1:] * (padded - n), self.latents, s.steps, s.guidance_scale,
-                          negative_prompt=s.negative_prompt)[:n]
+        images = generate(
+            self.pipe,
+            captions + captions[-1:] * (padded - n),
+            self.latents,
+            s.steps,
+            s.guidance_scale,
+            negative_prompt=s.negative_prompt,
+        )[:n]
         if cached:
             self.unet_calls["full"] += n * (self.deepcache.full_steps - before[0])
             self.unet_calls["shallow"] += n * (self.deepcache.shallow_steps - before[1])
@@ -188,5 +196,7 @@ def decode_image(data: np.ndarray, image_size: int) -> np.ndarray:
     """A logged response back to its HWC image, as MLPerf's accuracy_coco.py reshapes it."""
     expected = image_size * image_size * 3
     if data.size != expected:
-        raise InputError(f"response of {data.size} bytes is not a {image_size}x{image_size} RGB image ({expected} bytes)")
+        raise InputError(
+            f"response of {data.size} bytes is not a {image_size}x{image_size} RGB image ({expected} bytes)"
+        )
     return data.reshape(image_size, image_size, 3)

@@ -6,9 +6,8 @@ its params.yaml section; tests/test_benchmarks.py walks this registry.
 
 from __future__ import annotations
 
-from .base import Benchmark
-
 from . import gptj, llama2, llama3_1, sdxl  # noqa: E402  (the modules import Benchmark from base)
+from .base import Benchmark
 
 REGISTRY: dict[str, Benchmark] = {m.BENCHMARK.key: m.BENCHMARK for m in (gptj, llama2, llama3_1, sdxl)}
 

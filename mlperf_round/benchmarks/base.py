@@ -17,7 +17,11 @@ from ..versions import VERSIONS
 
 INTERACTIVE = "Interactive"
 # user.conf / params key -> LoadGen's mlperf.conf key
-BOUND_KEYS = {"target_latency_ms": "target_latency", "ttft_latency_ms": "ttft_latency", "tpot_latency_ms": "tpot_latency"}
+BOUND_KEYS = {
+    "target_latency_ms": "target_latency",
+    "ttft_latency_ms": "ttft_latency",
+    "tpot_latency_ms": "tpot_latency",
+}
 ALL_PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8_sq")
 
 
@@ -75,8 +79,12 @@ class Benchmark:
     def has_interactive(self, version: str) -> bool:
         if version == "v5.0":
             return bool(self.interactive_ids_v50)
-        return any(INTERACTIVE in s.one_of for by_id in VERSIONS[version].scenarios.values()
-                   for i, s in by_id.items() if i in self.ids.values())
+        return any(
+            INTERACTIVE in s.one_of
+            for by_id in VERSIONS[version].scenarios.values()
+            for i, s in by_id.items()
+            if i in self.ids.values()
+        )
 
     def placements(self, version: str, target, scenarios: list[str]) -> list[Placement]:
         """Each measured scenario's folder. v5.0 has no Interactive scenario: its interactive result is the

@@ -9,17 +9,16 @@ pinned Hugging Face revision and MLCommons' dataset, verified by sha256.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import sys
-
 from pydantic import Field, model_validator
 
-from ..params import BenchmarkParams, ModelParams, Strict
 from ..kinds import text_generation
-from .base import Benchmark
+from ..params import BenchmarkParams, ModelParams, Strict
 from . import text
+from .base import Benchmark
 from .text import load_model, load_tokenizer, tokenizer_dir  # noqa: F401  (the stages' interface)
 
 NAME = "gptj"
@@ -46,15 +45,19 @@ def build_tokenizer(out: Path, cfg=None) -> None:
 
 def generate_dataset(size: int, seed: int) -> list[dict]:
     """Articles and highlights shaped like MLPerf's cnn_eval.json; highlights are article sentences."""
-    return [{"instruction": INSTRUCTION, "input": article, "output": highlights}
-            for article, highlights in text.news(size, seed, language_seed=1234)]
+    return [
+        {"instruction": INSTRUCTION, "input": article, "output": highlights}
+        for article, highlights in text.news(size, seed, language_seed=1234)
+    ]
 
 
 def write_generated_dataset(bp: BenchmarkParams, out: Path) -> None:
     ds = bp.dataset
     (out / "dataset.json").write_text(json.dumps(generate_dataset(ds.size, ds.seed), indent=1))
     # MLPerf's calibration list is drawn from the training split: a disjoint seed here
-    (out / "calibration.json").write_text(json.dumps(generate_dataset(ds.calibration_size, ds.seed + 1_000_003), indent=1))
+    (out / "calibration.json").write_text(
+        json.dumps(generate_dataset(ds.calibration_size, ds.seed + 1_000_003), indent=1)
+    )
 
 
 TRAIN_SEED_OFFSET = 2_000_003  # the training split is disjoint from the accuracy and calibration sets
@@ -88,8 +91,10 @@ def build_tiny_model(cfg: TinyGPTJ, tokenizer, out: Path) -> None:
 
 
 def _train(model, tokenizer, cfg: TinyGPTJ) -> None:
-    texts = [PROMPT.format(instruction=r["instruction"], input=r["input"]) + " " + r["output"] + EOS
-             for r in generate_dataset(cfg.train_samples, cfg.seed + TRAIN_SEED_OFFSET)]
+    texts = [
+        PROMPT.format(instruction=r["instruction"], input=r["input"]) + " " + r["output"] + EOS
+        for r in generate_dataset(cfg.train_samples, cfg.seed + TRAIN_SEED_OFFSET)
+    ]
     text.train(model, tokenizer, texts, cfg.train_steps, cfg.train_batch, cfg.train_lr, cfg.seed, "train tiny gptj")
 
 
@@ -142,7 +147,8 @@ PUBLISHED_SAMPLES = 13368
 
 
 def distillation_texts(source: Path) -> list[str]:
-    """The calibration list with its highlights, as the model reads them: training-split text, disjoint from the accuracy set."""
+    """The calibration list with its highlights, as the model reads them: training-split text, disjoint from the
+    accuracy set."""
     rows = text.read_rows(source / "calibration.json", {"instruction", "input", "output"})
     return [PROMPT.format(instruction=r["instruction"], input=r["input"]) + " " + r["output"] + EOS for r in rows]
 
@@ -162,9 +168,16 @@ class TinyGPTJ(Strict):
     n_inner: int = Field(256, ge=16, description="MLP width")
     rotary_dim: int = Field(16, ge=2, description="rotary dimensions per head")
     n_positions: int = Field(1024, ge=256, description="maximum sequence length")
-    init_std: float = Field(0.02, gt=0, le=2, description="weight init std; larger gives peakier, more quantization-robust logits")
+    init_std: float = Field(
+        0.02, gt=0, le=2, description="weight init std; larger gives peakier, more quantization-robust logits"
+    )
     seed: int = Field(0, description="seed of the weights and of the training order")
-    train_steps: int = Field(600, ge=0, le=10000, description="training steps on a generated split disjoint from the accuracy set (0: random weights)")
+    train_steps: int = Field(
+        600,
+        ge=0,
+        le=10000,
+        description="training steps on a generated split disjoint from the accuracy set (0: random weights)",
+    )
     train_samples: int = Field(512, ge=1, description="size of that training split")
     train_batch: int = Field(16, ge=1, description="training batch size")
     train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
@@ -187,6 +200,14 @@ class GPTJBenchmark(BenchmarkParams):
 
 
 BENCHMARK = Benchmark(
-    key=NAME, ids={0.99: "gptj-99", 0.999: "gptj-99.9"}, loadgen_model="gptj", kind=text_generation, schema=GPTJBenchmark,
-    module=sys.modules[__name__], score_keys=SCORE_KEYS, published_scores=PUBLISHED_SCORES,
-    published_samples=PUBLISHED_SAMPLES, prunable=True)
+    key=NAME,
+    ids={0.99: "gptj-99", 0.999: "gptj-99.9"},
+    loadgen_model="gptj",
+    kind=text_generation,
+    schema=GPTJBenchmark,
+    module=sys.modules[__name__],
+    score_keys=SCORE_KEYS,
+    published_scores=PUBLISHED_SCORES,
+    published_samples=PUBLISHED_SAMPLES,
+    prunable=True,
+)

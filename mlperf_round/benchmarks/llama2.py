@@ -16,18 +16,17 @@ the answer starts with it, so it depends on the prompt.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
-import sys
-
 from pydantic import Field, model_validator
 
-from ..params import BenchmarkParams, GenerationParams, ModelParams, Strict
+from ..errors import InputError
 from ..kinds import text_generation
-from .base import Benchmark
+from ..params import BenchmarkParams, GenerationParams, ModelParams, Strict
 from . import text
+from .base import Benchmark
 from .text import load_model, load_tokenizer, tokenizer_dir  # noqa: F401  (the stages' interface)
 
 NAME = "llama2-70b"
@@ -52,8 +51,9 @@ TRAIN_SEED_OFFSET = 2_000_003  # the training split is disjoint from the accurac
 # ---------------------------------------------------------------- tokenizer and data
 def build_tokenizer(out: Path, cfg=None) -> None:
     words = text.template_words(" ".join(SYSTEM_PROMPTS))
-    text.build_word_tokenizer(out, [BOS, EOS], words + text.pseudo_words(text.VOCAB_WORDS, seed=4321), EOS, BOS,
-                              PUNCT, MARKERS)
+    text.build_word_tokenizer(
+        out, [BOS, EOS], words + text.pseudo_words(text.VOCAB_WORDS, seed=4321), EOS, BOS, PUNCT, MARKERS
+    )
 
 
 class _Language:
@@ -103,9 +103,13 @@ def generate_dataset(size: int, seed: int, tokenizer=None, variation: float = RE
     rows = []
     for i in range(size):
         system_prompt, (question, keyword) = rng.choice(SYSTEM_PROMPTS), lang.question(rng)
-        row = {"id": f"tiny.{seed}.{i}", "system_prompt": system_prompt, "question": question,
-               "input": PROMPT.format(system_prompt=system_prompt, question=question),
-               "output": lang.answer(keyword, rng, variation)}
+        row = {
+            "id": f"tiny.{seed}.{i}",
+            "system_prompt": system_prompt,
+            "question": question,
+            "input": PROMPT.format(system_prompt=system_prompt, question=question),
+            "output": lang.answer(keyword, rng, variation),
+        }
         if tokenizer is not None:
             row["tok_input"] = tokenizer(row["input"], add_special_tokens=False)["input_ids"]
         rows.append(row)
@@ -146,8 +150,17 @@ def build_tiny_model(cfg: TinyLlama, tokenizer, out: Path) -> None:
         rows = generate_dataset(cfg.train_samples, cfg.seed + TRAIN_SEED_OFFSET, variation=0.0)
         answers = [r["output"] + EOS for r in rows]
         counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
-        text.train(model, tokenizer, [r["input"] + " " + a for r, a in zip(rows, answers)], cfg.train_steps,
-                   cfg.train_batch, cfg.train_lr, cfg.seed, "train tiny llama", completion_tokens=counts)
+        text.train(
+            model,
+            tokenizer,
+            [r["input"] + " " + a for r, a in zip(rows, answers)],
+            cfg.train_steps,
+            cfg.train_batch,
+            cfg.train_lr,
+            cfg.seed,
+            "train tiny llama",
+            completion_tokens=counts,
+        )
     model.eval().save_pretrained(out, safe_serialization=True)
 
 
@@ -186,8 +199,10 @@ def read_shipped(path: Path, calibration: bool = False) -> list[dict]:
     frame = read_dataframe(path)
     missing = [c for c in ("input", "tok_input", *(() if calibration else ("output",))) if c not in frame.columns]
     if missing:
-        raise InputError(f"{path}: no column {', '.join(missing)} (MLCommons' OpenOrca pickle has input, output and "
-                         f"tok_input; this one has {', '.join(map(str, frame.columns))})")
+        raise InputError(
+            f"{path}: no column {', '.join(missing)} (MLCommons' OpenOrca pickle has input, output and "
+            f"tok_input; this one has {', '.join(map(str, frame.columns))})"
+        )
     rows = []
     for i, record in enumerate(frame.to_dict("records")):
         row = {k: str(record[k]) for k in SHIPPED_COLUMNS if k in record and k != "tok_input"}
@@ -238,14 +253,23 @@ def upper_limits(reference: dict[str, float], size_ratio: float = 1.0) -> dict[s
 # ---------------------------------------------------------------- params schema (benchmarks.llama2-70b)
 class TinyLlama(Strict):
     hidden_size: int = Field(64, ge=16, le=1024, description="hidden size of the tiny model")
-    intermediate_size: int = Field(128, ge=16, description="MLP width (a multiple of 8 keeps 2:4 sparsity and its compressed format possible)")
+    intermediate_size: int = Field(
+        128, ge=16, description="MLP width (a multiple of 8 keeps 2:4 sparsity and its compressed format possible)"
+    )
     num_hidden_layers: int = Field(2, ge=1, le=8, description="decoder layers")
     num_attention_heads: int = Field(4, ge=1, description="query heads")
-    num_key_value_heads: int = Field(2, ge=1, description="key/value heads: fewer than query heads is grouped-query attention, as in Llama 2 70B")
+    num_key_value_heads: int = Field(
+        2, ge=1, description="key/value heads: fewer than query heads is grouped-query attention, as in Llama 2 70B"
+    )
     max_position_embeddings: int = Field(2048, ge=256, description="maximum sequence length")
     init_std: float = Field(0.02, gt=0, le=2, description="weight init std")
     seed: int = Field(0, description="seed of the weights and of the training order")
-    train_steps: int = Field(800, ge=0, le=10000, description="training steps on a generated split disjoint from the accuracy set (0: random weights)")
+    train_steps: int = Field(
+        800,
+        ge=0,
+        le=10000,
+        description="training steps on a generated split disjoint from the accuracy set (0: random weights)",
+    )
     train_samples: int = Field(1024, ge=1, description="size of that training split")
     train_batch: int = Field(16, ge=1, description="training batch size")
     train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
@@ -253,9 +277,14 @@ class TinyLlama(Strict):
     @model_validator(mode="after")
     def _shape(self) -> TinyLlama:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads {self.num_key_value_heads}")
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads "
+                f"{self.num_key_value_heads}"
+            )
         return self
 
 
@@ -264,15 +293,26 @@ class LlamaModelParams(ModelParams):
 
 
 class LlamaBenchmark(BenchmarkParams):
-    model: LlamaModelParams = Field(default_factory=LlamaModelParams, description="where the reference model comes from")
+    model: LlamaModelParams = Field(
+        default_factory=LlamaModelParams, description="where the reference model comes from"
+    )
     generation: GenerationParams = Field(
-        default_factory=lambda: GenerationParams(num_beams=1, max_new_tokens=1024, min_new_tokens=1, max_input_tokens=1024),
+        default_factory=lambda: GenerationParams(
+            num_beams=1, max_new_tokens=1024, min_new_tokens=1, max_input_tokens=1024
+        ),
         description="MLPerf's decoding rules for Llama 2 70B: greedy, up to 1,024 new tokens",
     )
 
 
 BENCHMARK = Benchmark(
-    key=NAME, ids={0.99: "llama2-70b-99", 0.999: "llama2-70b-99.9"}, loadgen_model="llama2-70b", kind=text_generation,
-    schema=LlamaBenchmark, module=sys.modules[__name__], score_keys=SCORE_KEYS, published_scores=PUBLISHED_SCORES,
+    key=NAME,
+    ids={0.99: "llama2-70b-99", 0.999: "llama2-70b-99.9"},
+    loadgen_model="llama2-70b",
+    kind=text_generation,
+    schema=LlamaBenchmark,
+    module=sys.modules[__name__],
+    score_keys=SCORE_KEYS,
+    published_scores=PUBLISHED_SCORES,
     published_samples=PUBLISHED_SAMPLES,
-    interactive_ids_v50={0.99: "llama2-70b-interactive-99", 0.999: "llama2-70b-interactive-99.9"})
+    interactive_ids_v50={0.99: "llama2-70b-interactive-99", 0.999: "llama2-70b-interactive-99.9"},
+)

@@ -30,14 +30,18 @@ from .text import load_model, load_tokenizer, tokenizer_dir  # noqa: F401  (the 
 NAME = "llama3_1-8b"  # the params key and mlperf.conf's model name; MLPerf's id is llama3.1-8b (DVC splits at dots)
 MLPERF_ID = "llama3.1-8b"
 # MLCommons' reference (language/llama3.1-8b/download_cnndm.py, prepare-calibration.py)
-TEMPLATE = ("Summarize the following news article in 128 tokens. Please output the summary only, without any other "
-            "text.\n\nArticle:\n{input}\n\nSummary:")
+TEMPLATE = (
+    "Summarize the following news article in 128 tokens. Please output the summary only, without any other "
+    "text.\n\nArticle:\n{input}\n\nSummary:"
+)
 BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 HEADERS = ["<|start_header_id|>", "<|end_header_id|>", EOT]
 # Llama 3.1 Instruct's template, reduced to what a system and user turn need
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-                 "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 SCORE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 GEN_LEN_FLOOR, GEN_LEN_CEILING = 0.9, 1.1  # the checker: GEN_LEN within 90%..110% of the reference
 PUBLISHED_SCORES = {"rouge1": 38.7792, "rouge2": 15.9075, "rougeL": 24.4957, "rougeLsum": 35.793, "gen_len": 8167644.0}
@@ -49,7 +53,8 @@ TRAIN_SEED_OFFSET = 2_000_003  # the training split is disjoint from the accurac
 
 # ---------------------------------------------------------------- tokenizer and data
 def build_tokenizer(out: Path, cfg: TinyLlama3 | None = None) -> None:
-    """Word-level, with Llama 3's special tokens; `<|reserved_special_token_N|>` fill it to the tiny model's vocab_size."""
+    """Word-level, with Llama 3's special tokens; `<|reserved_special_token_N|>` fill it to the tiny model's
+    vocab_size."""
     vocab_size = cfg.vocab_size if cfg is not None else 0
     words = text.template_words(TEMPLATE.format(input="")) + text.pseudo_words(text.VOCAB_WORDS, seed=LANGUAGE_SEED)
     used = 3 + len(HEADERS) + len(PUNCT) + len(words)
@@ -62,8 +67,9 @@ def _rows(pairs: list[tuple[str, str]], tokenizer) -> list[dict]:
     for article, highlights in pairs:
         row = {"instruction": {"llama": TEMPLATE}, "input": article, "output": highlights}
         if tokenizer is not None:  # tokenizer.encode: BOS, then the filled template
-            row["tok_input"] = [tokenizer.bos_token_id] + tokenizer(TEMPLATE.format(input=article),
-                                                                    add_special_tokens=False)["input_ids"]
+            row["tok_input"] = [tokenizer.bos_token_id] + tokenizer(
+                TEMPLATE.format(input=article), add_special_tokens=False
+            )["input_ids"]
         rows.append(row)
     return rows
 
@@ -87,14 +93,27 @@ def build_tiny_model(cfg: TinyLlama3, tokenizer, out: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
-        initializer_range=cfg.init_std, rms_norm_eps=1e-5, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "llama3", "rope_theta": cfg.rope_theta, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0,  # 3.1's context is 8x its pre-training's (131,072 = 8 x 8,192)
-                         "original_max_position_embeddings": cfg.max_position_embeddings // 8},
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        initializer_range=cfg.init_std,
+        rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": cfg.rope_theta,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,  # 3.1's context is 8x its pre-training's (131,072 = 8 x 8,192)
+            "original_max_position_embeddings": cfg.max_position_embeddings // 8,
+        },
     )
     config.architectures = ["LlamaForCausalLM"]
     torch.manual_seed(cfg.seed)
@@ -103,9 +122,17 @@ def build_tiny_model(cfg: TinyLlama3, tokenizer, out: Path) -> None:
         rows = generate_dataset(cfg.train_samples, cfg.seed + TRAIN_SEED_OFFSET)
         answers = [" " + r["output"] + EOT for r in rows]
         counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
-        text.train(model, tokenizer, [BOS + TEMPLATE.format(input=r["input"]) + a for r, a in zip(rows, answers)],
-                   cfg.train_steps, cfg.train_batch, cfg.train_lr, cfg.seed, "train tiny llama3.1",
-                   completion_tokens=counts)
+        text.train(
+            model,
+            tokenizer,
+            [BOS + TEMPLATE.format(input=r["input"]) + a for r, a in zip(rows, answers)],
+            cfg.train_steps,
+            cfg.train_batch,
+            cfg.train_lr,
+            cfg.seed,
+            "train tiny llama3.1",
+            completion_tokens=counts,
+        )
     model.eval().save_pretrained(out, safe_serialization=True)
 
 
@@ -180,13 +207,24 @@ class TinyLlama3(Strict):
     num_attention_heads: int = Field(4, ge=1, description="query heads")
     num_key_value_heads: int = Field(1, ge=1, description="key/value heads: 4 query heads per KV head, as Llama 3.1 8B")
     max_position_embeddings: int = Field(2048, ge=256, description="maximum sequence length")
-    rope_theta: float = Field(500000.0, gt=0, description="RoPE base (Llama 3: 500,000), with Llama 3's frequency scaling")
-    vocab_size: int = Field(4096, ge=512, le=131072, description="tokenizer vocabulary, reserved special tokens filling "
-                            "what the words leave (Llama 3: 128,256; the output layer's cost grows with it)")
+    rope_theta: float = Field(
+        500000.0, gt=0, description="RoPE base (Llama 3: 500,000), with Llama 3's frequency scaling"
+    )
+    vocab_size: int = Field(
+        4096,
+        ge=512,
+        le=131072,
+        description="tokenizer vocabulary, reserved special tokens filling "
+        "what the words leave (Llama 3: 128,256; the output layer's cost grows with it)",
+    )
     init_std: float = Field(0.02, gt=0, le=2, description="weight init std")
     seed: int = Field(0, description="seed of the weights and of the training order")
-    train_steps: int = Field(600, ge=0, le=10000, description="training steps on a generated split disjoint from the "
-                             "accuracy set (0: random weights)")
+    train_steps: int = Field(
+        600,
+        ge=0,
+        le=10000,
+        description="training steps on a generated split disjoint from the accuracy set (0: random weights)",
+    )
     train_samples: int = Field(512, ge=1, description="size of that training split")
     train_batch: int = Field(16, ge=1, description="training batch size")
     train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
@@ -194,10 +232,14 @@ class TinyLlama3(Strict):
     @model_validator(mode="after")
     def _shape(self) -> TinyLlama3:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads "
-                             f"{self.num_key_value_heads}")
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads "
+                f"{self.num_key_value_heads}"
+            )
         return self
 
 
@@ -206,14 +248,25 @@ class Llama3ModelParams(ModelParams):
 
 
 class Llama3Benchmark(BenchmarkParams):
-    model: Llama3ModelParams = Field(default_factory=Llama3ModelParams, description="where the reference model comes from")
+    model: Llama3ModelParams = Field(
+        default_factory=Llama3ModelParams, description="where the reference model comes from"
+    )
     generation: GenerationParams = Field(
-        default_factory=lambda: GenerationParams(num_beams=1, max_new_tokens=128, min_new_tokens=1, max_input_tokens=2048),
+        default_factory=lambda: GenerationParams(
+            num_beams=1, max_new_tokens=128, min_new_tokens=1, max_input_tokens=2048
+        ),
         description="MLPerf's decoding rules for Llama 3.1 8B: greedy, up to 128 new tokens",
     )
 
 
 BENCHMARK = Benchmark(
-    key=NAME, ids={0.99: MLPERF_ID}, loadgen_model=NAME, kind=text_generation, schema=Llama3Benchmark,
-    module=sys.modules[__name__], score_keys=SCORE_KEYS, published_scores=PUBLISHED_SCORES,
-    published_samples=PUBLISHED_SAMPLES)
+    key=NAME,
+    ids={0.99: MLPERF_ID},
+    loadgen_model=NAME,
+    kind=text_generation,
+    schema=Llama3Benchmark,
+    module=sys.modules[__name__],
+    score_keys=SCORE_KEYS,
+    published_scores=PUBLISHED_SCORES,
+    published_samples=PUBLISHED_SAMPLES,
+)

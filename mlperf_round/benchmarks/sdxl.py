@@ -25,10 +25,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..errors import InputError
-
-from ..params import CALIBRATION_DEVICE, BenchmarkParams, DatasetParams, HFSource, ModelParams, Strict, URLFile
-from ..kinds import text_to_image
 from ..jsonfile import read_json
+from ..kinds import text_to_image
+from ..params import CALIBRATION_DEVICE, BenchmarkParams, DatasetParams, HFSource, ModelParams, Strict, URLFile
 from .base import Benchmark
 
 NAME = "stable-diffusion-xl"
@@ -60,9 +59,13 @@ def generate_captions(size: int, seed: int) -> list[dict]:
     rows = []
     for i in range(size):
         verb = rng.choice(_ACTIONS)
-        rows.append({"id": rng.randrange(100_000, 600_000),
-                     "caption": f"{rng.choice(_COUNTS)} {rng.choice(_ADJECTIVES)} {rng.choice(_SUBJECTS)} {verb} "
-                                f"{rng.choice(_PLACES)}".replace("a a ", "a ")})
+        rows.append(
+            {
+                "id": rng.randrange(100_000, 600_000),
+                "caption": f"{rng.choice(_COUNTS)} {rng.choice(_ADJECTIVES)} {rng.choice(_SUBJECTS)} {verb} "
+                f"{rng.choice(_PLACES)}".replace("a a ", "a "),
+            }
+        )
     return rows
 
 
@@ -106,8 +109,10 @@ def resolve_caption_ids(ids: list[int], table: list[dict], where: str, table_nam
     by_id = {int(row["id"]): row["caption"] for row in table}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise InputError(f"{where}: caption id {missing[0]} ({len(missing)} of {len(ids)} ids) is not in {table_name}; "
-                         "set dataset.captions_url to the captions file the ids come from")
+        raise InputError(
+            f"{where}: caption id {missing[0]} ({len(missing)} of {len(ids)} ids) is not in {table_name}; "
+            "set dataset.captions_url to the captions file the ids come from"
+        )
     return [{"id": i, "caption": by_id[i]} for i in ids]
 
 
@@ -132,7 +137,9 @@ def download(bp, out: Path) -> dict:
     ds = bp.dataset
     if ds.source == "generated":
         (out / "dataset.json").write_text(json.dumps(generate_captions(ds.size, ds.seed), indent=1))
-        (out / "calibration.json").write_text(json.dumps(generate_captions(ds.calibration_size, ds.seed + 1_000_003), indent=1))
+        (out / "calibration.json").write_text(
+            json.dumps(generate_captions(ds.calibration_size, ds.seed + 1_000_003), indent=1)
+        )
     else:  # MLCommons' files as shipped: captions TSV, and the calibration list as caption ids into COCO's captions
         captions = read_captions(sources.fetch_shipped(ds.url, out, ds.sha256))
         (out / "dataset.json").write_text(json.dumps(captions, indent=1))
@@ -141,8 +148,11 @@ def download(bp, out: Path) -> dict:
         if ids is None:  # captions themselves
             calibration = read_captions(shipped)
         else:
-            table = read_captions(sources.fetch_shipped(ds.captions_url, out, ds.captions_sha256)) if ds.captions_url \
+            table = (
+                read_captions(sources.fetch_shipped(ds.captions_url, out, ds.captions_sha256))
+                if ds.captions_url
                 else captions
+            )
             calibration = resolve_caption_ids(ids, table, ds.calibration_url, ds.captions_url or ds.url)
         (out / "calibration.json").write_text(json.dumps(calibration, indent=1))
         sources.drop_shipped(out)
@@ -162,9 +172,13 @@ def download(bp, out: Path) -> dict:
         sources.fetch(ev.statistics.url, metrics_dir / fid.STATISTICS, ev.statistics.sha256)
         checkpoints.publish(ev.clip, metrics_dir, clip_score.MODEL_DIR, f"benchmarks.{NAME}.evaluation.clip")
     fid.load_statistics(metrics_dir / fid.STATISTICS)  # bad input fails here, not at the first accuracy run
-    return {"dataset_samples": len(samples), "calibration_samples": len(calib),
-            "checkpoint_bytes": checkpoints.checkpoint_bytes(out, "model"),
-            "latent_shape": list(latents.shape), "evaluation": ev.source}
+    return {
+        "dataset_samples": len(samples),
+        "calibration_samples": len(calib),
+        "checkpoint_bytes": checkpoints.checkpoint_bytes(out, "model"),
+        "latent_shape": list(latents.shape),
+        "evaluation": ev.source,
+    }
 
 
 def _render_real_images(out: Path, bp, samples: list[Sample], size: int) -> np.ndarray:
@@ -174,8 +188,12 @@ def _render_real_images(out: Path, bp, samples: list[Sample], size: int) -> np.n
     pipe = pipeline.load_pipeline(out / "model")
     latents = pipeline.make_latents(size, bp.model.tiny.seed + REAL_LATENT_SEED_OFFSET, len(samples))
     gen = bp.generation
-    images = [pipeline.generate(pipe, [s.caption for s in samples[i:i + 8]], latents[i:i + 8], gen.steps,
-                                gen.guidance_scale) for i in range(0, len(samples), 8)]
+    images = [
+        pipeline.generate(
+            pipe, [s.caption for s in samples[i : i + 8]], latents[i : i + 8], gen.steps, gen.guidance_scale
+        )
+        for i in range(0, len(samples), 8)
+    ]
     return np.concatenate(images)
 
 
@@ -223,9 +241,12 @@ def upper_limits(reference: dict[str, float], size_ratio: float = 1.0) -> dict[s
 
 # ---------------------------------------------------------------- params schema (benchmarks.stable-diffusion-xl)
 class CaptionDatasetParams(DatasetParams):
-    captions_url: str = Field("", description="source 'url': the captions table (id, caption; MLCommons' "
-                              "captions_source.tsv) a caption-id calibration list (coco_cal_captions_list.txt) is "
-                              "resolved against; empty: against the dataset file itself")
+    captions_url: str = Field(
+        "",
+        description="source 'url': the captions table (id, caption; MLCommons' "
+        "captions_source.tsv) a caption-id calibration list (coco_cal_captions_list.txt) is "
+        "resolved against; empty: against the dataset file itself",
+    )
     captions_sha256: str = Field("", description="sha256 of the captions table")
 
     @model_validator(mode="after")
@@ -236,8 +257,12 @@ class CaptionDatasetParams(DatasetParams):
 
 
 class TinySDXL(Strict):
-    image_size: int = Field(64, ge=32, le=1024, description="image side in pixels (a multiple of 8: the VAE downsamples 8x)")
-    unet_channels: list[int] = Field([16, 32], min_length=2, max_length=4, description="UNet block widths, one level each (multiples of 8)")
+    image_size: int = Field(
+        64, ge=32, le=1024, description="image side in pixels (a multiple of 8: the VAE downsamples 8x)"
+    )
+    unet_channels: list[int] = Field(
+        [16, 32], min_length=2, max_length=4, description="UNet block widths, one level each (multiples of 8)"
+    )
     layers_per_block: int = Field(1, ge=1, le=3, description="ResBlocks per UNet level (SDXL: 2)")
     text_hidden: int = Field(16, ge=8, le=256, description="hidden size of both text encoders (even)")
     text_layers: int = Field(2, ge=1, le=4, description="layers of each text encoder")
@@ -248,7 +273,9 @@ class TinySDXL(Strict):
         if self.image_size % 8:
             raise ValueError(f"image_size: {self.image_size} is not a multiple of 8")
         if any(c % 8 for c in self.unet_channels):
-            raise ValueError(f"unet_channels: {self.unet_channels} must all be multiples of 8 (the group norms' groups)")
+            raise ValueError(
+                f"unet_channels: {self.unet_channels} must all be multiples of 8 (the group norms' groups)"
+            )
         if self.text_hidden % 2:
             raise ValueError(f"text_hidden: {self.text_hidden} must be even (two attention heads)")
         if self.image_size // 8 < 2 ** (len(self.unet_channels) - 1):
@@ -258,7 +285,9 @@ class TinySDXL(Strict):
 
 class SDXLModelParams(ModelParams):
     tiny: TinySDXL = Field(default_factory=TinySDXL, description="config of the locally built SDXL pipeline")
-    latents: URLFile = Field(default_factory=URLFile, description="MLPerf's fixed initial latents (latents.pt), for source 'hf'")
+    latents: URLFile = Field(
+        default_factory=URLFile, description="MLPerf's fixed initial latents (latents.pt), for source 'hf'"
+    )
 
     @model_validator(mode="after")
     def _latents(self) -> SDXLModelParams:
@@ -276,14 +305,23 @@ class EvaluationParams(Strict):
     """The networks FID and CLIP score are measured with, and the real images' FID statistics."""
 
     source: Literal["tiny", "url"] = Field(
-        "tiny", description="tiny: small seeded networks and statistics of images the unoptimized pipeline renders from "
-        "other latents (scores comparable within a round only); url: MLPerf's Inception, CLIP and COCO statistics")
+        "tiny",
+        description="tiny: small seeded networks and statistics of images the unoptimized pipeline renders from "
+        "other latents (scores comparable within a round only); url: MLPerf's Inception, CLIP and COCO statistics",
+    )
     tiny: TinyEvaluation = Field(default_factory=TinyEvaluation, description="the tiny networks")
-    inception: URLFile = Field(default_factory=URLFile, description="FID Inception-v3: TorchScript (forward(uint8 NCHW, "
-                               "return_features=True)), or MLPerf's pytorch-fid weights pt_inception-2015-12-05-6726825d.pth "
-                               "(needs the evaluation extra)")
-    statistics: URLFile = Field(default_factory=URLFile, description="FID statistics of the real images (npz with mu and sigma)")
-    clip: HFSource = Field(default_factory=HFSource, description="CLIP model in transformers format (MLPerf: ViT-bigG-14, laion2b)")
+    inception: URLFile = Field(
+        default_factory=URLFile,
+        description="FID Inception-v3: TorchScript (forward(uint8 NCHW, "
+        "return_features=True)), or MLPerf's pytorch-fid weights pt_inception-2015-12-05-6726825d.pth "
+        "(needs the evaluation extra)",
+    )
+    statistics: URLFile = Field(
+        default_factory=URLFile, description="FID statistics of the real images (npz with mu and sigma)"
+    )
+    clip: HFSource = Field(
+        default_factory=HFSource, description="CLIP model in transformers format (MLPerf: ViT-bigG-14, laion2b)"
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> EvaluationParams:
@@ -299,7 +337,9 @@ class EvaluationParams(Strict):
 class DiffusionCalibration(Strict):
     batch_size: int = Field(4, ge=1, description="calibration captions per pipeline call")
     device: Literal["auto", "cpu", "cuda"] = CALIBRATION_DEVICE
-    steps_collected: int = Field(8, ge=1, description="denoising steps whose UNet activations are collected (v4.0 recipe: the first 8)")
+    steps_collected: int = Field(
+        8, ge=1, description="denoising steps whose UNet activations are collected (v4.0 recipe: the first 8)"
+    )
     total_steps: int = Field(20, ge=1, description="steps each calibration caption is run for (v4.0 recipe: 20)")
 
     @model_validator(mode="after")
@@ -316,19 +356,33 @@ class DiffusionGeneration(Strict):
     negative_prompt: str = Field(
         "normal quality, low quality, worst quality, low res, blurry, nsfw, nude",
         description="the unconditional branch's prompt, as MLPerf's reference SUT passes it (text_to_image/"
-        "backend_pytorch.py); empty: none, and the pipeline then guides against zeros")
+        "backend_pytorch.py); empty: none, and the pipeline then guides against zeros",
+    )
 
 
 class SDXLBenchmark(BenchmarkParams):
     model: SDXLModelParams = Field(default_factory=SDXLModelParams, description="where the pipeline comes from")
-    dataset: CaptionDatasetParams = Field(default_factory=lambda: CaptionDatasetParams(size=32, calibration_size=8),
-                                   description="captions (id, caption) and the calibration caption list")
-    calibration: DiffusionCalibration = Field(default_factory=DiffusionCalibration, description="the calibration window")
+    dataset: CaptionDatasetParams = Field(
+        default_factory=lambda: CaptionDatasetParams(size=32, calibration_size=8),
+        description="captions (id, caption) and the calibration caption list",
+    )
+    calibration: DiffusionCalibration = Field(
+        default_factory=DiffusionCalibration, description="the calibration window"
+    )
     generation: DiffusionGeneration = Field(default_factory=DiffusionGeneration, description="MLPerf's sampling rules")
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="FID and CLIP networks")
 
 
 BENCHMARK = Benchmark(
-    key=NAME, ids={"range": "stable-diffusion-xl"}, loadgen_model="stable-diffusion-xl", kind=text_to_image,
-    schema=SDXLBenchmark, module=sys.modules[__name__], score_keys=SCORE_KEYS, published_scores=PUBLISHED_SCORES,
-    published_samples=PUBLISHED_SAMPLES, precisions=("fp32", "fp16", "int8_sq"), lower_scores=("FID_SCORE",))
+    key=NAME,
+    ids={"range": "stable-diffusion-xl"},
+    loadgen_model="stable-diffusion-xl",
+    kind=text_to_image,
+    schema=SDXLBenchmark,
+    module=sys.modules[__name__],
+    score_keys=SCORE_KEYS,
+    published_scores=PUBLISHED_SCORES,
+    published_samples=PUBLISHED_SAMPLES,
+    precisions=("fp32", "fp16", "int8_sq"),
+    lower_scores=("FID_SCORE",),
+)

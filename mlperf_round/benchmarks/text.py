@@ -44,7 +44,9 @@ class MarkovLanguage:
         self.words = pseudo_words(VOCAB_WORDS, seed=seed)
         self.start_weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(self.words))]  # Zipf-like
         rng.shuffle(self.start_weights)
-        self.next = {w: (rng.sample(self.words, successors), [1.0 / (k + 1) for k in range(successors)]) for w in self.words}
+        self.next = {
+            w: (rng.sample(self.words, successors), [1.0 / (k + 1) for k in range(successors)]) for w in self.words
+        }
 
     def sentence(self, rng: random.Random) -> str:
         word = rng.choices(self.words, weights=self.start_weights)[0]
@@ -68,8 +70,16 @@ def news(size: int, seed: int, language_seed: int) -> list[tuple[str, str]]:
     return samples
 
 
-def build_word_tokenizer(out: Path, special: list[str], words: list[str], eos: str, bos: str,
-                         punct: list[str], markers: list[str] = (), chat_template: str | None = None) -> None:
+def build_word_tokenizer(
+    out: Path,
+    special: list[str],
+    words: list[str],
+    eos: str,
+    bos: str,
+    punct: list[str],
+    markers: list[str] = (),
+    chat_template: str | None = None,
+) -> None:
     """A word-level fast tokenizer, built locally, saved in transformers' format.
 
     `markers` (prompt-format tags such as "[INST]") are single tokens, matched before
@@ -142,8 +152,17 @@ def read_rows(path: Path, required: set[str]) -> list[dict]:
     return rows
 
 
-def train(model, tokenizer, texts: list[str], steps: int, batch: int, lr: float, seed: int, desc: str,
-          completion_tokens: list[int] | None = None) -> None:
+def train(
+    model,
+    tokenizer,
+    texts: list[str],
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    desc: str,
+    completion_tokens: list[int] | None = None,
+) -> None:
     """Seeded, single-threaded, deterministic steps: the same bytes on every run here.
 
     With `completion_tokens` (per text), only each text's last that many tokens carry the
@@ -190,8 +209,14 @@ def sample_ids(sample, tokenizer, max_len: int):
 def calibration_batches(tokenizer, prompts: list[str], batch_size: int, max_len: int) -> list[dict]:
     batches = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_len, add_special_tokens=False)
+        enc = tokenizer(
+            prompts[i : i + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_len,
+            add_special_tokens=False,
+        )
         batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     return batches
 

@@ -16,11 +16,12 @@ class DeepCache:
     def __init__(self, unet, interval: int, branch: int = 0, where: str = "recipe.deepcache"):
         levels = len(unet.down_blocks)
         if branch > levels - 2:
-            raise ParamsError(f"{where}.branch: {branch} leaves nothing to cache in a UNet of {levels} levels "
-                              f"(at most {levels - 2})")
+            raise ParamsError(
+                f"{where}.branch: {branch} leaves nothing to cache in a UNet of {levels} levels (at most {levels - 2})"
+            )
         self.unet, self.interval, self.branch = unet, interval, branch
         deep_up = len(unet.up_blocks) - (branch + 1)
-        self.skippable = list(unet.down_blocks[branch + 1:]) + [unet.mid_block] + list(unet.up_blocks[:deep_up])
+        self.skippable = list(unet.down_blocks[branch + 1 :]) + [unet.mid_block] + list(unet.up_blocks[:deep_up])
         self.cache: dict[int, object] = {}
         self.original: dict[int, object] = {}
         self.calls = 0

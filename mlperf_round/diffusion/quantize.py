@@ -46,13 +46,23 @@ TARGETS = (
 def int8_config() -> dict:
     entries = [{"quantizer_name": "*", "enable": False}]
     for pattern, _ in TARGETS:
-        entries += [{"quantizer_name": f"{pattern}.weight_quantizer", "cfg": _W8},
-                    {"quantizer_name": f"{pattern}.input_quantizer", "cfg": _A8}]
+        entries += [
+            {"quantizer_name": f"{pattern}.weight_quantizer", "cfg": _W8},
+            {"quantizer_name": f"{pattern}.input_quantizer", "cfg": _A8},
+        ]
     return {"quant_cfg": entries, "algorithm": "max"}
 
 
-def calibrate(pipe, captions: list[str], latents: torch.Tensor, steps_collected: int, total_steps: int,
-              guidance: float, batch_size: int, negative_prompt: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+def calibrate(
+    pipe,
+    captions: list[str],
+    latents: torch.Tensor,
+    steps_collected: int,
+    total_steps: int,
+    guidance: float,
+    batch_size: int,
+    negative_prompt: str = "",
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Per-channel input absmax of the UNet's Linear and Conv2d layers over steps 0..steps_collected-1.
 
     The pipeline's step-end callback switches the quantizers' statistics off after the last
@@ -83,13 +93,23 @@ def calibrate(pipe, captions: list[str], latents: torch.Tensor, steps_collected:
                 state["collecting"] = False
             return kwargs
 
-        batches = [captions[i:i + batch_size] for i in range(0, len(captions), batch_size)]
-        for batch in tqdm(batches, desc=f"calibrate UNet (steps 0..{steps_collected - 1} of {total_steps})", unit="batch"):
+        batches = [captions[i : i + batch_size] for i in range(0, len(captions), batch_size)]
+        for batch in tqdm(
+            batches, desc=f"calibrate UNet (steps 0..{steps_collected - 1} of {total_steps})", unit="batch"
+        ):
             for q in quantizers:  # re-armed for every batch: each trajectory starts at step 0
                 q.enable_calib()
             state.update(step=0, collecting=True)
-            generate(pipe, batch, latents, total_steps, guidance, on_step_end=on_step_end, output="latent",
-                     negative_prompt=negative_prompt)
+            generate(
+                pipe,
+                batch,
+                latents,
+                total_steps,
+                guidance,
+                on_step_end=on_step_end,
+                output="latent",
+                negative_prompt=negative_prompt,
+            )
 
     hook = pipe.unet.register_forward_pre_hook(count, with_kwargs=True)
     try:
@@ -99,11 +119,21 @@ def calibrate(pipe, captions: list[str], latents: torch.Tensor, steps_collected:
     stats = {}
     for name, mod in pipe.unet.named_modules():
         q = getattr(mod, "input_quantizer", None)
-        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and q is not None and q.is_enabled and q.amax is not None:
+        if (
+            isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))
+            and q is not None
+            and q.is_enabled
+            and q.amax is not None
+        ):
             stats[name] = q.amax.detach().float().reshape(-1).cpu().clone()
     collected = sorted(record["unet_calls_collected"])
-    return stats, {"samples": len(captions), "total_steps": total_steps, "steps_collected": collected,
-                   "unet_calls_collected": sum(record["unet_calls_collected"].values()), "steps_run": record["steps_run"]}
+    return stats, {
+        "samples": len(captions),
+        "total_steps": total_steps,
+        "steps_collected": collected,
+        "unet_calls_collected": sum(record["unet_calls_collected"].values()),
+        "steps_run": record["steps_run"],
+    }
 
 
 def quantize_unet(unet, stats: dict[str, torch.Tensor], alpha: float) -> tuple[torch.nn.Module, dict]:
@@ -119,7 +149,12 @@ def quantize_unet(unet, stats: dict[str, torch.Tensor], alpha: float) -> tuple[t
     done, skipped = set_ranges(unet, stats, (torch.nn.Linear, torch.nn.Conv2d), alpha, smooth, "recipe int8_sq (UNet)")
     kinds = {n: "Conv2d" if isinstance(m, torch.nn.Conv2d) else "Linear" for n, m in unet.named_modules()}
     quantized = [{"layer": n, "kind": kinds[n], "smoothquant": s} for n, s in done]
-    return unet, {"precision": "int8_sq", "smoothquant_alpha": alpha, "quantized_layers": quantized, "skipped_layers": skipped}
+    return unet, {
+        "precision": "int8_sq",
+        "smoothquant_alpha": alpha,
+        "quantized_layers": quantized,
+        "skipped_layers": skipped,
+    }
 
 
 def save_unet(unet, out: Path, quantized: bool) -> None:

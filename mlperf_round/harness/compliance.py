@@ -58,22 +58,37 @@ def audit_config(test: str, mlcommons_inference: str = "", model: str = "") -> s
     master (tests/test_mlcommons_verification.py compares them)."""
     if mlcommons_inference:
         for folder in ("compliance/nvidia", "compliance"):
-            for path in (Path(mlcommons_inference) / folder / test / model / "audit.config",
-                         Path(mlcommons_inference) / folder / test / "audit.config"):
+            for path in (
+                Path(mlcommons_inference) / folder / test / model / "audit.config",
+                Path(mlcommons_inference) / folder / test / "audit.config",
+            ):
                 if path.is_file():
                     return path.read_text()
-        raise InputError(f"{mlcommons_inference}: no compliance/{test}/{model + '/' if model else ''}audit.config "
-                         "(nor under compliance/nvidia/)")
+        raise InputError(
+            f"{mlcommons_inference}: no compliance/{test}/{model + '/' if model else ''}audit.config "
+            "(nor under compliance/nvidia/)"
+        )
     return AUDITS[test]
+
+
 PERFORMANCE_THRESHOLD = 0.10  # verify_performance.py, Offline and Server
 # A smoke round's runs last seconds, where warm-up and a busy core move throughput by 10%;
 # its audits still catch what TEST04 exists for (a cache answers many times faster).
 SMOKE_PERFORMANCE_THRESHOLD = 0.50
-_SCORE_LINE = {"Offline": ("Samples per second",), "Server": ("Completed samples per second",),
-               "SingleStream": ("Early stopping 90th percentile estimate", "Early stopping 90.0th percentile estimate",
-                                "Early stopping 99.9th percentile estimate")}
-_DETAIL_FIELD = {"Offline": "result_samples_per_second", "Server": "result_completed_samples_per_sec",
-                 "SingleStream": "early_stopping_latency_ss"}
+_SCORE_LINE = {
+    "Offline": ("Samples per second",),
+    "Server": ("Completed samples per second",),
+    "SingleStream": (
+        "Early stopping 90th percentile estimate",
+        "Early stopping 90.0th percentile estimate",
+        "Early stopping 99.9th percentile estimate",
+    ),
+}
+_DETAIL_FIELD = {
+    "Offline": "result_samples_per_second",
+    "Server": "result_completed_samples_per_sec",
+    "SingleStream": "early_stopping_latency_ss",
+}
 _LATENCY_SCORED = {"SingleStream"}  # a latency: the audit compares its inverse, a rate, like the others
 
 
@@ -97,8 +112,10 @@ def verify_test06(log: Path, scenario: str, eos_token_id: int, dtype: str = "int
             n = 0 if token is None else min(token.size, data.size)
             if token is None or not np.array_equal(data[:n], token[:n]):
                 first_ok = False
-                failures.append(f"sample {qsl}: first token {None if token is None else token.tolist()} is not the "
-                                f"answer's {data[:1].tolist()}")
+                failures.append(
+                    f"sample {qsl}: first token {None if token is None else token.tolist()} is not the "
+                    f"answer's {data[:1].tolist()}"
+                )
         trailing = int(np.argmax(data[::-1] != eos_token_id)) if np.any(data != eos_token_id) else data.size
         if min(trailing, data.size - 1) >= 2:  # run_verification.py never looks at the answer's first token
             eos_ok = False
@@ -106,8 +123,14 @@ def verify_test06(log: Path, scenario: str, eos_token_id: int, dtype: str = "int
         if row.get("token_count") != data.size:
             length_ok = False
             failures.append(f"sample {qsl}: token_count {row.get('token_count')} != answer length {data.size}")
-    return {"first_token": "Skipped" if scenario == "Offline" else first_ok, "eos": eos_ok, "sample_length": length_ok,
-            "passed": first_ok and eos_ok and length_ok, "samples": len(rows), "failures": failures[:10]}
+    return {
+        "first_token": "Skipped" if scenario == "Offline" else first_ok,
+        "eos": eos_ok,
+        "sample_length": length_ok,
+        "passed": first_ok and eos_ok and length_ok,
+        "samples": len(rows),
+        "failures": failures[:10],
+    }
 
 
 def write_test06(result: dict, log: Path, out: Path) -> None:
@@ -144,8 +167,14 @@ def verify_test01_accuracy(accuracy_log: Path, audit_log: Path, dtype: str) -> d
             failures.append(f"sample {qsl}: answer differs from the accuracy run's")
         elif np.array_equal(ref, got):
             exact += 1
-    return {"passed": first_mismatch == 0 and matched > 0, "logged": len(rows), "matched": matched,
-            "mismatched": first_mismatch, "identical": exact, "failures": failures[:10]}
+    return {
+        "passed": first_mismatch == 0 and matched > 0,
+        "logged": len(rows),
+        "matched": matched,
+        "mismatched": first_mismatch,
+        "identical": exact,
+        "failures": failures[:10],
+    }
 
 
 def _summary_score(run_dir: Path, keys: tuple[str, ...], invert: bool) -> tuple[float | None, bool, None]:
@@ -174,8 +203,9 @@ def _detail_score(run_dir: Path, scenario: str) -> tuple[float, bool, object]:
     return float(values[field]), values.get("result_validity") == "VALID", values.get("effective_target_latency_ns")
 
 
-def verify_performance(reference: Path, audit: Path, scenario: str, test: str, version: str,
-                       threshold: float | None = None) -> dict:
+def verify_performance(
+    reference: Path, audit: Path, scenario: str, test: str, version: str, threshold: float | None = None
+) -> dict:
     """MLCommons' verify_performance.py of the round's version on two run folders (summary and detail logs).
 
     TEST04, and TEST01 up to v5.0, read the summaries: an INVALID run fails; the score is a rate (SingleStream: one
@@ -185,15 +215,19 @@ def verify_performance(reference: Path, audit: Path, scenario: str, test: str, v
     20%. `threshold` widens the band for a smoke round's seconds-long runs, never narrows it."""
     detail = test == "TEST01" and version != "v5.0"
     if detail:
-        (ref, ref_valid, ref_target), (got, got_valid, got_target) = (_detail_score(reference, scenario),
-                                                                      _detail_score(audit, scenario))
+        (ref, ref_valid, ref_target), (got, got_valid, got_target) = (
+            _detail_score(reference, scenario),
+            _detail_score(audit, scenario),
+        )
     else:
         keys = _SCORE_LINE[scenario]
         if scenario == "SingleStream" and version == "v5.0":  # v5.0's scripts know the "90th" spelling only
             keys = ("Early stopping 90th percentile estimate",)
         invert = scenario in _LATENCY_SCORED and not (version == "v5.0" and test == "TEST01")  # v5.0 TEST01: ns as is
-        (ref, ref_valid, ref_target), (got, got_valid, got_target) = (_summary_score(reference, keys, invert),
-                                                                      _summary_score(audit, keys, invert))
+        (ref, ref_valid, ref_target), (got, got_valid, got_target) = (
+            _summary_score(reference, keys, invert),
+            _summary_score(audit, keys, invert),
+        )
     missing = ref is None or got is None
     ref, got = ref or 0.0, got or 0.0
     limit = 0.20 if scenario == "SingleStream" and ref <= 200000 else PERFORMANCE_THRESHOLD
@@ -212,8 +246,14 @@ def verify_performance(reference: Path, audit: Path, scenario: str, test: str, v
         reason = "" if ref * (1 - limit) <= got <= ref * (1 + limit) else "Test score invalid"
     else:
         reason = "" if ref * (1 - limit) < got < ref * (1 + limit) else "Test score invalid"
-    return {"passed": not reason, "reason": reason, "reference_score": ref, "test_score": got,
-            "ratio": got / ref if ref else float("inf"), "threshold": limit}
+    return {
+        "passed": not reason,
+        "reason": reason,
+        "reference_score": ref,
+        "test_score": got,
+        "ratio": got / ref if ref else float("inf"),
+        "threshold": limit,
+    }
 
 
 def write_audit(test: str, accuracy: dict | None, performance: dict, run_dir: Path, out: Path) -> None:
@@ -225,12 +265,16 @@ def write_audit(test: str, accuracy: dict | None, performance: dict, run_dir: Pa
     verdict = "TEST PASS" if performance["passed"] else f"TEST FAIL: {performance['reason']}"
     (out / "verify_performance.txt").write_text(
         f"reference score = {performance['reference_score']}\ntest score = {performance['test_score']}\n"
-        f"threshold = {performance['threshold']}\n{verdict}\n")
+        f"threshold = {performance['threshold']}\n{verdict}\n"
+    )
     if accuracy is not None:
         (out / "accuracy").mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / "mlperf_log_accuracy.json", out / "accuracy" / "mlperf_log_accuracy.json")
-        lines = [f"num_perf_log_entries: {accuracy['logged']}", f"num_perf_log_qsl_idx_match: {accuracy['matched']}",
-                 f"num_perf_log_data_mismatch: {accuracy['mismatched']}",
-                 f"num_perf_log_data_identical: {accuracy['identical']}",
-                 "TEST PASS" if accuracy["passed"] else "TEST FAIL"]
+        lines = [
+            f"num_perf_log_entries: {accuracy['logged']}",
+            f"num_perf_log_qsl_idx_match: {accuracy['matched']}",
+            f"num_perf_log_data_mismatch: {accuracy['mismatched']}",
+            f"num_perf_log_data_identical: {accuracy['identical']}",
+            "TEST PASS" if accuracy["passed"] else "TEST FAIL",
+        ]
         (out / "verify_accuracy.txt").write_text("\n".join(lines) + "\n")

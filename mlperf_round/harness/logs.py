@@ -30,7 +30,7 @@ def read_detail(path: Path, performance: bool = False) -> dict[str, object]:
         if not line.startswith(":::MLLOG"):
             continue
         try:
-            rec = json.loads(line[len(":::MLLOG"):])
+            rec = json.loads(line[len(":::MLLOG") :])
         except json.JSONDecodeError:
             raise InputError(f"{path}: line {n} is not a valid MLLOG record (truncated log?)") from None
         if rec.get("metadata", {}).get("is_error"):
@@ -110,8 +110,16 @@ def performance_metrics(run_dir: Path, scenario: str) -> dict[str, float | str |
     return m
 
 
-PERCENTILES = (("min", 0.0), ("50.00", 50.0), ("90.00", 90.0), ("95.00", 95.0), ("97.00", 97.0), ("99.00", 99.0),
-               ("99.90", 99.9), ("max", 100.0))
+PERCENTILES = (
+    ("min", 0.0),
+    ("50.00", 50.0),
+    ("90.00", 90.0),
+    ("95.00", 95.0),
+    ("97.00", 97.0),
+    ("99.00", 99.0),
+    ("99.90", 99.9),
+    ("max", 100.0),
+)
 
 
 def latency_distribution(run_dir: Path) -> list[dict[str, float]]:

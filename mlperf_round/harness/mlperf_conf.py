@@ -38,7 +38,9 @@ def embedded() -> tuple[str, str]:
     text = data[start:end]
     digest = hashlib.sha1(text).hexdigest()
     if digest != listed.group(1).decode():
-        raise InputError(f"{path}: the embedded mlperf.conf does not match LoadGen's own sha1 {listed.group(1).decode()}")
+        raise InputError(
+            f"{path}: the embedded mlperf.conf does not match LoadGen's own sha1 {listed.group(1).decode()}"
+        )
     return text.decode(), digest
 
 

@@ -69,7 +69,11 @@ def _supervise(spec: dict, spec_file: Path, name: str, timeout_s: float) -> None
         spec_file.unlink(missing_ok=True)
     rc = proc.exitcode
     if rc != 0:
-        reason = (outdir / "sut_error.txt").read_text().strip().splitlines()[-1] if (outdir / "sut_error.txt").exists() else f"exit code {rc}"
+        reason = (
+            (outdir / "sut_error.txt").read_text().strip().splitlines()[-1]
+            if (outdir / "sut_error.txt").exists()
+            else f"exit code {rc}"
+        )
         raise RoundError(f"{spec['scenario']} {spec['mode']}: LoadGen test failed: {reason}")
 
 
@@ -84,11 +88,17 @@ def _main(spec_file: str) -> int:
     outdir = Path(spec["outdir"])
     bench, scenario = benchmarks.get(spec["benchmark"]), spec["scenario"]
     samples = bench.load_samples(Path(spec["dataset"]))
-    system = System(lambda: bench.kind.open_engine(Path(spec["engine"])), samples, bench.token_latencies(scenario),
-                    desc=f"{spec.get('label', scenario)} {spec['mode']}", token_counts=bench.kind.TOKEN_COUNTS)
+    system = System(
+        lambda: bench.kind.open_engine(Path(spec["engine"])),
+        samples,
+        bench.token_latencies(scenario),
+        desc=f"{spec.get('label', scenario)} {spec['mode']}",
+        token_counts=bench.kind.TOKEN_COUNTS,
+    )
     # Interactive is a Server run under mlperf.conf's interactive model name (its own latency bounds)
-    ts = test_settings(Path(spec["user_conf"]), bench.loadgen_name(scenario), bench.loadgen_scenario(scenario),
-                       spec["mode"])
+    ts = test_settings(
+        Path(spec["user_conf"]), bench.loadgen_name(scenario), bench.loadgen_scenario(scenario), spec["mode"]
+    )
     log = lg.LogSettings()
     log.log_output.outdir = str(outdir)
     log.log_output.copy_summary_to_stdout = False

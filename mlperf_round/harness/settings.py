@@ -30,7 +30,9 @@ def user_conf(entry: EntryParams, smoke: bool, qsl_size: int, server_qps: dict[s
         if srv.target_qps != "auto":
             lines.append(f"{name}.Server.target_qps = {srv.target_qps}")
         elif found is not None:
-            lines.append(f"# {scenario} target_qps auto: {srv.auto_fraction:g} x this entry's measured Offline samples/s")
+            lines.append(
+                f"# {scenario} target_qps auto: {srv.auto_fraction:g} x this entry's measured Offline samples/s"
+            )
             lines.append(f"{name}.Server.target_qps = {found:.6g}")
         else:
             lines.append(f"# {scenario} target_qps auto: set from the Offline run, before the {scenario} run")
@@ -38,16 +40,23 @@ def user_conf(entry: EntryParams, smoke: bool, qsl_size: int, server_qps: dict[s
         for key, official in bench.latency_bounds(scenario).items():
             lines.append(f"{name}.Server.{BOUND_KEYS[key]} = {getattr(srv, key) or official}")
         if smoke:
-            lines += [f"{name}.*.performance_sample_count_override = {qsl_size}" if name != model else "",
-                      f"{name}.Server.min_duration = {srv.min_duration_ms}",
-                      f"{name}.Server.min_query_count = {srv.min_query_count}"]
+            lines += [
+                f"{name}.*.performance_sample_count_override = {qsl_size}" if name != model else "",
+                f"{name}.Server.min_duration = {srv.min_duration_ms}",
+                f"{name}.Server.min_query_count = {srv.min_query_count}",
+            ]
     if smoke:
         lines.append(f"{model}.*.performance_sample_count_override = {qsl_size}")
         if single is not None:
-            lines += [f"{model}.SingleStream.min_duration = {single.min_duration_ms}",
-                      f"{model}.SingleStream.min_query_count = {single.min_query_count}"]
+            lines += [
+                f"{model}.SingleStream.min_duration = {single.min_duration_ms}",
+                f"{model}.SingleStream.min_query_count = {single.min_query_count}",
+            ]
         if off is not None:
-            lines += [f"{model}.Offline.min_duration = {off.min_duration_ms}", f"{model}.Offline.min_query_count = {off.min_query_count}"]
+            lines += [
+                f"{model}.Offline.min_duration = {off.min_duration_ms}",
+                f"{model}.Offline.min_query_count = {off.min_query_count}",
+            ]
     return "\n".join(line for line in lines if line) + "\n"
 
 
@@ -73,6 +82,9 @@ def accuracy_conf(models: list[str], qsl_size: int) -> str:
     """
     lines = ["# accuracy runs: every sample once"]
     for model in dict.fromkeys(models):
-        lines += [f"{model}.Offline.target_qps = 1000", f"{model}.Server.target_qps = 1000",
-                  f"{model}.*.performance_sample_count_override = {qsl_size}"]
+        lines += [
+            f"{model}.Offline.target_qps = 1000",
+            f"{model}.Server.target_qps = 1000",
+            f"{model}.*.performance_sample_count_override = {qsl_size}",
+        ]
     return "\n".join(lines) + "\n"

@@ -35,15 +35,21 @@ def download(ctx, bench) -> dict:
         bench.write_generated_dataset(bp, out)
     else:  # MLCommons' files as shipped, verified, read by the benchmark's reader, kept in the round's rows
         ds = bp.dataset
-        for url, sha, name in ((ds.url, ds.sha256, "dataset"), (ds.calibration_url, ds.calibration_sha256, "calibration")):
+        for url, sha, name in (
+            (ds.url, ds.sha256, "dataset"),
+            (ds.calibration_url, ds.calibration_sha256, "calibration"),
+        ):
             shipped = sources.fetch_shipped(url, out, sha)
             write_json(out / f"{name}.json", bench.read_shipped(shipped, calibration=name == "calibration"))
             sources.drop_shipped(out)
     samples = bench.load_samples(out / "dataset.json")
     calib = bench.load_samples(out / "calibration.json")
     ctx.tracker.log_artifact(checkpoints.resolve(out, "model") / "config.json", "model")
-    return {"dataset_samples": len(samples), "calibration_samples": len(calib),
-            "checkpoint_bytes": checkpoints.checkpoint_bytes(out, "model")}
+    return {
+        "dataset_samples": len(samples),
+        "calibration_samples": len(calib),
+        "checkpoint_bytes": checkpoints.checkpoint_bytes(out, "model"),
+    }
 
 
 def calibrate(ctx, bench) -> tuple[dict, dict]:
@@ -57,8 +63,10 @@ def calibrate(ctx, bench) -> tuple[dict, dict]:
     device = resolve_device(ctx.benchmark.calibration.device, f"benchmarks.{ctx.key}.calibration.device")
     model = bench.load_model(checkpoints.resolve(source)).to(device)
     stats = calibration.collect_absmax(model, batches)
-    return stats, {"samples": sum(len(b["input_ids"]) for b in batches),
-                   "tokens": int(sum(b["attention_mask"].sum() for b in batches))}
+    return stats, {
+        "samples": sum(len(b["input_ids"]) for b in batches),
+        "tokens": int(sum(b["attention_mask"].sum() for b in batches)),
+    }
 
 
 def reference_engine(ctx, bench, source: Path, engine: Path) -> None:
@@ -69,8 +77,15 @@ def reference_engine(ctx, bench, source: Path, engine: Path) -> None:
     model_dir = checkpoints.resolve(source)
     dtype = checkpoints.stored_dtype(model_dir)  # the checkpoint as shipped: bf16 for the real LLMs
     precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
-    engines.build_engine(ctx.key, precision, BuildParams(dtype=dtype), ctx.benchmark.generation, model_dir,
-                         bench.tokenizer_dir(source), engine)
+    engines.build_engine(
+        ctx.key,
+        precision,
+        BuildParams(dtype=dtype),
+        ctx.benchmark.generation,
+        model_dir,
+        bench.tokenizer_dir(source),
+        engine,
+    )
 
 
 def quantize(ctx, bench) -> dict:
@@ -92,9 +107,17 @@ def build(ctx, bench) -> dict:
     if entry.build.kv_cache == "fp8":  # K/V scales from the calibration list, as the weights' were
         tok, limit = bench.load_tokenizer(bench.tokenizer_dir(source)), ctx.benchmark.generation.max_input_tokens
         kv_calibration = [sample_ids(s, tok, limit).tolist() for s in bench.load_samples(source / "calibration.json")]
-    spec = engines.build_engine(ctx.benchmark_name, entry.recipe.precision, entry.build, ctx.benchmark.generation,
-                                ctx.input("quantize") / "model", bench.tokenizer_dir(source), ctx.out,
-                                f"entries.{ctx.key}.build", kv_calibration)
+    spec = engines.build_engine(
+        ctx.benchmark_name,
+        entry.recipe.precision,
+        entry.build,
+        ctx.benchmark.generation,
+        ctx.input("quantize") / "model",
+        bench.tokenizer_dir(source),
+        ctx.out,
+        f"entries.{ctx.key}.build",
+        kv_calibration,
+    )
     start = time.perf_counter()
     engine = TorchLLM(ctx.out, kv_calibration)
     loaded = time.perf_counter()
@@ -102,10 +125,18 @@ def build(ctx, bench) -> dict:
     first = bench.load_samples(source / "dataset.json")[0]
     tokens = generate_all(engine.scheduler(), [engine.sample_ids(first)])[0]
     done = time.perf_counter()
-    return {"engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),
-            "load_s": loaded - start, "check_generate_s": done - loaded, "check_output_tokens": int(tokens.size),
-            "scheduler": spec.scheduler, "kv_pool_blocks": spec.kv_pool_blocks, "kv_block_size": spec.kv_block_size,
-            "kv_cache": spec.kv_cache, "kernels": spec.kernels, **engine.kernels}
+    return {
+        "engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),
+        "load_s": loaded - start,
+        "check_generate_s": done - loaded,
+        "check_output_tokens": int(tokens.size),
+        "scheduler": spec.scheduler,
+        "kv_pool_blocks": spec.kv_pool_blocks,
+        "kv_block_size": spec.kv_block_size,
+        "kv_cache": spec.kv_cache,
+        "kernels": spec.kernels,
+        **engine.kernels,
+    }
 
 
 def evaluate(bench, outputs: dict, samples: list, engine: Path, source: Path) -> dict[str, float]:

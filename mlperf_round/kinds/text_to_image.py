@@ -43,9 +43,16 @@ def calibrate(ctx, bench) -> tuple[dict, dict]:
     device = resolve_device(cal.device, f"benchmarks.{ctx.key}.calibration.device")
     pipe = pipeline.load_pipeline(checkpoints.resolve(source)).to(device)
     captions = [s.caption for s in bench.load_samples(source / "calibration.json")]
-    return quantize.calibrate(pipe, captions, pipeline.load_latents(source / pipeline.LATENTS_FILE),
-                              cal.steps_collected, cal.total_steps, bp.generation.guidance_scale, cal.batch_size,
-                              bp.generation.negative_prompt)
+    return quantize.calibrate(
+        pipe,
+        captions,
+        pipeline.load_latents(source / pipeline.LATENTS_FILE),
+        cal.steps_collected,
+        cal.total_steps,
+        bp.generation.guidance_scale,
+        cal.batch_size,
+        bp.generation.negative_prompt,
+    )
 
 
 def reference_engine(ctx, bench, source: Path, engine: Path) -> None:
@@ -53,8 +60,17 @@ def reference_engine(ctx, bench, source: Path, engine: Path) -> None:
     from ..diffusion.pipeline import LATENTS_FILE
     from ..params import BuildParams, DeepCacheParams
 
-    engines.build_image_engine(ctx.key, "fp32", BuildParams(), ctx.benchmark.generation, DeepCacheParams(),
-                               source, checkpoints.resolve(source) / "unet", source / LATENTS_FILE, engine)
+    engines.build_image_engine(
+        ctx.key,
+        "fp32",
+        BuildParams(),
+        ctx.benchmark.generation,
+        DeepCacheParams(),
+        source,
+        checkpoints.resolve(source) / "unet",
+        source / LATENTS_FILE,
+        engine,
+    )
 
 
 def quantize(ctx, bench) -> dict:
@@ -77,8 +93,11 @@ def quantize(ctx, bench) -> dict:
         unet = unet.to(torch.float16 if recipe.precision == "fp16" else torch.float32)
         layers = {"precision": recipe.precision, "quantized_layers": [], "skipped_layers": []}
     save_unet(unet, ctx.out / "model", bool(layers["quantized_layers"]))
-    metrics.update(quantized_layers=len(layers["quantized_layers"]), skipped_layers=len(layers["skipped_layers"]),
-                   smoothed_layers=sum(1 for q in layers["quantized_layers"] if q["smoothquant"]))
+    metrics.update(
+        quantized_layers=len(layers["quantized_layers"]),
+        skipped_layers=len(layers["skipped_layers"]),
+        smoothed_layers=sum(1 for q in layers["quantized_layers"] if q["smoothquant"]),
+    )
     (ctx.out / "layers.json").write_text(json.dumps(layers, indent=1))
     ctx.tracker.log_artifact(ctx.out / "layers.json")
     return metrics
@@ -92,9 +111,18 @@ def build(ctx, bench) -> dict:
 
     entry = ctx.entry
     source = ctx.input("download", ctx.benchmark_name)
-    spec = engines.build_image_engine(ctx.benchmark_name, entry.recipe.precision, entry.build, ctx.benchmark.generation,
-                                      entry.recipe.deepcache, source, ctx.input("quantize") / "model",
-                                      source / LATENTS_FILE, ctx.out, f"entries.{ctx.key}.build")
+    spec = engines.build_image_engine(
+        ctx.benchmark_name,
+        entry.recipe.precision,
+        entry.build,
+        ctx.benchmark.generation,
+        entry.recipe.deepcache,
+        source,
+        ctx.input("quantize") / "model",
+        source / LATENTS_FILE,
+        ctx.out,
+        f"entries.{ctx.key}.build",
+    )
     start = time.perf_counter()
     engine = TorchSDXL(ctx.out)
     loaded = time.perf_counter()
@@ -104,13 +132,20 @@ def build(ctx, bench) -> dict:
     check = time.perf_counter()
     engine.generate(captions)
     done = time.perf_counter()
-    return {"engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()), "load_s": loaded - start,
-            "check_images": len(captions), "check_s_per_image": (done - check) / len(captions),
-            "unet_full_steps_per_image": engine.unet_calls["full"] / len(captions),
-            "unet_shallow_steps_per_image": engine.unet_calls["shallow"] / len(captions),
-            "deepcache_interval": spec.deepcache_interval, "kernels": spec.kernels, **engine.kernels,
-            "compile": spec.compile, "compiled_modules": engine.compiled["compiled_modules"],
-            "channels_last": spec.channels_last}
+    return {
+        "engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),
+        "load_s": loaded - start,
+        "check_images": len(captions),
+        "check_s_per_image": (done - check) / len(captions),
+        "unet_full_steps_per_image": engine.unet_calls["full"] / len(captions),
+        "unet_shallow_steps_per_image": engine.unet_calls["shallow"] / len(captions),
+        "deepcache_interval": spec.deepcache_interval,
+        "kernels": spec.kernels,
+        **engine.kernels,
+        "compile": spec.compile,
+        "compiled_modules": engine.compiled["compiled_modules"],
+        "channels_last": spec.channels_last,
+    }
 
 
 def evaluate(bench, outputs: dict, samples: list, engine: Path, source: Path) -> dict[str, float]:

@@ -62,9 +62,14 @@ def clip_scores(model, tokenizer, images: np.ndarray, captions: list[str], batch
     size = model.config.vision_config.image_size
     scores = []
     for i in range(0, len(images), batch):
-        img = _pooled(model.get_image_features(pixel_values=preprocess(images[i:i + batch], size)))
-        tok = tokenizer(captions[i:i + batch], padding="max_length", truncation=True, return_tensors="pt",
-                        max_length=model.config.text_config.max_position_embeddings)
+        img = _pooled(model.get_image_features(pixel_values=preprocess(images[i : i + batch], size)))
+        tok = tokenizer(
+            captions[i : i + batch],
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+            max_length=model.config.text_config.max_position_embeddings,
+        )
         txt = _pooled(model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
         img = img / img.norm(dim=-1, keepdim=True)
         txt = txt / txt.norm(dim=-1, keepdim=True)
@@ -80,11 +85,25 @@ def build_tiny_clip(out: Path, seed: int) -> None:
     tok = build_clip_tokenizer(out)
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": tok.model_max_length,
-                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": tok.model_max_length,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=32,
     )
     CLIPModel(config).eval().save_pretrained(out)

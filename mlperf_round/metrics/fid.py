@@ -59,8 +59,10 @@ def _pytorch_fid(path: Path):
     try:
         from pytorch_fid import inception
     except ImportError:
-        raise InputError(f"{path}: pytorch-fid's Inception weights (a state dict, not TorchScript) need pytorch-fid and "
-                         "torchvision: pip install torch==2.14.1 torchvision==0.29.1 'mlperf-round[evaluation]'") from None
+        raise InputError(
+            f"{path}: pytorch-fid's Inception weights (a state dict, not TorchScript) need pytorch-fid and "
+            "torchvision: pip install torch==2.14.1 torchvision==0.29.1 'mlperf-round[evaluation]'"
+        ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, ValueError, OSError, EOFError) as err:
@@ -81,7 +83,7 @@ def features(net, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """(N, D) float64 features of uint8 HWC images."""
     out = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).permute(0, 3, 1, 2).contiguous()
         out.append(net(x, return_features=True).double().cpu().numpy())
     return np.concatenate(out).reshape(len(images), -1)
 
@@ -108,7 +110,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise InputError(f"FID: generated features ({mu1.shape[0]}) and real statistics ({mu2.shape[0]}) differ in size")
+        raise InputError(
+            f"FID: generated features ({mu1.shape[0]}) and real statistics ({mu2.shape[0]}) differ in size"
+        )
     diff = mu1 - mu2
     covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
     if not np.isfinite(covmean).all():  # singular product: offset both diagonals
@@ -127,8 +131,9 @@ class TinyFeatures(torch.nn.Module):
     def __init__(self, dim: int, size: int):
         super().__init__()
         self.size = size
-        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.Conv2d(16, 32, 3, 2, 1),
-                                          torch.nn.Conv2d(32, dim, 3, 2, 1)])
+        self.convs = torch.nn.ModuleList(
+            [torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.Conv2d(32, dim, 3, 2, 1)]
+        )
         for conv in self.convs:  # He init: PyTorch's default gives near-constant features and FID ~ 0 for any sets
             torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
 

@@ -22,8 +22,17 @@ def packed_sequences(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
-def distill(student, teacher, sequences: torch.Tensor, steps: int, lr: float, temperature: float, batch_size: int,
-            seed: int, desc: str = "distill") -> tuple[torch.nn.Module, list[dict[str, float]]]:
+def distill(
+    student,
+    teacher,
+    sequences: torch.Tensor,
+    steps: int,
+    lr: float,
+    temperature: float,
+    batch_size: int,
+    seed: int,
+    desc: str = "distill",
+) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """`student` trained to match `teacher`, and the loss per step."""
     import modelopt.torch.distill as mtd
     from tqdm import tqdm
@@ -31,11 +40,21 @@ def distill(student, teacher, sequences: torch.Tensor, steps: int, lr: float, te
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    kd = mtd.convert(student, mode=[("kd_loss", {
-        "teacher_model": teacher,
-        "criterion": {("lm_head", "lm_head"): mtd.LogitsDistillationLoss(temperature=temperature, reduction="none")},
-        "loss_balancer": None,
-    })])
+    kd = mtd.convert(
+        student,
+        mode=[
+            (
+                "kd_loss",
+                {
+                    "teacher_model": teacher,
+                    "criterion": {
+                        ("lm_head", "lm_head"): mtd.LogitsDistillationLoss(temperature=temperature, reduction="none")
+                    },
+                    "loss_balancer": None,
+                },
+            )
+        ],
+    )
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     curve = []

@@ -19,12 +19,23 @@ def greedy_rouge(model, tokenizer, samples, max_new_tokens: int, min_new_tokens:
     with torch.inference_mode():
         for s in samples:
             ids = tokenizer(s.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-            out = model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
-                                 num_beams=1, pad_token_id=eos_id, eos_token_id=eos_id)
-            new = out[0, ids.shape[1]:]
+            out = model.generate(
+                ids,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=eos_id,
+                eos_token_id=eos_id,
+            )
+            new = out[0, ids.shape[1] :]
             generated += len(new)
             preds.append(tokenizer.decode(new, skip_special_tokens=True))
     seconds = time.perf_counter() - start
     scores = rouge_scores(preds, [s.reference for s in samples])
-    return {"rouge1": scores["rouge1"], "rougeL": scores["rougeL"], "tokens_per_s": generated / seconds,
-            "parameters": float(sum(p.numel() for p in model.parameters()))}
+    return {
+        "rouge1": scores["rouge1"],
+        "rougeL": scores["rougeL"],
+        "tokens_per_s": generated / seconds,
+        "parameters": float(sum(p.numel() for p in model.parameters())),
+    }

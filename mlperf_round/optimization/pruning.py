@@ -55,6 +55,7 @@ def importance(model, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
             w = mod.weight.view(mod.out_features, heads[i], d)
             per_head = torch.einsum("btnd,ond->btno", x.view(*x.shape[:2], heads[i], d), w).norm(dim=-1)
             head_sum[i] += per_head[mask].sum(dim=0).double()
+
         return hook
 
     def on_block(i):
@@ -63,6 +64,7 @@ def importance(model, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
             x_out = out[0] if isinstance(out, tuple) else out
             cos = torch.nn.functional.cosine_similarity(x_in, x_out, dim=-1)
             layer_sum[i] += (1 - cos)[mask].sum().double()
+
         return hook
 
     for i, b in enumerate(blocks):
@@ -81,8 +83,13 @@ def importance(model, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _keep_rows(linear: torch.nn.Linear, rows: torch.Tensor) -> torch.nn.Linear:
-    new = torch.nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None, dtype=linear.weight.dtype,
-                          device=linear.weight.device)
+    new = torch.nn.Linear(
+        linear.in_features,
+        len(rows),
+        bias=linear.bias is not None,
+        dtype=linear.weight.dtype,
+        device=linear.weight.device,
+    )
     new.weight.data.copy_(linear.weight.data[rows])
     if linear.bias is not None:
         new.bias.data.copy_(linear.bias.data[rows])
@@ -90,8 +97,13 @@ def _keep_rows(linear: torch.nn.Linear, rows: torch.Tensor) -> torch.nn.Linear:
 
 
 def _keep_columns(linear: torch.nn.Linear, cols: torch.Tensor) -> torch.nn.Linear:
-    new = torch.nn.Linear(len(cols), linear.out_features, bias=linear.bias is not None, dtype=linear.weight.dtype,
-                          device=linear.weight.device)
+    new = torch.nn.Linear(
+        len(cols),
+        linear.out_features,
+        bias=linear.bias is not None,
+        dtype=linear.weight.dtype,
+        device=linear.weight.device,
+    )
     new.weight.data.copy_(linear.weight.data[:, cols])
     if linear.bias is not None:
         new.bias.data.copy_(linear.bias.data)
@@ -120,7 +132,9 @@ def prune(model, heads_kept: int, layers_kept: int, batches: list[dict]) -> tupl
         raise ParamsError(f"recipe.prune: pruning supports GPT-J, not {model.config.model_type}")
     cfg, d = model.config, _head_dim(model)
     if not 1 <= layers_kept <= cfg.n_layer:
-        raise ParamsError(f"recipe.prune.layers_kept: {layers_kept} is not between 1 and the model's {cfg.n_layer} layers")
+        raise ParamsError(
+            f"recipe.prune.layers_kept: {layers_kept} is not between 1 and the model's {cfg.n_layer} layers"
+        )
     if not 1 <= heads_kept <= cfg.n_head:
         raise ParamsError(f"recipe.prune.heads_kept: {heads_kept} is not between 1 and the model's {cfg.n_head} heads")
     before = sum(p.numel() for p in model.parameters())
@@ -135,11 +149,15 @@ def prune(model, heads_kept: int, layers_kept: int, batches: list[dict]) -> tupl
     _reindex(model)
     setattr(model.config, ATTENTION_HEADS, [heads_kept] * layers_kept)
     after = sum(p.numel() for p in model.parameters())
-    return model, {"method": "importance on the calibration list (head output norm, block influence)",
-                   "layers_kept": layers, "heads_kept": {str(k): v for k, v in kept_heads.items()},
-                   "layer_importance": [round(float(s), 6) for s in layer_scores],
-                   "head_importance": [[round(float(s), 6) for s in row] for row in head_scores],
-                   "parameters_before": before, "parameters_after": after}
+    return model, {
+        "method": "importance on the calibration list (head output norm, block influence)",
+        "layers_kept": layers,
+        "heads_kept": {str(k): v for k, v in kept_heads.items()},
+        "layer_importance": [round(float(s), 6) for s in layer_scores],
+        "head_importance": [[round(float(s), 6) for s in row] for row in head_scores],
+        "parameters_before": before,
+        "parameters_after": after,
+    }
 
 
 def shrink(model) -> torch.nn.Module:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, RoundError
-from . import pruning
 from ..weights import check_weights
+from . import pruning
 
 MODELOPT_FILE = "modelopt.pth"
 
@@ -42,7 +42,9 @@ def _config(precision: str, quantize_lm_head: bool) -> dict:
             quant_cfg[:] = [e for e in quant_cfg if e.get("quantizer_name") != "*lm_head*"]
         else:
             quant_cfg.append({"quantizer_name": "*lm_head*", "enable": False})
-        quant_cfg.extend({"quantizer_name": "*", "parent_class": cls, "enable": False} for cls in ("nn.LayerNorm", "nn.Embedding"))
+        quant_cfg.extend(
+            {"quantizer_name": "*", "parent_class": cls, "enable": False} for cls in ("nn.LayerNorm", "nn.Embedding")
+        )
     return cfg
 
 
@@ -58,8 +60,13 @@ def _smooth(mod: torch.nn.Linear, act_absmax: torch.Tensor, alpha: float) -> tor
     return 1.0 / s
 
 
-def quantize(model: torch.nn.Module, precision: str, stats: dict[str, torch.Tensor], alpha: float = 0.5,
-             quantize_lm_head: bool = False) -> tuple[torch.nn.Module, dict]:
+def quantize(
+    model: torch.nn.Module,
+    precision: str,
+    stats: dict[str, torch.Tensor],
+    alpha: float = 0.5,
+    quantize_lm_head: bool = False,
+) -> tuple[torch.nn.Module, dict]:
     """Return the (fake-)quantized model and a summary of what was quantized."""
     if precision == "fp32":
         return model.float(), {"precision": precision, "quantized_layers": [], "skipped_layers": []}
@@ -71,13 +78,15 @@ def quantize(model: torch.nn.Module, precision: str, stats: dict[str, torch.Tens
 
     # forward_loop=None: modelopt inserts the quantizers and calibrates weights only
     model = mtq.quantize(model, _config(precision, quantize_lm_head), forward_loop=None)
-    quantized, skipped = set_ranges(model, stats, (torch.nn.Linear,), alpha, lambda name, mod: precision == "int8_sq",
-                                    f"recipe {precision}")
+    quantized, skipped = set_ranges(
+        model, stats, (torch.nn.Linear,), alpha, lambda name, mod: precision == "int8_sq", f"recipe {precision}"
+    )
     return model, {"precision": precision, "quantized_layers": [n for n, _ in quantized], "skipped_layers": skipped}
 
 
-def set_ranges(model: torch.nn.Module, stats: dict[str, torch.Tensor], layer_types: tuple, alpha: float, smooth,
-               what: str) -> tuple[list[tuple[str, bool]], list[str]]:
+def set_ranges(
+    model: torch.nn.Module, stats: dict[str, torch.Tensor], layer_types: tuple, alpha: float, smooth, what: str
+) -> tuple[list[tuple[str, bool]], list[str]]:
     """Input ranges from stored statistics on every layer modelopt enabled; SmoothQuant where `smooth(name, module)`.
 
     Returns (quantized layer, smoothed) pairs and the skipped layers; every enabled quantizer
@@ -105,7 +114,9 @@ def set_ranges(model: torch.nn.Module, stats: dict[str, torch.Tensor], layer_typ
         quantized.append((name, smoothed))
     if not quantized:
         raise RoundError(f"{what}: no layer was quantized")
-    uncalibrated = [n for n, m in model.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled and m.amax is None]
+    uncalibrated = [
+        n for n, m in model.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled and m.amax is None
+    ]
     if uncalibrated:
         raise RoundError(f"{what}: quantizers without statistics: {', '.join(uncalibrated[:3])}")
     return quantized, skipped
@@ -168,8 +179,9 @@ def export_deployable(model: torch.nn.Module, out: Path) -> dict[str, float]:
 
     model.config.architectures = [type(model).__name__]
     dtype = next(model.parameters()).dtype  # a bf16 checkpoint stays bf16: casting would copy every other tensor
-    export_hf_checkpoint(model, dtype=dtype if dtype in (torch.bfloat16, torch.float16) else torch.float16,
-                         export_dir=str(out))
+    export_hf_checkpoint(
+        model, dtype=dtype if dtype in (torch.bfloat16, torch.float16) else torch.float16, export_dir=str(out)
+    )
     cfg = json.loads((out / "hf_quant_config.json").read_text()) if (out / "hf_quant_config.json").exists() else {}
     size = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     return {"deployable_bytes": size, "quant_algo": cfg.get("quantization", {}).get("quant_algo") or ""}

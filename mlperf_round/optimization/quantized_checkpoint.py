@@ -21,8 +21,8 @@ import modelopt.torch.quantization as mtq
 import torch
 from safetensors import safe_open
 
-from ..benchmarks.text import load_model
 from ..backends.lowp import FP8_MAX, ON_GRID, _int_bounds, _safe
+from ..benchmarks.text import load_model
 from ..checkpoints import link_source, linked_source
 from ..errors import InputError
 from ..heap import release_freed
@@ -54,14 +54,15 @@ def _grid(mod: torch.nn.Module, chunk: int = 1 << 22) -> tuple[torch.Tensor, tor
     rows = max(1, chunk // max(1, weight.shape[-1])) if amax.numel() == 1 else weight.shape[0]
     with torch.no_grad():
         for i in range(0, weight.shape[0], rows):
-            part = wq(weight[i:i + rows]).float().div_(scale if scale.dim() == 0 else scale[i:i + rows])
-            grid[i:i + rows] = (part if fp8 else part.round_()).clamp_(lo, top)
+            part = wq(weight[i : i + rows]).float().div_(scale if scale.dim() == 0 else scale[i : i + rows])
+            grid[i : i + rows] = (part if fp8 else part.round_()).clamp_(lo, top)
             del part
     return grid, scale
 
 
-def save(model: torch.nn.Module, out: Path, layers: list[str], precision: str, quantize_lm_head: bool,
-         source: Path) -> int:
+def save(
+    model: torch.nn.Module, out: Path, layers: list[str], precision: str, quantize_lm_head: bool, source: Path
+) -> int:
     """Write the quantized layers of `model` to `out`; `source` is the download stage's output the model came from.
     Returns the bytes written. Streamed layer by layer: never more than one layer's grid beside the model."""
     out.mkdir(parents=True, exist_ok=True)
@@ -69,10 +70,12 @@ def save(model: torch.nn.Module, out: Path, layers: list[str], precision: str, q
     plan = []
     for name, mod in mods:
         wq, inq = mod.weight_quantizer, mod.input_quantizer
-        plan += [(f"{name}.weight", torch.float8_e4m3fn if wq.num_bits == (4, 3) else torch.int8, mod.weight.shape),
-                 (f"{name}.weight_scale", torch.float32, _scale_shape(wq)),
-                 (f"{name}.weight_amax", torch.float32, wq.amax.shape),
-                 (f"{name}.input_amax", torch.float32, inq.amax.shape)]
+        plan += [
+            (f"{name}.weight", torch.float8_e4m3fn if wq.num_bits == (4, 3) else torch.int8, mod.weight.shape),
+            (f"{name}.weight_scale", torch.float32, _scale_shape(wq)),
+            (f"{name}.weight_amax", torch.float32, wq.amax.shape),
+            (f"{name}.input_amax", torch.float32, inq.amax.shape),
+        ]
         if inq.pre_quant_scale is not None:
             plan.append((f"{name}.pre_quant_scale", torch.float32, inq.pre_quant_scale.shape))
     with TensorStream(out / TENSORS_FILE, plan) as stream:
@@ -102,7 +105,7 @@ def _dequantize(grid: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, chu
     out = torch.empty(grid.shape, dtype=dtype)
     rows = max(1, chunk // max(1, grid.shape[-1]))
     for i in range(0, grid.shape[0], rows):
-        out[i:i + rows] = grid[i:i + rows].float() * (scale[i:i + rows] if scale.dim() else scale)
+        out[i : i + rows] = grid[i : i + rows].float() * (scale[i : i + rows] if scale.dim() else scale)
     return out
 
 
@@ -120,19 +123,30 @@ def load(checkpoint: Path, dtype: torch.dtype) -> torch.nn.Module:
             with safe_open(path, "pt") as stored:
                 grid, scale = stored.get_tensor(f"{name}.weight"), stored.get_tensor(f"{name}.weight_scale")
                 if grid.shape != mod.weight.shape:
-                    raise InputError(f"{checkpoint / TENSORS_FILE}: {name}.weight is {tuple(grid.shape)}, the source's "
-                                     f"{tuple(mod.weight.shape)}; re-run quantize")
+                    raise InputError(
+                        f"{checkpoint / TENSORS_FILE}: {name}.weight is {tuple(grid.shape)}, the source's "
+                        f"{tuple(mod.weight.shape)}; re-run quantize"
+                    )
                 mod.weight = torch.nn.Parameter(_dequantize(grid, scale, mod.weight.dtype), requires_grad=False)
                 del grid, scale
             release_freed()
     with safe_open(path, "pt") as stored:
-        ranges = {k: stored.get_tensor(k).clone() for k in stored.keys() if not k.endswith((".weight", ".weight_scale"))}
+        ranges = {
+            k: stored.get_tensor(k).clone() for k in stored.keys() if not k.endswith((".weight", ".weight_scale"))
+        }
     model = mtq.quantize(model, _config(meta["precision"], meta["quantize_lm_head"]), forward_loop=None)
-    enabled = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-               and getattr(m, "input_quantizer", None) is not None and m.input_quantizer.is_enabled}
+    enabled = {
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and getattr(m, "input_quantizer", None) is not None
+        and m.input_quantizer.is_enabled
+    }
     if enabled != set(meta["layers"]):
-        raise InputError(f"{checkpoint / META_FILE}: its layers are not the ones recipe {meta['precision']} quantizes "
-                         f"in the source ({len(enabled ^ set(meta['layers']))} differ); re-run quantize")
+        raise InputError(
+            f"{checkpoint / META_FILE}: its layers are not the ones recipe {meta['precision']} quantizes "
+            f"in the source ({len(enabled ^ set(meta['layers']))} differ); re-run quantize"
+        )
     for name in meta["layers"]:  # the calibrated ranges, not the ones just measured on the grid values
         mod = model.get_submodule(name)
         setattr(mod, ON_GRID, True)

@@ -21,21 +21,39 @@ def _prune_and_distill(ctx, bench, source, model, metrics: dict):
     """Fewer layers and heads by calibration-set importance, then logits distillation from the unpruned model."""
     prune, kd = ctx.entry.recipe.prune, ctx.entry.recipe.distill
     teacher = copy.deepcopy(model) if kd.steps else None
-    model, report = pruning.prune(model, prune.heads_kept or model.config.n_head, prune.layers_kept or model.config.n_layer,
-                                  bench.calibration_batches(source, ctx.benchmark))
+    model, report = pruning.prune(
+        model,
+        prune.heads_kept or model.config.n_head,
+        prune.layers_kept or model.config.n_layer,
+        bench.calibration_batches(source, ctx.benchmark),
+    )
     if kd.steps:
         tokenizer = bench.load_tokenizer(bench.tokenizer_dir(source))
         sequences = distillation.packed_sequences(tokenizer, bench.distillation_texts(source), kd.seq_len)
-        model, curve = distillation.distill(model, teacher, sequences, kd.steps, kd.lr, kd.temperature, kd.batch_size,
-                                            kd.seed, desc=f"distill {ctx.key}")
+        model, curve = distillation.distill(
+            model,
+            teacher,
+            sequences,
+            kd.steps,
+            kd.lr,
+            kd.temperature,
+            kd.batch_size,
+            kd.seed,
+            desc=f"distill {ctx.key}",
+        )
         write_csv(ctx.out / DISTILL_LOSS, curve)  # the DVC plot, with the checkpoint it belongs to
         ctx.tracker.log_series("distill.kd_loss", [c["kd_loss"] for c in curve])
-        report.update(distill_sequences=len(sequences), kd_loss_first=curve[0]["kd_loss"], kd_loss_last=curve[-1]["kd_loss"])
+        report.update(
+            distill_sequences=len(sequences), kd_loss_first=curve[0]["kd_loss"], kd_loss_last=curve[-1]["kd_loss"]
+        )
     (ctx.out / "pruning.json").write_text(json.dumps(report, indent=1))
     ctx.tracker.log_artifact(ctx.out / "pruning.json")
     metrics["pruning"] = {k: report[k] for k in ("parameters_before", "parameters_after")}
-    metrics["pruning"].update(layers=len(report["layers_kept"]), heads_per_layer=prune.heads_kept or model.config.n_head,
-                              **{k: report[k] for k in ("kd_loss_first", "kd_loss_last") if k in report})
+    metrics["pruning"].update(
+        layers=len(report["layers_kept"]),
+        heads_per_layer=prune.heads_kept or model.config.n_head,
+        **{k: report[k] for k in ("kd_loss_first", "kd_loss_last") if k in report},
+    )
     metrics["parameters"] = report["parameters_after"]
     return model
 
@@ -50,21 +68,25 @@ def apply(ctx, bench) -> dict:
     sparse = None
     if recipe.prune.active:
         model = _prune_and_distill(ctx, bench, source, model, metrics)
-        stats = calibration.collect_absmax(copy.deepcopy(model), bench.calibration_batches(source, ctx.benchmark),
-                                           desc="recalibrate pruned model")
+        stats = calibration.collect_absmax(
+            copy.deepcopy(model), bench.calibration_batches(source, ctx.benchmark), desc="recalibrate pruned model"
+        )
     if recipe.sparsity == "2:4":
         batches = bench.calibration_batches(source, ctx.benchmark)
         model, sparse = sparsity.sparsify(model, recipe.sparsity_method, batches)
         stats = calibration.collect_absmax(copy.deepcopy(model), batches, desc="recalibrate sparse model")
         (ctx.out / "sparsity.json").write_text(json.dumps(sparse, indent=1))
         ctx.tracker.log_artifact(ctx.out / "sparsity.json")
-    model, layers = quantization.quantize(model, recipe.precision, stats, recipe.smoothquant_alpha, recipe.quantize_lm_head)
+    model, layers = quantization.quantize(
+        model, recipe.precision, stats, recipe.smoothquant_alpha, recipe.quantize_lm_head
+    )
     quantized = bool(layers["quantized_layers"])
     if quantized and not recipe.prune.active:  # only the quantized layers changed: they alone are written
         from . import quantized_checkpoint  # imports Model Optimizer: after params are checked
 
         metrics["checkpoint_bytes"] = quantized_checkpoint.save(
-            model, ctx.out / "model", layers["quantized_layers"], recipe.precision, recipe.quantize_lm_head, source)
+            model, ctx.out / "model", layers["quantized_layers"], recipe.precision, recipe.quantize_lm_head, source
+        )
     else:  # a pruned model changed everywhere; an unquantized one is written in its new dtype
         quantization.save(model, ctx.out / "model", quantized)
     metrics.update(quantized_layers=len(layers["quantized_layers"]), skipped_layers=len(layers["skipped_layers"]))
@@ -79,8 +101,11 @@ def apply(ctx, bench) -> dict:
     del model
     if sparse is not None:  # and as bytes of a 2:4-compressed checkpoint
         sizes = sparsity.compress_checkpoint(written, ctx.out / "deployable-24", sparse["sparsified_layers"])
-        metrics["sparsity"].update(checkpoint_bytes_dense=sizes["dense_bytes"], checkpoint_bytes_24=sizes["compressed_bytes"],
-                                   checkpoint_size_ratio=sizes["compressed_bytes"] / sizes["dense_bytes"])
+        metrics["sparsity"].update(
+            checkpoint_bytes_dense=sizes["dense_bytes"],
+            checkpoint_bytes_24=sizes["compressed_bytes"],
+            checkpoint_size_ratio=sizes["compressed_bytes"] / sizes["dense_bytes"],
+        )
     (ctx.out / "layers.json").write_text(json.dumps(layers, indent=1))
     ctx.tracker.log_artifact(ctx.out / "layers.json")
     return metrics

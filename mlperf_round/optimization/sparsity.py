@@ -43,8 +43,11 @@ def _groups_ok(w: torch.Tensor) -> torch.Tensor:
 
 def decoder_linears(model: torch.nn.Module) -> list[str]:
     """Linears inside the repeated decoder blocks (a ModuleList index in the name): never lm_head."""
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-            and any(p.isdigit() for p in n.split(".")) and "lm_head" not in n]
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and any(p.isdigit() for p in n.split(".")) and "lm_head" not in n
+    ]
 
 
 def sparsify(model: torch.nn.Module, method: str, batches: list[dict]) -> tuple[torch.nn.Module, dict]:
@@ -68,8 +71,10 @@ def sparsify(model: torch.nn.Module, method: str, batches: list[dict]) -> tuple[
     for name in targets:
         w = modules[name].weight
         if not bool(_groups_ok(w).all()):
-            raise RoundError(f"{method}: {name} {tuple(w.shape)} was left dense (modelopt skips shapes it cannot "
-                             "prune: sparsegpt needs both dims % 4, sparse_magnitude out % 8 and in % 16)")
+            raise RoundError(
+                f"{method}: {name} {tuple(w.shape)} was left dense (modelopt skips shapes it cannot "
+                "prune: sparsegpt needs both dims % 4, sparse_magnitude out % 8 and in % 16)"
+            )
         with torch.no_grad():
             w.masked_fill_(w == 0, 0.0)  # mask * negative weight leaves -0.0; store plain zeros
     dense = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in targets]
@@ -85,8 +90,12 @@ def measure_24(model: torch.nn.Module, layers: list[str]) -> dict:
         g = _groups_ok(w)
         ok, groups, full = ok + int(g.sum()), groups + g.numel(), full + bool(g.all())
         zeros, numel = zeros + int((~_nonzero(w)).sum()), numel + w.numel()
-    return {"groups_24_share": ok / groups if groups else 0.0, "zero_fraction": zeros / numel if numel else 0.0,
-            "layers_fully_24": full, "layers": len(layers)}
+    return {
+        "groups_24_share": ok / groups if groups else 0.0,
+        "zero_fraction": zeros / numel if numel else 0.0,
+        "layers_fully_24": full,
+        "layers": len(layers),
+    }
 
 
 def _pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -105,8 +114,13 @@ def _pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | N
 
 def _unpack(values: torch.Tensor, index: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor | None:
     """The dense weight, or None when the tensors do not fit together."""
-    if values.dim() != 2 or index.dim() != 2 or index.dtype != torch.uint8 or index.shape[0] != values.shape[0] \
-            or values.shape[1] != 4 * index.shape[1]:
+    if (
+        values.dim() != 2
+        or index.dim() != 2
+        or index.dtype != torch.uint8
+        or index.shape[0] != values.shape[0]
+        or values.shape[1] != 4 * index.shape[1]
+    ):
         return None
     out, n = index.shape[0], 8 * index.shape[1]
     codes = torch.stack([index & 15, index >> 4], -1).reshape(out, n // 4).long()
@@ -185,11 +199,16 @@ def compress_checkpoint(src_dir: Path, dst_dir: Path, layers: list[str]) -> dict
             shutil.copytree(p, dst_dir / p.name, dirs_exist_ok=True)
         else:
             shutil.copy2(p, dst_dir / p.name)
-    (dst_dir / MANIFEST).write_text(json.dumps({"format": "2:4 values_24 + index_24 (+ signs_24)",
-                                                "tensors": manifest, "kept_dense": dense}, indent=2))
-    return {"dense_bytes": sum(f.stat().st_size for f in files),
-            "compressed_bytes": sum(f.stat().st_size for f in dst_dir.glob("*.safetensors")),
-            "compressed_tensors": len(manifest)}
+    (dst_dir / MANIFEST).write_text(
+        json.dumps(
+            {"format": "2:4 values_24 + index_24 (+ signs_24)", "tensors": manifest, "kept_dense": dense}, indent=2
+        )
+    )
+    return {
+        "dense_bytes": sum(f.stat().st_size for f in files),
+        "compressed_bytes": sum(f.stat().st_size for f in dst_dir.glob("*.safetensors")),
+        "compressed_tensors": len(manifest),
+    }
 
 
 def decompress_checkpoint(src_dir: Path) -> dict[str, torch.Tensor]:
@@ -207,7 +226,9 @@ def decompress_checkpoint(src_dir: Path) -> dict[str, torch.Tensor]:
             index, signs = tensors.pop(base + ".index_24", None), tensors.pop(base + ".signs_24", None)
             dense = None if index is None or base in tensors else _unpack(tensors.pop(key), index, signs)
             if dense is None:
-                raise InputError(f"{f}: the 2:4 tensors of {base} are inconsistent (values/index/signs shapes or codes)")
+                raise InputError(
+                    f"{f}: the 2:4 tensors of {base} are inconsistent (values/index/signs shapes or codes)"
+                )
             state[base] = dense
         stray = [k for k in tensors if k.endswith((".index_24", ".signs_24"))]
         if stray:

@@ -28,8 +28,13 @@ from .system import MAY_BE_EMPTY, REQUIRED
 from .tree import MAX_ACCURACY_LOG, Layout
 
 FILE_SIZE_LIMIT = 50 * 1024 * 1024  # the checker refuses any file over 50 MB
-MEASUREMENT_KEYS = ("input_data_types", "retraining", "starting_weights_filename", "weight_data_types",
-                    "weight_transformations")
+MEASUREMENT_KEYS = (
+    "input_data_types",
+    "retraining",
+    "starting_weights_filename",
+    "weight_data_types",
+    "weight_transformations",
+)
 # what a smoke round's shortened runs cannot meet, by design; listed, never hidden
 SMOKE_RULES = {
     "min_duration": "runs shorter than MLPerf's 600 s minimum",
@@ -44,10 +49,15 @@ SMOKE_RULES = {
 _IGNORED = {"mlperf_log_trace.json", "results.json", ".gitkeep"}
 _PERF_FILES = {SUMMARY, DETAIL}
 _ACC_FILES = {SUMMARY, DETAIL, ACCURACY, "accuracy.txt"}
-_TEST06_LINES = ({"First token check pass: True", "First token check pass: Skipped"}, {"EOS check pass: True"},
-                 {"Sample length check pass: True"})
-_TOKEN_LATENCY_FIELDS = {"ttft_latency_ms": "result_first_token_99.00_percentile_latency_ns",
-                         "tpot_latency_ms": "result_time_per_output_token_99.00_percentile_ns"}
+_TEST06_LINES = (
+    {"First token check pass: True", "First token check pass: Skipped"},
+    {"EOS check pass: True"},
+    {"Sample length check pass: True"},
+)
+_TOKEN_LATENCY_FIELDS = {
+    "ttft_latency_ms": "result_first_token_99.00_percentile_latency_ns",
+    "tpot_latency_ms": "result_time_per_output_token_99.00_percentile_ns",
+}
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,9 @@ class Checker:
         self.results = 0
 
     def add(self, path: Path, rule: str, message: str) -> None:
-        self.findings.append(Finding(str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path),
-                                     rule, message))
+        self.findings.append(
+            Finding(str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path), rule, message)
+        )
 
     # ------------------------------------------------------------------ structure
     def run(self) -> list[Finding]:
@@ -132,8 +143,11 @@ class Checker:
             systems[path.stem] = self._system(division, org.name, path)
         if not systems:
             self.add(org / "systems", "missing-file", "no systems/<system>.json")
-        if division == "closed" and self.version != "v5.0" and not (
-                (org / "calibration.md").is_file() or (org / "documentation" / "calibration.md").is_file()):
+        if (
+            division == "closed"
+            and self.version != "v5.0"
+            and not ((org / "calibration.md").is_file() or (org / "documentation" / "calibration.md").is_file())
+        ):
             self.add(org, "missing-file", "calibration.md (or documentation/calibration.md) is required from v5.1")
         code_root = org / ("src" if layout_root.new_style else "code")
         if not code_root.is_dir():
@@ -165,7 +179,9 @@ class Checker:
         if str(desc.get("status", "")).lower() not in ("available", "preview", "rdi"):
             self.add(path, "system", f"status: {desc.get('status')!r} is not available, preview or rdi")
         if desc.get("system_type") not in ("datacenter", "edge", "datacenter,edge", "edge,datacenter"):
-            self.add(path, "system", f"system_type: {desc.get('system_type')!r} is not datacenter, edge or datacenter,edge")
+            self.add(
+                path, "system", f"system_type: {desc.get('system_type')!r} is not datacenter, edge or datacenter,edge"
+            )
         return desc
 
     # ------------------------------------------------------------------ results
@@ -219,7 +235,11 @@ class Checker:
         path = run / DETAIL
         if d.get("result_validity") != "VALID":
             why = str(d.get("result_invalid_reason", "")).strip()
-            self.add(path, "invalid-run", f"LoadGen says {d.get('result_validity', 'nothing')}" + (f" ({why})" if why else ""))
+            self.add(
+                path,
+                "invalid-run",
+                f"LoadGen says {d.get('result_validity', 'nothing')}" + (f" ({why})" if why else ""),
+            )
         if d.get("error_count"):
             self.add(path, "loadgen-errors", f"{d['error_count']} LoadGen errors in the log")
         bench, held = benchmarks.by_mlperf_id(mlperf_id), run_scenario(mlperf_id, scenario)
@@ -228,13 +248,21 @@ class Checker:
         for name, want in zip(("qsl", "sample_index", "schedule"), VERSIONS[self.version].seeds):
             found = d.get(f"effective_{name}_rng_seed")
             if found is not None and int(found) != want:
-                self.add(path, "seeds", f"{name}_rng_seed {found} is not {self.version}'s {want} "
-                                        f"(install mlcommons-loadgen=={VERSIONS[self.version].loadgen[1]})")
+                self.add(
+                    path,
+                    "seeds",
+                    f"{name}_rng_seed {found} is not {self.version}'s {want} "
+                    f"(install mlcommons-loadgen=={VERSIONS[self.version].loadgen[1]})",
+                )
         used = d.get("loadgen_file_sha1", {})
         conf_sha1 = mlperf_conf.embedded()[1]
         if isinstance(used, dict) and used.get("/mlperf.conf", conf_sha1) != conf_sha1:
-            self.add(path, "mlperf-conf", f"ran with mlperf.conf {used['/mlperf.conf']}, the installed LoadGen has "
-                                          f"{conf_sha1}; re-run the performance stage with this LoadGen")
+            self.add(
+                path,
+                "mlperf-conf",
+                f"ran with mlperf.conf {used['/mlperf.conf']}, the installed LoadGen has "
+                f"{conf_sha1}; re-run the performance stage with this LoadGen",
+            )
         rules = bench.conf(held)
         min_ms = int(rules.get("min_duration", 600000))
         if int(d.get("effective_min_duration_ms", 0)) < min_ms:
@@ -245,14 +273,20 @@ class Checker:
             if spq < min_q:
                 self.add(path, "min_query_count", f"{spq} samples per query < {min_q}")
         elif not d.get("early_stopping_met", True):
-            self.add(path, "early_stopping", "early stopping not met: "
-                     + " ".join(str(d.get("early_stopping_result", "")).split())[:160])
+            self.add(
+                path,
+                "early_stopping",
+                "early stopping not met: " + " ".join(str(d.get("early_stopping_result", "")).split())[:160],
+            )
         if held != "Offline" and int(d.get("effective_min_query_count", 0)) < min_q:
             self.add(path, "min_query_count", f"min_query_count {d.get('effective_min_query_count')} < {min_q}")
         psc = int(rules.get("performance_sample_count_override", 0))
         if int(d.get("effective_performance_sample_count", 0)) < psc:
-            self.add(path, "performance_sample_count",
-                     f"performance_sample_count {d.get('effective_performance_sample_count')} < {psc}")
+            self.add(
+                path,
+                "performance_sample_count",
+                f"performance_sample_count {d.get('effective_performance_sample_count')} < {psc}",
+            )
         if held in ("Server", "Interactive"):
             self._server_latency(path, d, bench, held)
 
@@ -265,8 +299,11 @@ class Checker:
             for key, field in _TOKEN_LATENCY_FIELDS.items():
                 got, bound_ms = float(d.get(field, 0)) / 1e6, bounds.get(key)
                 if bound_ms and got >= bound_ms:
-                    self.add(path, "token-latency", f"{key[:4].upper()} p99 {got:.1f} ms is not under {bound_ms} ms "
-                                                    f"({scenario})")
+                    self.add(
+                        path,
+                        "token-latency",
+                        f"{key[:4].upper()} p99 {got:.1f} ms is not under {bound_ms} ms ({scenario})",
+                    )
         elif int(d.get("effective_target_latency_ns", 0)) > 20_000_000_000:
             self.add(path, "latency", f"target_latency {d['effective_target_latency_ns']} ns is over 20 s")
 
@@ -308,7 +345,9 @@ class Checker:
         if tree.new_style:
             found = meas / "measurements.json"
         else:
-            candidates = sorted(meas.glob(f"{tree.system}*_{scenario}.json")) or sorted(meas.glob(f"{tree.system}*.json"))
+            candidates = sorted(meas.glob(f"{tree.system}*_{scenario}.json")) or sorted(
+                meas.glob(f"{tree.system}*.json")
+            )
             found = candidates[0] if candidates else meas / f"{tree.system}_<impl>_{scenario}.json"
         if not found.is_file():
             self.add(found, "missing-file", "missing measurements JSON")
@@ -334,7 +373,9 @@ class Checker:
             elif not all(lines & ok for ok in _TEST06_LINES):
                 self.add(folder / "verify_accuracy.txt", "compliance", "TEST06 did not pass (first token, EOS, length)")
             return
-        verifies = ("verify_accuracy.txt", "verify_performance.txt") if test == "TEST01" else ("verify_performance.txt",)
+        verifies = (
+            ("verify_accuracy.txt", "verify_performance.txt") if test == "TEST01" else ("verify_performance.txt",)
+        )
         for name in verifies:
             path = folder / name
             if not path.is_file():
@@ -359,15 +400,19 @@ def summarize(findings: list[Finding], results: int) -> str:
     smoke = sum(n for r, n in by_rule.items() if r in SMOKE_RULES)
     other = len(findings) - smoke
     rules = ", ".join(f"{r} {n}" for r, n in sorted(by_rule.items()))
-    return (f"check: {results} results, {len(findings)} findings ({rules or 'none'}); "
-            f"{smoke} are what a smoke round cannot meet, {other} are defects")
+    return (
+        f"check: {results} results, {len(findings)} findings ({rules or 'none'}); "
+        f"{smoke} are what a smoke round cannot meet, {other} are defects"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="mlperf-round-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("tree", type=Path, help="the submission root (holds closed/ and open/)")
     parser.add_argument("--version", required=True, choices=sorted(VERSIONS), help="the MLPerf Inference version")
-    parser.add_argument("--smoke", action="store_true", help="findings a smoke round cannot avoid do not fail the check")
+    parser.add_argument(
+        "--smoke", action="store_true", help="findings a smoke round cannot avoid do not fail the check"
+    )
     try:
         args = parser.parse_args(argv)
         findings, results = check_tree(args.tree, args.version)

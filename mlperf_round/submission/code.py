@@ -37,12 +37,18 @@ def snapshot(project: Path) -> Snapshot:
     """The project's files as they are now, once per package run."""
     from ..tracking import git_commit
 
-    proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=project,
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=project,
+        capture_output=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         why = proc.stderr.decode(errors="replace").strip()[:160]
-        raise InputError(f"{Path(project).resolve()}: not a git repository ({why}); the submission's code/ archives the "
-                         "project's files as git sees them")
+        raise InputError(
+            f"{Path(project).resolve()}: not a git repository ({why}); the submission's code/ archives the "
+            "project's files as git sees them"
+        )
     names = sorted(n for n in proc.stdout.decode().split("\0") if n and (Path(project) / n).is_file())
     hidden = [n for n in names if _refused(n)]
     buf = io.BytesIO()
@@ -79,9 +85,14 @@ def write(dest: Path, bench: str, snap: Snapshot, version: str) -> None:
         f"cd {SOURCE_DIR}\n"
         f"tar xf {HIDDEN_TAR} && rm {HIDDEN_TAR}   # dvc.yaml, dvc.lock, .dvc/config, .gitignore, kept apart\n"
         "git init -q\n"
-        + ("make setup          # Python 3.11: a virtual environment with the pinned dependencies\n" if snap.makefile else
-           "pip install -e .    # Python 3.11 (torch first, alone, as the project's README says)\n") +
-        "dvc repro           # the round as params.yaml describes it (point it at the real checkpoints first)\n"
+        + (
+            "make setup          # Python 3.11: a virtual environment with the pinned dependencies\n"
+            if snap.makefile
+            else "pip install -e .    # Python 3.11 (torch first, alone, as the project's README says)\n"
+        )
+        + "dvc repro           # the round as params.yaml describes it (point it at the real checkpoints first)\n"
         "```\n\n"
-        "`params.yaml`, and `dvc.lock` in the archive, are the round's: its recipes, builds and LoadGen settings, and the "
-        "hash of every stage's inputs and outputs.\n")
+        "`params.yaml`, and `dvc.lock` in the archive, are the round's: its recipes, builds and LoadGen settings, "
+        "and the "
+        "hash of every stage's inputs and outputs.\n"
+    )

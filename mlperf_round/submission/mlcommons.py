@@ -29,6 +29,9 @@ def run_checker(repo: Path, tree: Path, version: str, out: Path, timeout_s: floa
     (out / "mlcommons_checker.log").write_text(log)
     summary = [ln.split("SUMMARY:", 1)[1].strip() for ln in log.splitlines() if "SUMMARY:" in ln]
     errors = sum(1 for ln in log.splitlines() if re.search(r"\bERROR\b", ln))
-    return {"passed": proc.returncode == 0 and bool(summary) and "looks OK" in summary[-1],
-            "returncode": proc.returncode, "summary": summary[-1] if summary else "no verdict (crashed?)",
-            "error_lines": errors}
+    return {
+        "passed": proc.returncode == 0 and bool(summary) and "looks OK" in summary[-1],
+        "returncode": proc.returncode,
+        "summary": summary[-1] if summary else "no verdict (crashed?)",
+        "error_lines": errors,
+    }

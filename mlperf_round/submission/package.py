@@ -50,10 +50,20 @@ def _load(key: str, entry: EntryParams, root: Path) -> EntryResults:
         if (dirs["performance"] / scenario).is_dir():
             performance_metrics(dirs["performance"] / scenario, scenario)
     read = lambda p: json.loads(p.read_text())  # noqa: E731
-    metrics = {s: read(layout.metrics_path(key, s, root)) for s in ("quantize", "accuracy", "performance", "compliance")}
+    metrics = {
+        s: read(layout.metrics_path(key, s, root)) for s in ("quantize", "accuracy", "performance", "compliance")
+    }
     return EntryResults(
-        key, entry, read(dirs["build"] / "engine.json"), metrics["accuracy"], metrics["performance"],
-        dirs["accuracy"], dirs["performance"], metrics["compliance"], dirs["compliance"], metrics["quantize"],
+        key,
+        entry,
+        read(dirs["build"] / "engine.json"),
+        metrics["accuracy"],
+        metrics["performance"],
+        dirs["accuracy"],
+        dirs["performance"],
+        metrics["compliance"],
+        dirs["compliance"],
+        metrics["quantize"],
     )
 
 
@@ -70,8 +80,10 @@ def _refusals(r: EntryResults, params: RoundParams) -> tuple[list[str], list[str
     """What the checker would reject (problems), and what a smoke round carries instead (warnings)."""
     problems, warnings, smoke = [], [], params.round.smoke
     if r.entry.division == "closed" and not r.accuracy.get("passed"):
-        problems.append(f"{r.key}: {r.entry.mlperf_id} missed its accuracy target (worst ratio to the reference "
-                        f"{r.accuracy.get('worst_ratio', 0):.4f})")
+        problems.append(
+            f"{r.key}: {r.entry.mlperf_id} missed its accuracy target (worst ratio to the reference "
+            f"{r.accuracy.get('worst_ratio', 0):.4f})"
+        )
     measured = [s for s in r.entry.scenarios if s in r.performance]
     folders: dict[str, set[str]] = {}
     for p in params.placements(r.entry):
@@ -114,31 +126,45 @@ def _measurements(r: EntryResults, source: str) -> dict:
     if precision in ("fp32", "fp16", "bf16"):
         transforms = [] if precision == "fp32" else [f"weights cast to {precision}"]
     elif image:
-        transforms = [f"post-training quantization of the UNet to {WEIGHT_TYPES[precision]} (NVIDIA Model Optimizer): ResBlock "
-                      "convolutions, attention Q/K/V and feed-forward linears, SmoothQuant on those linears, activation "
-                      "ranges from the first calibration denoising steps"]
+        transforms = [
+            f"post-training quantization of the UNet to {WEIGHT_TYPES[precision]} (NVIDIA Model Optimizer): ResBlock "
+            "convolutions, attention Q/K/V and feed-forward linears, SmoothQuant on those linears, activation "
+            "ranges from the first calibration denoising steps"
+        ]
     else:
         transforms = [f"post-training quantization to {WEIGHT_TYPES[precision]} (NVIDIA Model Optimizer)"]
     if image and r.engine.get("deepcache_interval"):
-        transforms.append(f"DeepCache: a full UNet step every {r.engine['deepcache_interval']} steps, shallow steps reuse "
-                          f"cached deep features (branch {r.engine['deepcache_branch']}); no retraining")
+        transforms.append(
+            f"DeepCache: a full UNet step every {r.engine['deepcache_interval']} steps, shallow steps reuse "
+            f"cached deep features (branch {r.engine['deepcache_branch']}); no retraining"
+        )
     if recipe.sparsity != "none":
-        transforms.insert(0, f"{recipe.sparsity} structured sparsity on every attention and MLP linear layer "
-                             f"({recipe.sparsity_method}, NVIDIA Model Optimizer), post-training, no fine-tuning")
+        transforms.insert(
+            0,
+            f"{recipe.sparsity} structured sparsity on every attention and MLP linear layer "
+            f"({recipe.sparsity_method}, NVIDIA Model Optimizer), post-training, no fine-tuning",
+        )
     pruned = r.quantize.get("pruning")
     if pruned:
         kd = recipe.distill
-        steps = [f"structured pruning to {pruned['layers']} decoder layers and {pruned['heads_per_layer']} attention heads "
-                 f"per layer ({pruned['parameters_before']:,} -> {pruned['parameters_after']:,} parameters), layers by block "
-                 "influence and heads by output norm on the calibration list"]
+        steps = [
+            f"structured pruning to {pruned['layers']} decoder layers and {pruned['heads_per_layer']} attention heads "
+            f"per layer ({pruned['parameters_before']:,} -> {pruned['parameters_after']:,} parameters), layers by "
+            f"block "
+            "influence and heads by output norm on the calibration list"
+        ]
         if kd.steps:
-            steps.append(f"knowledge distillation from the unpruned model: KL divergence of logits at temperature "
-                         f"{kd.temperature:g}, {kd.steps} steps, AdamW lr {kd.lr:g}, on the calibration list "
-                         "(NVIDIA Model Optimizer distillation)")
+            steps.append(
+                f"knowledge distillation from the unpruned model: KL divergence of logits at temperature "
+                f"{kd.temperature:g}, {kd.steps} steps, AdamW lr {kd.lr:g}, on the calibration list "
+                "(NVIDIA Model Optimizer distillation)"
+            )
         transforms[:0] = steps
     return {
         "input_data_types": "int32 (CLIP token ids), fp32 initial latents" if image else "int32 (token ids)",
-        "retraining": "yes: knowledge distillation on the calibration list" if pruned and recipe.distill.steps else "no",
+        "retraining": "yes: knowledge distillation on the calibration list"
+        if pruned and recipe.distill.steps
+        else "no",
         "starting_weights_filename": source,
         "weight_data_types": WEIGHT_TYPES[precision],
         "weight_transformations": "; ".join(transforms) or "none",
@@ -154,21 +180,31 @@ def _readme(r: EntryResults, mlperf_id: str, scenario: str, smoke: bool, provena
         "",
         f"- backend: {r.engine['backend']}, precision {r.engine['precision']}, dtype {r.engine['dtype']}, "
         f"max batch {r.engine['max_batch_size']}, "
-        + (f"{r.engine['steps']} denoising steps, guidance {r.engine['guidance_scale']}, {r.engine['image_size']} px"
-           if "steps" in r.engine else f"beam width {r.engine['beam_width']}"),
+        + (
+            f"{r.engine['steps']} denoising steps, guidance {r.engine['guidance_scale']}, {r.engine['image_size']} px"
+            if "steps" in r.engine
+            else f"beam width {r.engine['beam_width']}"
+        ),
         f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(r.engine['versions'].items()))}",
     ]
     if r.engine.get("scheduler") == "inflight":
-        lines.append(f"- in-flight batching, paged KV cache: {r.engine['kv_pool_blocks']} blocks of {r.engine['kv_block_size']} "
-                     f"tokens, stored as {'fp8 (e4m3)' if r.engine.get('kv_cache') == 'fp8' else r.engine['dtype']}")
+        lines.append(
+            f"- in-flight batching, paged KV cache: {r.engine['kv_pool_blocks']} blocks of {r.engine['kv_block_size']} "
+            f"tokens, stored as {'fp8 (e4m3)' if r.engine.get('kv_cache') == 'fp8' else r.engine['dtype']}"
+        )
     if r.engine.get("deepcache_interval"):
-        lines.append(f"- DeepCache: full UNet step every {r.engine['deepcache_interval']} steps, branch {r.engine['deepcache_branch']}")
+        lines.append(
+            f"- DeepCache: full UNet step every {r.engine['deepcache_interval']} steps, branch "
+            f"{r.engine['deepcache_branch']}"
+        )
     if r.engine["precision"] in ("fp8", "int8_sq"):
         lines.append("- calibration: see calibration.md in the submitter folder")
     if "sparsity" in r.quantize:
         sp = r.quantize["sparsity"]
-        lines.append(f"- 2:4 sparsity: {sp['groups_24_share']:.4f} of groups are 2:4 in {sp['layers']} layers; "
-                     f"compressed checkpoint {sp['checkpoint_bytes_24']} bytes vs {sp['checkpoint_bytes_dense']} dense")
+        lines.append(
+            f"- 2:4 sparsity: {sp['groups_24_share']:.4f} of groups are 2:4 in {sp['layers']} layers; "
+            f"compressed checkpoint {sp['checkpoint_bytes_24']} bytes vs {sp['checkpoint_bytes_dense']} dense"
+        )
     if smoke:
         lines += ["", "**Smoke round: shortened LoadGen runs. NOT submittable.**"]
     lines += [""] + markdown(provenance)
@@ -183,20 +219,29 @@ def _calibration_md(results: list[EntryResults], params: RoundParams, root: Path
             continue
         bp, bench = params.benchmarks[r.entry.benchmark], r.entry.benchmark
         stats = json.loads(layout.metrics_path(bench, "calibrate", root).read_text())
-        lines += [f"## {r.entry.mlperf_id} ({r.key}): {r.engine['precision']}", "",
-                  f"- calibration set: {bp.dataset.calibration_size} samples of the benchmark's calibration list "
-                  f"({'MLPerf' if bp.dataset.source == 'url' else 'generated'}), disjoint from the accuracy set",
-                  f"- statistics: per-channel absolute maxima of the inputs of {stats.get('layers')} layers "
-                  f"(NVIDIA Model Optimizer max calibration), {stats.get('samples')} samples"]
+        lines += [
+            f"## {r.entry.mlperf_id} ({r.key}): {r.engine['precision']}",
+            "",
+            f"- calibration set: {bp.dataset.calibration_size} samples of the benchmark's calibration list "
+            f"({'MLPerf' if bp.dataset.source == 'url' else 'generated'}), disjoint from the accuracy set",
+            f"- statistics: per-channel absolute maxima of the inputs of {stats.get('layers')} layers "
+            f"(NVIDIA Model Optimizer max calibration), {stats.get('samples')} samples",
+        ]
         if "steps_collected" in stats:
-            lines.append(f"- denoising steps: collected on the first {stats['steps_collected']} of {stats['total_steps']} "
-                         f"steps ({stats.get('unet_calls_collected')} UNet calls)")
+            lines.append(
+                f"- denoising steps: collected on the first {stats['steps_collected']} of {stats['total_steps']} "
+                f"steps ({stats.get('unet_calls_collected')} UNet calls)"
+            )
         if r.engine["precision"] == "int8_sq":
-            lines.append(f"- SmoothQuant, alpha {r.entry.recipe.smoothquant_alpha}; INT8 weights per channel, "
-                         "activations per tensor")
+            lines.append(
+                f"- SmoothQuant, alpha {r.entry.recipe.smoothquant_alpha}; INT8 weights per channel, "
+                "activations per tensor"
+            )
         else:
-            lines.append("- FP8 (E4M3) weights and activations, per-tensor scales from the maxima"
-                         + ("; FP8 KV cache with per-layer K and V scales" if r.engine.get("kv_cache") == "fp8" else ""))
+            lines.append(
+                "- FP8 (E4M3) weights and activations, per-tensor scales from the maxima"
+                + ("; FP8 KV cache with per-layer K and V scales" if r.engine.get("kv_cache") == "fp8" else "")
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -206,16 +251,25 @@ def _round_targets(results: list[EntryResults], params: RoundParams) -> dict[tup
 
     accuracy.txt prints scores to 4 decimals, so the bounds it is checked against are rounded alike: rounding is
     monotonic, so a score the accuracy stage passed never fails here on the last digit."""
+
     def printed(bounds: dict) -> dict:
         return {k: round(float(v), 4) for k, v in bounds.items()}
 
-    return {(r.entry.division, p.mlperf_id): (printed(r.accuracy["target"]), printed(r.accuracy.get("upper_limit", {})))
-            for r in results if params.benchmarks[r.entry.benchmark].reference.source == "measured"
-            for p in params.placements(r.entry)}
+    return {
+        (r.entry.division, p.mlperf_id): (printed(r.accuracy["target"]), printed(r.accuracy.get("upper_limit", {})))
+        for r in results
+        if params.benchmarks[r.entry.benchmark].reference.source == "measured"
+        for p in params.placements(r.entry)
+    }
 
 
-def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS, lock: Path = Path("dvc.lock"),
-                  project: Path = Path(".")) -> dict:
+def package_round(
+    params: RoundParams,
+    out: Path,
+    root: Path = layout.ARTIFACTS,
+    lock: Path = Path("dvc.lock"),
+    project: Path = Path("."),
+) -> dict:
     smoke, rnd = params.round.smoke, params.round
     results = [_load(k, e, root) for k, e in params.entries.items()]
     problems, warnings = [], []
@@ -254,7 +308,9 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
                 meas = tree.measurements(bench, folder)
                 meas.mkdir(parents=True, exist_ok=True)
                 (meas / "user.conf").write_text((r.performance_dir / "user.conf").read_text())
-                (meas / "mlperf.conf").write_text(conf_text)  # LoadGen's compiled-in copy; check compares the logs' sha1
+                (meas / "mlperf.conf").write_text(
+                    conf_text
+                )  # LoadGen's compiled-in copy; check compares the logs' sha1
                 (meas / "README.md").write_text(_readme(r, bench, folder, smoke, records[r.key]))
                 write_json(tree.measurements_json(bench, folder, r.engine["backend"]), _measurements(r, source))
                 rows.append(_row(division, r, bench, folder, scenario))
@@ -272,25 +328,53 @@ def package_round(params: RoundParams, out: Path, root: Path = layout.ARTIFACTS,
     _write_tables(out, rows, smoke, warnings, sorted({r for rules in unmet.values() for r in rules}))
     with tarfile.open(out / f"{rnd.submitter}-{rnd.name}-{rnd.version}.tar.gz", "w:gz") as tar:
         tar.add(tree_root, arcname=f"{rnd.submitter}-{rnd.version}")
-    accuracy = [{"entry": r.key, "recipe": recipe_label(r), "accuracy_ratio": round(float(r.accuracy["worst_ratio"]), 4),
-                 "target_ratio": r.entry.accuracy_target if isinstance(r.entry.accuracy_target, float) else "",
-                 "passed": r.accuracy["passed"]} for r in results]
-    return {"entries": len(results), "rows": len(rows), "table": rows, "accuracy": accuracy,
-            "submittable": not smoke and not warnings and not findings, "warnings": warnings, "headline": headline, "findings": len(findings), "defects": len(defects),
-            "unmet_rules": sorted({r for rules in unmet.values() for r in rules}),
-            "mlperf_conf_sha1": conf_sha1, "provenance": records}
+    accuracy = [
+        {
+            "entry": r.key,
+            "recipe": recipe_label(r),
+            "accuracy_ratio": round(float(r.accuracy["worst_ratio"]), 4),
+            "target_ratio": r.entry.accuracy_target if isinstance(r.entry.accuracy_target, float) else "",
+            "passed": r.accuracy["passed"],
+        }
+        for r in results
+    ]
+    return {
+        "entries": len(results),
+        "rows": len(rows),
+        "table": rows,
+        "accuracy": accuracy,
+        "submittable": not smoke and not warnings and not findings,
+        "warnings": warnings,
+        "headline": headline,
+        "findings": len(findings),
+        "defects": len(defects),
+        "unmet_rules": sorted({r for rules in unmet.values() for r in rules}),
+        "mlperf_conf_sha1": conf_sha1,
+        "provenance": records,
+    }
 
 
 def _row(division: str, r: EntryResults, mlperf_id: str, folder: str, scenario: str) -> dict:
     """One result as the tree holds it (`folder`), measured by the entry's `scenario` run."""
     perf = r.performance[scenario]
-    return {"division": division, "entry": r.key, "benchmark": mlperf_id, "scenario": folder,
-            "samples_per_s": perf["samples_per_s"], "target_qps": perf.get("target_qps", ""),
-            "tokens_per_s": perf.get("tokens_per_s", ""),
-            "latency_p90_ms": perf.get("latency_p90_ms", ""), "latency_p99_ms": perf.get("latency_p99_ms", ""),
-            "ttft_p99_ms": perf.get("ttft_p99_ms", ""), "tpot_p99_ms": perf.get("tpot_p99_ms", ""), "valid": perf["valid"],
-            "accuracy_worst_ratio": round(r.accuracy["worst_ratio"], 4), "accuracy_passed": r.accuracy["passed"],
-            "submittable": False, "unmet_rules": ""}
+    return {
+        "division": division,
+        "entry": r.key,
+        "benchmark": mlperf_id,
+        "scenario": folder,
+        "samples_per_s": perf["samples_per_s"],
+        "target_qps": perf.get("target_qps", ""),
+        "tokens_per_s": perf.get("tokens_per_s", ""),
+        "latency_p90_ms": perf.get("latency_p90_ms", ""),
+        "latency_p99_ms": perf.get("latency_p99_ms", ""),
+        "ttft_p99_ms": perf.get("ttft_p99_ms", ""),
+        "tpot_p99_ms": perf.get("tpot_p99_ms", ""),
+        "valid": perf["valid"],
+        "accuracy_worst_ratio": round(r.accuracy["worst_ratio"], 4),
+        "accuracy_passed": r.accuracy["passed"],
+        "submittable": False,
+        "unmet_rules": "",
+    }
 
 
 def _headline(headline: dict, r: EntryResults, scenario: str) -> None:

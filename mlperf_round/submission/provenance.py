@@ -44,12 +44,20 @@ class Provenance:
                 meta = json.loads(layout.metrics_path(owner, stage, root).read_text()).get("provenance", {})
             except (OSError, json.JSONDecodeError):
                 meta = {}
-            out.append({"stage": f"{stage}@{owner}", "dvc_md5": self.dvc_hash(stage, owner),
-                        "mlflow_run_id": meta.get("mlflow_run_id", "unknown"), "git_commit": meta.get("git_commit", "unknown")})
+            out.append(
+                {
+                    "stage": f"{stage}@{owner}",
+                    "dvc_md5": self.dvc_hash(stage, owner),
+                    "mlflow_run_id": meta.get("mlflow_run_id", "unknown"),
+                    "git_commit": meta.get("git_commit", "unknown"),
+                }
+            )
         return out
 
 
 def markdown(records: list[dict[str, str]]) -> list[str]:
     lines = ["## Provenance", "", "| stage | DVC output md5 | MLflow run | git commit |", "|---|---|---|---|"]
-    lines += [f"| {r['stage']} | `{r['dvc_md5']}` | `{r['mlflow_run_id']}` | `{r['git_commit'][:12]}` |" for r in records]
+    lines += [
+        f"| {r['stage']} | `{r['dvc_md5']}` | `{r['mlflow_run_id']}` | `{r['git_commit'][:12]}` |" for r in records
+    ]
     return lines

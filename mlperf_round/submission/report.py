@@ -11,8 +11,22 @@ import io
 from pathlib import Path
 
 REPORT = "report.html"
-COLUMNS = ("division", "entry", "benchmark", "scenario", "samples_per_s", "target_qps", "tokens_per_s", "latency_p99_ms",
-           "ttft_p99_ms", "tpot_p99_ms", "valid", "accuracy_worst_ratio", "accuracy_passed", "unmet_rules")
+COLUMNS = (
+    "division",
+    "entry",
+    "benchmark",
+    "scenario",
+    "samples_per_s",
+    "target_qps",
+    "tokens_per_s",
+    "latency_p99_ms",
+    "ttft_p99_ms",
+    "tpot_p99_ms",
+    "valid",
+    "accuracy_worst_ratio",
+    "accuracy_passed",
+    "unmet_rules",
+)
 
 
 def _png(fig) -> str:
@@ -29,8 +43,11 @@ def _throughput(rows: list[dict]) -> str:
 
     labels = [f"{r['entry']} {r['scenario']}" for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
-    ax.barh(labels, [float(r["samples_per_s"]) for r in rows],
-            color=["tab:green" if r["valid"] else "tab:red" for r in rows])
+    ax.barh(
+        labels,
+        [float(r["samples_per_s"]) for r in rows],
+        color=["tab:green" if r["valid"] else "tab:red" for r in rows],
+    )
     ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_xlabel("samples/s (log; red: INVALID run)")
@@ -42,7 +59,9 @@ def _latency(latency: dict[tuple[str, str], list[dict]]) -> str:
     import matplotlib.pyplot as plt
 
     scenarios = sorted({s for _, s in latency})
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(5.5 * len(scenarios), 3.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(scenarios), figsize=(5.5 * len(scenarios), 3.6), squeeze=False, layout="constrained"
+    )
     for ax, scenario in zip(axes[0], scenarios):
         for (entry, s), rows in sorted(latency.items()):
             if s == scenario:
@@ -60,12 +79,17 @@ def _accuracy(rows: list[dict]) -> str:
 
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
     labels = [f"{r['entry']} ({r['recipe']})" for r in rows]
-    ax.barh(labels, [r["accuracy_ratio"] for r in rows], color=["tab:green" if r["passed"] else "tab:red" for r in rows])
+    ax.barh(
+        labels, [r["accuracy_ratio"] for r in rows], color=["tab:green" if r["passed"] else "tab:red" for r in rows]
+    )
     for i, r in enumerate(rows):
         if r["target_ratio"] != "":
             ax.plot([r["target_ratio"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
     ax.invert_yaxis()
-    ax.set_xlim(min([0.9] + [r["accuracy_ratio"] - 0.01 for r in rows]), max([1.01] + [r["accuracy_ratio"] + 0.01 for r in rows]))
+    ax.set_xlim(
+        min([0.9] + [r["accuracy_ratio"] - 0.01 for r in rows]),
+        max([1.01] + [r["accuracy_ratio"] + 0.01 for r in rows]),
+    )
     ax.set_xlabel("worst score / reference (black: target)")
     ax.set_title("Accuracy against target")
     return _png(fig)
@@ -79,8 +103,14 @@ def _table(rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(path: Path, title: str, rows: list[dict], accuracy: list[dict],
-                 latency: dict[tuple[str, str], list[dict]], notes: list[str]) -> None:
+def write_report(
+    path: Path,
+    title: str,
+    rows: list[dict],
+    accuracy: list[dict],
+    latency: dict[tuple[str, str], list[dict]],
+    notes: list[str],
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,7 +122,11 @@ def write_report(path: Path, title: str, rows: list[dict], accuracy: list[dict],
         parts += ["<h2>Latency</h2>", _latency(latency)]
     if accuracy:
         parts += ["<h2>Accuracy</h2>", _accuracy(accuracy)]
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}img{max-width:100%}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                    f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}img{max-width:100%}"
+    )
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
