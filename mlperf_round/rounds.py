@@ -24,7 +24,7 @@ from .errors import ParamsError, RoundError, TransientError
 from .params import _version_tuple, load_params
 from .versions import VERSIONS
 
-LOADGEN_DIR = Path(".venv") / "loadgen"
+LOADGEN_DIR = Path(sys.prefix) / "loadgen"  # beside the environment's own packages (.venv/loadgen)
 
 
 def release_for(version: str) -> str | None:
