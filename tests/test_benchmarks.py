@@ -181,3 +181,32 @@ def test_a_new_benchmark_is_one_module():
         text = path.read_text()
         for word in ('"gptj"', '"llama2-70b"', '"llama3_1-8b"', '"stable-diffusion-xl"', "is_image"):
             assert word not in text, f"{path.relative_to(ROOT)} names {word}"
+
+
+def test_llama3_1_reads_mlcommons_cnn_eval_as_shipped(tmp_path: Path):
+    """cnn_eval.json's rows (instruction as {"llama": template}) and the calibration file's (instruction as the template
+    itself): the prompt is the filled template, tok_input is served as given; rows without tok_input are refused."""
+    import json
+
+    from mlperf_round.benchmarks import llama3_1
+    from mlperf_round.errors import InputError
+
+    template = llama3_1.TEMPLATE
+    rows = [
+        {"instruction": {"llama": template}, "input": "An article.", "tok_input": [1, 5, 9], "output": "A summary."},
+        {"instruction": template, "input": "Another one.", "tok_input": [1, 7], "output": "Short."},
+    ]
+    (tmp_path / "cnn_eval.json").write_text(json.dumps(rows, indent=4, ensure_ascii=False))
+    kept = llama3_1.read_shipped(tmp_path / "cnn_eval.json")
+    (tmp_path / "dataset.json").write_text(json.dumps(kept))
+    samples = llama3_1.load_samples(tmp_path / "dataset.json")
+    assert samples[0].prompt == template.format(input="An article.") and samples[0].input_ids == (1, 5, 9)
+    assert samples[1].prompt.endswith("Article:\nAnother one.\n\nSummary:") and samples[1].reference == "Short."
+    (tmp_path / "bad.json").write_text(json.dumps([{"input": "x", "output": "y"}]))
+    with pytest.raises(InputError, match=r"bad\.json: sample 0 lacks one of input, output, tok_input"):
+        llama3_1.read_shipped(tmp_path / "bad.json")
+    scores = llama3_1.score(["A summary."], ["A summary."], [3])
+    assert scores["rouge1"] == scores["rougeLsum"] == 100.0 and scores["gen_len"] == len("A summary.")
+    low, high = benchmarks.get("llama3_1-8b").published_targets("llama3.1-8b")
+    assert low["rougeLsum"] == pytest.approx(35.793 * 0.99) and high["gen_len"] == pytest.approx(8167644 * 1.1)
+    assert low["gen_len"] == pytest.approx(8167644 * 0.9)

@@ -44,9 +44,17 @@ def test_v61_tree_has_every_required_file_in_the_new_layout(workspace: Path):
         assert sorted(p.name for p in (org / "results" / SYSTEM / mlperf_id).iterdir()) == sorted(scenarios)
         for scenario in scenarios:
             res = org / "results" / SYSTEM / mlperf_id / scenario
-            for f in ("measurements.json", "user.conf", "README.md", "mlperf.conf", "performance/run_1/mlperf_log_detail.txt",
-                      "performance/run_1/mlperf_log_summary.txt", "accuracy/accuracy.txt",
-                      "accuracy/mlperf_log_accuracy.json", "TEST06/verify_accuracy.txt"):
+            for f in (
+                "measurements.json",
+                "user.conf",
+                "README.md",
+                "mlperf.conf",
+                "performance/run_1/mlperf_log_detail.txt",
+                "performance/run_1/mlperf_log_summary.txt",
+                "accuracy/accuracy.txt",
+                "accuracy/mlperf_log_accuracy.json",
+                "TEST06/verify_accuracy.txt",
+            ):
                 assert (res / f).is_file() and (res / f).stat().st_size, res / f
             assert f"*.*.qsl_rng_seed = {VERSIONS['v6.1'].seeds[0]}" in (res / "mlperf.conf").read_text()
             scores = (res / "accuracy/accuracy.txt").read_text()
@@ -58,12 +66,18 @@ def test_v61_tree_has_every_required_file_in_the_new_layout(workspace: Path):
 
 def test_interactive_runs_as_server_under_its_own_bounds(workspace: Path):
     perf = json.loads((workspace / layout.metrics_path("llama3_1-8b", "performance")).read_text())
-    assert perf["Interactive"]["valid"] and perf["Interactive"]["ttft_p99_ms"] > 0 and perf["Interactive"]["target_qps_auto"]
+    assert (
+        perf["Interactive"]["valid"]
+        and perf["Interactive"]["ttft_p99_ms"] > 0
+        and perf["Interactive"]["target_qps_auto"]
+    )
     assert all(perf[s]["qsl_rng_seed"] == str(VERSIONS["v6.1"].seeds[0]) for s in ("Offline", "Interactive"))
     conf = (workspace / layout.out_dir("llama3_1-8b", "performance") / "user.conf").read_text()
     assert "llama3_1-8b-interactive.Server.ttft_latency = 500" in conf
     assert "llama3_1-8b-interactive.Server.tpot_latency = 30" in conf
-    detail = (workspace / layout.out_dir("llama3_1-8b", "performance") / "Interactive/mlperf_log_detail.txt").read_text()
+    detail = (
+        workspace / layout.out_dir("llama3_1-8b", "performance") / "Interactive/mlperf_log_detail.txt"
+    ).read_text()
     assert '"key": "effective_scenario", "value": "Server"' in detail
     assert '"key": "requested_use_token_latencies", "value": true' in detail
     comp = json.loads((workspace / layout.metrics_path("llama3_1-8b", "compliance")).read_text())
