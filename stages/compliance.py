@@ -11,42 +11,8 @@ import sys
 
 from mlperf_round.errors import ComplianceError
 from mlperf_round.harness import compliance
-from mlperf_round.harness.logs import ACCURACY
 from mlperf_round.harness.run import run_test
 from mlperf_round.runner import StageContext, run_stage
-
-
-def _verify(ctx: StageContext, bench, test: str, scenario: str, run_dir) -> dict:
-    scenario_run = bench.loadgen_scenario(scenario)  # Interactive runs as Server
-    if test == "TEST06":
-        from mlperf_round.backends.torch_llm import read_spec
-
-        result = compliance.verify_test06(run_dir / ACCURACY, scenario_run, read_spec(ctx.input("build")).eos_token_id)
-        compliance.write_test06(result, run_dir / ACCURACY, ctx.out / scenario / test)
-        return result
-    accuracy = None
-    if test == "TEST01":
-        accuracy = compliance.verify_test01_accuracy(
-            ctx.input("accuracy") / scenario / ACCURACY, run_dir / ACCURACY, bench.kind.RESPONSE_DTYPE
-        )
-    threshold = compliance.SMOKE_PERFORMANCE_THRESHOLD if ctx.params.round.smoke else compliance.PERFORMANCE_THRESHOLD
-    performance = compliance.verify_performance(
-        ctx.input("performance") / scenario, run_dir, scenario_run, test, ctx.params.round.version, threshold
-    )
-    compliance.write_audit(test, accuracy, performance, run_dir, ctx.out / scenario / test)
-    failures = list((accuracy or {}).get("failures", []))
-    if not performance["passed"]:
-        failures.append(
-            f"{performance['reason']}: score {performance['test_score']:.3f} against the performance "
-            f"run's {performance['reference_score']:.3f} (ratio {performance['ratio']:.3f})"
-        )
-    return {
-        "passed": (accuracy is None or accuracy["passed"]) and performance["passed"],
-        "failures": failures,
-        "performance_ratio": performance["ratio"],
-        "performance_threshold": threshold,
-        **({"identical": accuracy["identical"], "matched": accuracy["matched"]} if accuracy else {}),
-    }
 
 
 def body(ctx: StageContext) -> dict:
@@ -58,8 +24,9 @@ def body(ctx: StageContext) -> dict:
     source = ctx.input("download", ctx.benchmark_name)
     engine = ctx.input("build")
     dataset = source / "dataset.json"
+    accuracy, performance = ctx.input("accuracy"), ctx.input("performance")  # what the audits are judged against
     conf = ctx.out / "user.conf"  # the performance run's settings, Server's found target_qps included
-    conf.write_text((ctx.input("performance") / "user.conf").read_text())
+    conf.write_text((performance / "user.conf").read_text())
     failed = []
     for test in tests:
         audit = ctx.out / f"{test}.audit.config"
@@ -80,7 +47,18 @@ def body(ctx: StageContext) -> dict:
                 },
                 ctx.params.round.test_timeout_s,
             )
-            result = _verify(ctx, bench, test, scenario, run_dir)
+            result = compliance.verdict(
+                test,
+                run_dir,
+                ctx.out / scenario / test,
+                bench.loadgen_scenario(scenario),  # Interactive runs as Server
+                accuracy_run=accuracy / scenario,
+                performance_run=performance / scenario,
+                engine=engine,
+                response_dtype=bench.kind.RESPONSE_DTYPE,
+                version=ctx.params.round.version,
+                smoke=ctx.params.round.smoke,
+            )
             metrics[f"{scenario}.{test}"] = {k: v for k, v in result.items() if k != "failures"}
             if not result["passed"]:
                 failed.append(f"{test} {scenario}: {result['failures'][0]}")

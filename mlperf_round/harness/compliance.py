@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..jsonfile import read_json
+from .logs import ACCURACY
 
 AUDITS = {
     "TEST06": (
@@ -278,3 +279,46 @@ def write_audit(test: str, accuracy: dict | None, performance: dict, run_dir: Pa
             "TEST PASS" if accuracy["passed"] else "TEST FAIL",
         ]
         (out / "verify_accuracy.txt").write_text("\n".join(lines) + "\n")
+
+
+def verdict(
+    test: str,
+    run_dir: Path,
+    out: Path,
+    scenario: str,
+    accuracy_run: Path,
+    performance_run: Path,
+    engine: Path,
+    response_dtype: str,
+    version: str,
+    smoke: bool,
+) -> dict:
+    """One audit run judged as MLCommons' run_verification.py judges it, its verify_*.txt written to `out`.
+
+    `scenario` is LoadGen's (Server for Interactive); a smoke round's throughput checks allow
+    SMOKE_PERFORMANCE_THRESHOLD."""
+    if test == "TEST06":
+        from ..backends.torch_llm import read_spec
+
+        result = verify_test06(run_dir / ACCURACY, scenario, read_spec(engine).eos_token_id)
+        write_test06(result, run_dir / ACCURACY, out)
+        return result
+    accuracy = None
+    if test == "TEST01":
+        accuracy = verify_test01_accuracy(accuracy_run / ACCURACY, run_dir / ACCURACY, response_dtype)
+    threshold = SMOKE_PERFORMANCE_THRESHOLD if smoke else PERFORMANCE_THRESHOLD
+    performance = verify_performance(performance_run, run_dir, scenario, test, version, threshold)
+    write_audit(test, accuracy, performance, run_dir, out)
+    failures = list((accuracy or {}).get("failures", []))
+    if not performance["passed"]:
+        failures.append(
+            f"{performance['reason']}: score {performance['test_score']:.3f} against the performance "
+            f"run's {performance['reference_score']:.3f} (ratio {performance['ratio']:.3f})"
+        )
+    return {
+        "passed": (accuracy is None or accuracy["passed"]) and performance["passed"],
+        "failures": failures,
+        "performance_ratio": performance["ratio"],
+        "performance_threshold": threshold,
+        **({"identical": accuracy["identical"], "matched": accuracy["matched"]} if accuracy else {}),
+    }
