@@ -17,20 +17,6 @@ def record_kernels(ctx, spec, engine) -> None:
             ctx.tracker.set_tag(f"mlperf.{key}", value)
 
 
-def check_backend(backend: str, where: str) -> None:
-    if backend == "tensorrt-llm":
-        try:
-            import tensorrt_llm  # noqa: F401
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ImportError("no CUDA device")
-        except ImportError as err:
-            raise ParamsError(
-                f"{where}: tensorrt-llm needs the tensorrt_llm package and a GPU ({err}); use backend: torch"
-            ) from None
-
-
 def scheduler_for(build: BuildParams, gen: GenerationParams, model_dir: Path, where: str) -> str:
     """In-flight batching needs greedy decoding and a Llama-layout model; `auto` falls back to static."""
     import json

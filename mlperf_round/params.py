@@ -338,7 +338,11 @@ class RecipeParams(Strict):
 
 
 class BuildParams(Strict):
-    backend: Literal["torch", "tensorrt-llm"] = Field("torch", description="engine backend")
+    backend: Literal["torch"] = Field(
+        "torch",
+        description="engine backend: torch, this project's engines (in-flight batching over a paged KV cache "
+        "for the LLMs). TensorRT-LLM is not a choice: nothing here drives it yet",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="activation dtype of the engine")
     max_batch_size: int = Field(8, ge=1, le=1024, description="most sequences in flight (or per static batch)")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")

@@ -2,12 +2,10 @@
 
 import sys
 
-from mlperf_round import engines
 from mlperf_round.runner import StageContext, run_stage
 
 
 def body(ctx: StageContext) -> dict:
-    engines.check_backend(ctx.entry.build.backend, f"entries.{ctx.key}.build.backend")
     metrics = ctx.bench.kind.build(ctx, ctx.bench)
     ctx.tracker.log_artifact(ctx.out / "engine.json")
     return metrics

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .engine import Event
+
 
 class PoolExhausted(RuntimeError):
     pass
@@ -73,13 +75,6 @@ class Sequence:
 
     def slots(self, block_size: int, start: int, stop: int) -> list[int]:
         return [self.blocks[p // block_size] * block_size + p % block_size for p in range(start, stop)]
-
-
-@dataclass
-class Event:
-    rid: int
-    kind: str  # "first": the first new token; "done": every new token
-    tokens: np.ndarray
 
 
 class InflightEngine:

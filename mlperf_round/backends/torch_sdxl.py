@@ -133,6 +133,9 @@ class TorchSDXL:
     def scheduler(self, policy: str | None = None):
         return ImageBatcher(self)
 
+    def stats(self) -> dict:
+        return {"images": self.images, "unet_calls": self.unet_calls}
+
 
 def bucket(n: int, limit: int) -> int:
     """The batch size a compiled engine runs n images at: the next power of two, at most `limit`."""
@@ -187,7 +190,7 @@ class ImageBatcher(torch_llm.StaticBatcher):
         self.waiting.append((rid, caption))
 
     def _events(self, rid: int, image: np.ndarray) -> list:
-        from .paged import Event
+        from .engine import Event
 
         return [Event(rid, "done", np.ascontiguousarray(image).reshape(-1))]
 

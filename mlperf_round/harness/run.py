@@ -111,9 +111,9 @@ def _main(spec_file: str) -> int:
         system.close()
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
-    engine = system.engine
-    if hasattr(engine, "unet_calls"):  # what the UNet computed, for DeepCache's accounting
-        (outdir / ENGINE_STATS).write_text(json.dumps({"images": engine.images, "unet_calls": engine.unet_calls}))
+    stats = system.engine.stats() if system.engine is not None else None
+    if stats is not None:  # what the UNet computed, for DeepCache's accounting
+        (outdir / ENGINE_STATS).write_text(json.dumps(stats))
     if system.error:
         (outdir / "sut_error.txt").write_text(system.error)
         print(system.error, file=sys.stderr)

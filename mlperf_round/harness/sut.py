@@ -91,8 +91,7 @@ class System:
 
         try:
             self.engine = open_engine()
-            if hasattr(self.engine, "warmup"):  # before LoadGen's clock starts, as production harnesses do
-                self.engine.warmup()
+            self.engine.warmup()  # before LoadGen's clock starts, as production harnesses do
             self.scheduler = self.engine.scheduler()
         except BaseException as err:  # noqa: BLE001  (re-raised on the constructing thread)
             self.load_error = err
