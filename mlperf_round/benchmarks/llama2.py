@@ -126,40 +126,16 @@ def write_generated_dataset(bp: BenchmarkParams, out: Path) -> None:
 
 # ---------------------------------------------------------------- model
 def build_tiny_model(cfg: TinyLlama, tokenizer, out: Path) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        initializer_range=cfg.init_std,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    config.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config)
+    model = text.tiny_llama(cfg, tokenizer)
     if cfg.train_steps:
         rows = generate_dataset(cfg.train_samples, cfg.seed + TRAIN_SEED_OFFSET, variation=0.0)
-        answers = [r["output"] + EOS for r in rows]
-        counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
-        text.train(
+        text.train_answers(
             model,
             tokenizer,
-            [r["input"] + " " + a for r, a in zip(rows, answers)],
-            cfg.train_steps,
-            cfg.train_batch,
-            cfg.train_lr,
-            cfg.seed,
+            cfg,
+            [r["input"] + " " for r in rows],
+            [r["output"] + EOS for r in rows],
             "train tiny llama",
-            completion_tokens=counts,
         )
     model.eval().save_pretrained(out, safe_serialization=True)
 
@@ -174,13 +150,7 @@ class Sample:
 
 def load_samples(path: Path) -> list[Sample]:
     rows = text.read_rows(path, {"input", "output"})
-    samples = []
-    for i, r in enumerate(rows):
-        ids = r.get("tok_input")
-        if ids is not None and not (isinstance(ids, list) and ids and all(isinstance(t, int) and t >= 0 for t in ids)):
-            raise InputError(f"{path}: sample {i}: tok_input is not a non-empty list of token ids")
-        samples.append(Sample(r["input"], r["output"], tuple(ids) if ids else None))
-    return samples
+    return [Sample(r["input"], r["output"], text.token_ids(r, path, i)) for i, r in enumerate(rows)]
 
 
 SHIPPED_COLUMNS = ("id", "system_prompt", "question", "input", "output", "tok_input")

@@ -18,13 +18,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ..errors import InputError
 from ..kinds import text_generation
-from ..params import BenchmarkParams, GenerationParams, ModelParams, Strict
+from ..params import BenchmarkParams, GenerationParams, ModelParams
 from . import text
 from .base import Benchmark
+from .llama2 import TinyLlama
 from .text import load_model, load_tokenizer, tokenizer_dir  # noqa: F401  (the stages' interface)
 
 NAME = "llama3_1-8b"  # the params key and mlperf.conf's model name; MLPerf's id is llama3.1-8b (DVC splits at dots)
@@ -89,49 +90,25 @@ def write_generated_dataset(bp: BenchmarkParams, out: Path) -> None:
 
 # ---------------------------------------------------------------- model
 def build_tiny_model(cfg: TinyLlama3, tokenizer, out: Path) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        initializer_range=cfg.init_std,
-        rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        rope_parameters={
-            "rope_type": "llama3",
-            "rope_theta": cfg.rope_theta,
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,  # 3.1's context is 8x its pre-training's (131,072 = 8 x 8,192)
-            "original_max_position_embeddings": cfg.max_position_embeddings // 8,
-        },
-    )
-    config.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config)
+    # Llama 3's RoPE: theta 500,000, and 3.1's frequency scaling (its context is 8x its pre-training's)
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": cfg.rope_theta,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": cfg.max_position_embeddings // 8,
+    }
+    model = text.tiny_llama(cfg, tokenizer, rms_norm_eps=1e-5, rope_parameters=rope)
     if cfg.train_steps:
         rows = generate_dataset(cfg.train_samples, cfg.seed + TRAIN_SEED_OFFSET)
-        answers = [" " + r["output"] + EOT for r in rows]
-        counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
-        text.train(
+        text.train_answers(
             model,
             tokenizer,
-            [BOS + TEMPLATE.format(input=r["input"]) + a for r, a in zip(rows, answers)],
-            cfg.train_steps,
-            cfg.train_batch,
-            cfg.train_lr,
-            cfg.seed,
+            cfg,
+            [BOS + TEMPLATE.format(input=r["input"]) for r in rows],
+            [" " + r["output"] + EOT for r in rows],
             "train tiny llama3.1",
-            completion_tokens=counts,
         )
     model.eval().save_pretrained(out, safe_serialization=True)
 
@@ -159,14 +136,11 @@ def load_samples(path: Path) -> list[Sample]:
     rows = text.read_rows(path, {"input", "output"})
     samples = []
     for i, r in enumerate(rows):
-        ids = r.get("tok_input")
-        if ids is not None and not (isinstance(ids, list) and ids and all(isinstance(t, int) and t >= 0 for t in ids)):
-            raise InputError(f"{path}: sample {i}: tok_input is not a non-empty list of token ids")
         try:
             prompt = _prompt(r)
         except (KeyError, ValueError, AttributeError):
             raise InputError(f"{path}: sample {i}: its instruction is not a template with an {{input}} field") from None
-        samples.append(Sample(prompt, r["output"], tuple(ids) if ids else None))
+        samples.append(Sample(prompt, r["output"], text.token_ids(r, path, i)))
     return samples
 
 
@@ -200,25 +174,16 @@ def upper_limits(reference: dict[str, float], size_ratio: float = 1.0) -> dict[s
 
 
 # ---------------------------------------------------------------- params schema (benchmarks.llama3_1-8b)
-class TinyLlama3(Strict):
-    hidden_size: int = Field(64, ge=16, le=1024, description="hidden size of the tiny model")
-    intermediate_size: int = Field(128, ge=16, description="MLP width (a multiple of 8)")
-    num_hidden_layers: int = Field(2, ge=1, le=8, description="decoder layers")
-    num_attention_heads: int = Field(4, ge=1, description="query heads")
+class TinyLlama3(TinyLlama):
     num_key_value_heads: int = Field(1, ge=1, description="key/value heads: 4 query heads per KV head, as Llama 3.1 8B")
-    max_position_embeddings: int = Field(2048, ge=256, description="maximum sequence length")
-    rope_theta: float = Field(
-        500000.0, gt=0, description="RoPE base (Llama 3: 500,000), with Llama 3's frequency scaling"
-    )
+    rope_theta: float = Field(500000.0, gt=0, description="RoPE base (Llama 3: 500,000), with Llama 3's scaling")
     vocab_size: int = Field(
         4096,
         ge=512,
         le=131072,
-        description="tokenizer vocabulary, reserved special tokens filling "
-        "what the words leave (Llama 3: 128,256; the output layer's cost grows with it)",
+        description="tokenizer vocabulary, reserved special tokens "
+        "filling what the words leave (Llama 3: 128,256; the output layer's cost grows with it)",
     )
-    init_std: float = Field(0.02, gt=0, le=2, description="weight init std")
-    seed: int = Field(0, description="seed of the weights and of the training order")
     train_steps: int = Field(
         600,
         ge=0,
@@ -226,21 +191,6 @@ class TinyLlama3(Strict):
         description="training steps on a generated split disjoint from the accuracy set (0: random weights)",
     )
     train_samples: int = Field(512, ge=1, description="size of that training split")
-    train_batch: int = Field(16, ge=1, description="training batch size")
-    train_lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate")
-
-    @model_validator(mode="after")
-    def _shape(self) -> TinyLlama3:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
-            )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads "
-                f"{self.num_key_value_heads}"
-            )
-        return self
 
 
 class Llama3ModelParams(ModelParams):

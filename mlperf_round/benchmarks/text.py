@@ -196,6 +196,56 @@ def train(
     model.eval()
 
 
+def tiny_llama(cfg, tokenizer, **config):
+    """A seeded LlamaForCausalLM of the tiny config's shape (`config`: what a Llama generation adds, e.g. RoPE)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        initializer_range=cfg.init_std,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **config,
+    )
+    config.architectures = ["LlamaForCausalLM"]
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(config)
+
+
+def train_answers(model, tokenizer, cfg, prompts: list[str], answers: list[str], desc: str) -> None:
+    """Chat fine-tuning of a tiny model: each prompt followed by its answer, the loss on the answer only."""
+    counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    texts = [p + a for p, a in zip(prompts, answers)]
+    train(
+        model,
+        tokenizer,
+        texts,
+        cfg.train_steps,
+        cfg.train_batch,
+        cfg.train_lr,
+        cfg.seed,
+        desc,
+        completion_tokens=counts,
+    )
+
+
+def token_ids(row: dict, path: Path, i: int) -> tuple[int, ...] | None:
+    """A row's tok_input (MLCommons' prompt token ids, served as given), checked."""
+    ids = row.get("tok_input")
+    if ids is not None and not (isinstance(ids, list) and ids and all(isinstance(t, int) and t >= 0 for t in ids)):
+        raise InputError(f"{path}: sample {i}: tok_input is not a non-empty list of token ids")
+    return tuple(ids) if ids else None
+
+
 def sample_ids(sample, tokenizer, max_len: int):
     """A sample's prompt as token ids: the dataset's own (MLPerf's tok_input) when it has them."""
     import numpy as np
