@@ -53,7 +53,7 @@ class Benchmark:
 
     def __getattr__(self, name: str):
         """The module's readers, builders and scoring: `bench.load_samples(...)`."""
-        if name.startswith("__"):
+        if name.startswith("__") or name == "module":  # not yet set (copy, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.module, name)
 
