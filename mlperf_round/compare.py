@@ -8,6 +8,7 @@ and MLflow's own run comparison show the same numbers.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -22,15 +23,24 @@ LOWER_PREFIXES = ("latency_", "ttft_", "tpot_")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
+@functools.cache
+def _scores() -> tuple[frozenset[str], frozenset[str]]:
+    """Every benchmark's scores, and those where less is better (FID): asked of the benchmarks once."""
+    from .benchmarks import REGISTRY
+
+    return (
+        frozenset(k for b in REGISTRY.values() for k in b.score_keys),
+        frozenset(k for b in REGISTRY.values() for k in b.lower_scores),
+    )
+
+
 def direction(metric: str) -> int:
     """+1 when more is better (throughput, accuracy, validity), -1 when less is (latency, FID), 0 when neither.
     Each benchmark says which of its scores are better lower."""
-    from .benchmarks import REGISTRY
-
-    lower = {k for b in REGISTRY.values() for k in b.lower_scores}
+    scores, lower = _scores()
     if metric in lower or metric.startswith(LOWER_PREFIXES):
         return -1
-    if metric in HIGHER or any(metric in b.score_keys for b in REGISTRY.values()):
+    if metric in HIGHER or metric in scores:
         return 1
     return 0
 

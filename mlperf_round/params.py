@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from .errors import ParamsError
-from .versions import VERSIONS, scenarios_for, where_available
+from .versions import SERVER_LIKE, VERSIONS, scenarios_for, where_available
 
 PARAMS_FILE = "params.yaml"
 
@@ -483,7 +483,7 @@ class EntryParams(Strict):
         image = bench.kind.NAME == "text-to-image"
         if not self.scenarios:
             raise ValueError("scenarios: at least one scenario is needed")
-        for scenario in ("Server", "Interactive"):
+        for scenario in SERVER_LIKE:
             if (
                 scenario in self.scenarios
                 and getattr(self.loadgen, scenario).target_qps == "auto"
@@ -627,7 +627,7 @@ class RoundParams(Strict):
     def _check_bounds(self, key: str, entry: EntryParams) -> None:
         """Latency bounds: the ones mlperf.conf sets for the benchmark; MLPerf's values unless the round is a smoke
         round."""
-        for scenario in ("Server", "Interactive"):
+        for scenario in SERVER_LIKE:
             server = getattr(entry.loadgen, scenario)
             given = {
                 n: getattr(server, n)

@@ -81,19 +81,19 @@ def environment(version: str, base: dict | None = None) -> dict:
     return env
 
 
-def prepare(round_file: Path, project: Path = Path(".")) -> Path:
-    """The round's workspace, synced with the project's code and the round file as its params.yaml (validated)."""
-    params = load_params(round_file)  # one line naming the bad key, before anything is copied
+def prepare(round_file: Path, project: Path = Path(".")) -> tuple[Path, str]:
+    """The round's workspace, synced with the project's code and the round file as its params.yaml (validated
+    first: one line naming a bad key, before anything is copied), and the round's version."""
+    params = load_params(round_file)
     dest = workspace.sync(project, project / ".workspaces" / params.round.name)
     shutil.copy2(round_file, dest / "params.yaml")
-    return dest
+    return dest, params.round.version
 
 
 def repro(round_file: Path, project: Path = Path(".")) -> int:
     if not round_file.is_file():
         raise ParamsError(f"--round {round_file}: no such file")
-    version = load_params(round_file).round.version
-    dest = prepare(round_file, project)
+    dest, version = prepare(round_file, project)
     env = environment(version)
     from .tracking import tracking_uri
 

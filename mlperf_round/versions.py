@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SYSTEM_TYPES = ("datacenter", "edge", "datacenter,edge")
+SERVER_LIKE = ("Server", "Interactive")  # LoadGen Server runs, each with its own settings and latency bounds
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from mlperf_round.harness.run import run_test
 from mlperf_round.harness.settings import user_conf
 from mlperf_round.plots import write_csv
 from mlperf_round.runner import StageContext, run_stage
-
-SERVER_LIKE = ("Server", "Interactive")
+from mlperf_round.versions import SERVER_LIKE
 
 
 def _order(scenarios: list[str], auto: bool) -> list[str]:

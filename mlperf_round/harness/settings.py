@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..benchmarks.base import BOUND_KEYS
 from ..params import EntryParams
+from ..versions import SERVER_LIKE
 
 
 def user_conf(entry: EntryParams, smoke: bool, qsl_size: int, server_qps: dict[str, float] | None = None) -> str:
@@ -22,7 +23,7 @@ def user_conf(entry: EntryParams, smoke: bool, qsl_size: int, server_qps: dict[s
         lines.append(f"{model}.SingleStream.target_latency = {single.expected_latency_ms:g}")
     if off is not None:
         lines.append(f"{model}.Offline.target_qps = {off.expected_qps}")
-    for scenario in ("Server", "Interactive"):
+    for scenario in SERVER_LIKE:
         if scenario not in entry.scenarios:
             continue
         srv, name = getattr(entry.loadgen, scenario), bench.loadgen_name(scenario)

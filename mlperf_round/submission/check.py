@@ -23,7 +23,7 @@ from .. import benchmarks
 from ..errors import InputError, OneLineParser, RoundError
 from ..harness import mlperf_conf
 from ..harness.logs import ACCURACY, DETAIL, SUMMARY, read_detail
-from ..versions import VERSIONS, scenarios_for
+from ..versions import SERVER_LIKE, VERSIONS, scenarios_for
 from .system import MAY_BE_EMPTY, REQUIRED
 from .tree import MAX_ACCURACY_LOG, Layout
 
@@ -287,7 +287,7 @@ class Checker:
                 "performance_sample_count",
                 f"performance_sample_count {d.get('effective_performance_sample_count')} < {psc}",
             )
-        if held in ("Server", "Interactive"):
+        if held in SERVER_LIKE:
             self._server_latency(path, d, bench, held)
 
     def _server_latency(self, path: Path, d: dict, bench, scenario: str) -> None:
