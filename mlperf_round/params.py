@@ -337,12 +337,90 @@ class RecipeParams(Strict):
     )
 
 
-class BuildParams(Strict):
-    backend: Literal["torch"] = Field(
-        "torch",
-        description="engine backend: torch, this project's engines (in-flight batching over a paged KV cache "
-        "for the LLMs). TensorRT-LLM is not a choice: nothing here drives it yet",
+class EndpointParams(Strict):
+    """The endpoint backend's settings: an OpenAI-compatible server the harness streams completions from."""
+
+    server: Literal["trtllm-serve", "vllm", "sglang", "transformers"] = Field(
+        "transformers",
+        description="which server: its launch preset and request dialect. trtllm-serve (TensorRT-LLM), vllm and "
+        "sglang need NVIDIA GPUs and are not installed here: each is refused unless its command is on the PATH "
+        "or url names a running one; transformers (transformers serve, CPU) runs here",
     )
+    url: str | None = Field(
+        None, description="http://host:port of a server already running; unset: each stage starts the preset"
+    )
+    launch: list[str] | None = Field(
+        None,
+        description="the command each stage starts instead of the preset, as argv with {model} {host} {port} "
+        "{engine} placeholders",
+    )
+    model: str = Field(
+        "export",
+        description="what the server serves: export, the quantize stage's checkpoint (Model Optimizer's unified "
+        "checkpoint with recipe.export_hf, or the plain one of an fp32/bf16 entry), linked into the engine; or a "
+        "model id or path the server loads itself",
+    )
+    served_model: str | None = Field(
+        None, description="the requests' model name (unset: the launch's model argument, or model)"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="the server's --dtype")
+    tp_size: int = Field(1, ge=1, description="tensor-parallel size (trtllm-serve, vllm, sglang)")
+    pp_size: int = Field(1, ge=1, description="pipeline-parallel size (trtllm-serve, vllm, sglang)")
+    kv_cache_memory_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="GPU memory for the KV cache: trtllm-serve --kv_cache_free_gpu_memory_fraction, vllm "
+        "--gpu-memory-utilization, sglang --mem-fraction-static",
+    )
+    extra_args: list[str] = Field(default_factory=list, description="appended to the preset's command")
+    concurrency: int = Field(0, ge=0, description="requests in flight (0: build.max_batch_size)")
+    token_ids: Literal["auto", "server", "tokenizer"] = Field(
+        "auto",
+        description="where answers' token ids come from: server (vllm, sglang, trtllm-serve return them), "
+        "tokenizer (the engine's tokenizer over the streamed text), auto (server where it can)",
+    )
+    request_timeout_s: float = Field(600.0, gt=0, description="longest wait for one answer's next bytes")
+    ready_timeout_s: float = Field(900.0, gt=0, description="longest wait for a started server to answer")
+
+    @model_validator(mode="after")
+    def _runnable(self) -> EndpointParams:
+        from .backends import servers
+
+        server = servers.get(self.server)
+        if self.url and self.launch:
+            raise ValueError("url and launch: give one (a running server, or the command that starts one)")
+        if self.url and not re.fullmatch(r"https?://[^/\s]+/?", self.url):
+            raise ValueError(f"url: {self.url!r} is not http(s)://host:port")
+        if self.token_ids == "server" and not server.ids_field:
+            raise ValueError(f"token_ids: {server.what} returns text only; use tokenizer")
+        if not server.parallel and (self.tp_size > 1 or self.pp_size > 1):
+            raise ValueError(f"tp_size, pp_size: {server.what} runs one process; they are 1")
+        if self.launch is not None and not self.launch:
+            raise ValueError("launch: an empty command")
+        return self
+
+
+TORCH_ONLY = (
+    "dtype",
+    "threads",
+    "device",
+    "scheduler",
+    "kv_block_size",
+    "kv_pool_blocks",
+    "kernels",
+    "compile",
+    "channels_last",
+)
+
+
+class BuildParams(Strict):
+    backend: Literal["torch", "endpoint"] = Field(
+        "torch",
+        description="engine backend: torch, this project's engines (in-flight batching over a paged KV cache for the "
+        "LLMs); endpoint, an OpenAI-compatible server (build.endpoint: trtllm-serve, vLLM, SGLang, transformers serve)",
+    )
+    endpoint: EndpointParams | None = Field(None, description="the endpoint backend's settings (backend: endpoint)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="activation dtype of the engine")
     max_batch_size: int = Field(8, ge=1, le=1024, description="most sequences in flight (or per static batch)")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
@@ -383,6 +461,36 @@ class BuildParams(Strict):
         "graphs); batches are padded to power-of-two buckets so each size compiles once",
     )
     channels_last: bool = Field(False, description="text-to-image: UNet and VAE in channels-last memory format")
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> BuildParams:
+        if self.backend == "torch" and self.endpoint is not None:
+            raise ValueError("endpoint: the endpoint backend's settings; this entry's backend is torch")
+        if self.backend == "endpoint":
+            torch_set = sorted(set(TORCH_ONLY) & self.model_fields_set)
+            if torch_set:
+                raise ValueError(f"{torch_set[0]}: a torch backend setting; the endpoint backend takes build.endpoint")
+            self.endpoint = self.endpoint or EndpointParams()
+            self._check_launch()
+        return self
+
+    def _check_launch(self) -> None:
+        """A server this machine cannot start is refused now, not at the build stage."""
+        from .backends import servers
+
+        ep = self.endpoint
+        server = servers.get(ep.server)
+        if self.kv_cache == "fp8" and not server.fp8_kv:
+            raise ValueError(f"kv_cache: {server.what} has no FP8 KV cache; use auto")
+        if ep.url:
+            return
+        argv = ep.launch or server.launch(ep, self)
+        why = server.missing(argv)
+        if why:
+            raise ValueError(
+                f"endpoint: {why}, so this machine cannot start {server.what}; run it where it is installed, or "
+                "give build.endpoint.url of a running server"
+            )
 
 
 class OfflineParams(Strict):
@@ -540,6 +648,15 @@ class EntryParams(Strict):
                     "recipe.deepcache: skipping UNet blocks changes the computation, which the closed division "
                     "forbids (set division: open)"
                 )
+        if self.build.backend == "endpoint":
+            if image:
+                raise ValueError(f"build.backend: endpoint serves text generation, not {self.benchmark}")
+            quantized = self.recipe.precision in ("fp8", "int8_sq")
+            if self.build.endpoint.model == "export" and quantized and not self.recipe.export_hf:
+                raise ValueError(
+                    "build.endpoint.model: export serves Model Optimizer's unified checkpoint of a quantized "
+                    "model; set recipe.export_hf: true"
+                )
         if not image:
             for knob, off in (("compile", "off"), ("channels_last", False)):
                 if getattr(self.build, knob) != off:
@@ -590,6 +707,12 @@ class RoundParams(Strict):
             if not isinstance(self.benchmarks[entry.benchmark], entry.bench.schema):
                 raise ValueError(f"benchmarks.{entry.benchmark}: not validated as {entry.benchmark}")
             self._check_bounds(key, entry)
+            gen = getattr(self.benchmarks[entry.benchmark], "generation", None)
+            if entry.build.backend == "endpoint" and gen is not None and gen.num_beams > 1:
+                raise ValueError(
+                    f"entries.{key}.build.backend: the endpoint client decodes greedily, and "
+                    f"benchmarks.{entry.benchmark}.generation.num_beams is {gen.num_beams}"
+                )
             for mlperf_id in sorted({p.mlperf_id for p in self.placements(entry)}):
                 slot = (entry.division, mlperf_id)
                 if slot in seen_ids:

@@ -187,6 +187,7 @@ def _execute(
     stage: str, scope: Scope, key: str, params: RoundParams, body: Callable[[StageContext], dict], errors: list[str]
 ) -> int:
     from . import tracking
+    from .backends import serving
 
     if scope == "round":
         final, metrics_file, plots = layout.SUBMISSION_OUT, layout.SUBMISSION_METRICS, layout.SUBMISSION_PLOTS
@@ -214,7 +215,8 @@ def _execute(
         with tracking.stage_run(round_tags, key, stage, tags) as tracker:
             tracker.log_params(stage_params(params, scope, key))
             ctx = StageContext(params=params, key=key, stage=stage, out=partial, plots=plots_partial, tracker=tracker)
-            metrics = body(ctx) or {}
+            with serving.session():  # the servers the stage's tests started stop before its outputs are sealed
+                metrics = body(ctx) or {}
             torch = sys.modules.get("torch")
             if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
                 metrics["device_peak_bytes"] = torch.cuda.max_memory_allocated()  # perf/memory.py reads it

@@ -37,10 +37,12 @@ def body(ctx: StageContext) -> dict:
             "ratio": {k: scores[k] / reference["scores"][k] for k in targets if reference["scores"][k]},
         }
         stats = ctx.out / scenario / ENGINE_STATS
-        if stats.exists():  # text-to-image: UNet work per image (DeepCache's shallow steps are cheap)
+        if stats.exists():  # the engine's own counts: UNet work per image (DeepCache), an endpoint's TEST06 splices
             work = json.loads(stats.read_text())
-            for kind, calls in work["unet_calls"].items():
-                metrics[scenario][f"unet_{kind}_steps_per_image"] = calls / max(work["images"], 1)
+            images = max(work.pop("images", 1), 1)
+            for kind, calls in work.pop("unet_calls", {}).items():
+                metrics[scenario][f"unet_{kind}_steps_per_image"] = calls / images
+            metrics[scenario].update(work)
     worst = min(metrics[s]["ratio"][k] for s in entry.scenarios for k in bench.score_keys)
     metrics["passed"] = not any(evaluation.misses(metrics[s], targets, limits) for s in entry.scenarios)
     metrics["worst_ratio"] = worst

@@ -14,6 +14,10 @@ from mlperf_round.params import load_params, parse_params
 from .conftest import ROOT, edit_params, run
 
 
+def endpoint(server: str, **settings) -> dict:
+    return {"backend": "endpoint", "max_batch_size": 8, "endpoint": {"server": server, **settings}}
+
+
 def shipped() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -180,6 +184,53 @@ def test_params_as_dvc_exp_rewrites_them_are_read_as_dvc_reads_them(tmp_path: Pa
             lambda d: d["entries"]["gptj-99"]["loadgen"]["Server"].update(auto_fraction=1.5),
             "entries.gptj-99.loadgen.Server.auto_fraction",
         ),
+        (
+            lambda d: d["entries"]["llama2-70b-99p9"].update(build=endpoint("trtllm-serve")),
+            "entries.llama2-70b-99p9.build.endpoint: trtllm-serve is not on the PATH, so this machine cannot start "
+            "TensorRT-LLM (NVIDIA GPUs)",
+        ),
+        (
+            lambda d: d["entries"]["llama2-70b-99p9"].update(build=endpoint("vllm")),
+            "entries.llama2-70b-99p9.build.endpoint: vllm is not on the PATH",
+        ),
+        (
+            lambda d: d["entries"]["llama2-70b-99p9"].update(build=endpoint("sglang")),
+            "entries.llama2-70b-99p9.build.endpoint: sglang is not installed in",
+        ),
+        (
+            lambda d: d["entries"]["llama2-70b-99p9"].update(build={**endpoint("transformers"), "kernels": "native"}),
+            "entries.llama2-70b-99p9.build.kernels: a torch backend setting; the endpoint backend takes build.endpoint",
+        ),
+        (
+            lambda d: d["entries"]["llama2-70b-99p9"].update(build={"endpoint": {"server": "vllm"}}),
+            "entries.llama2-70b-99p9.build.endpoint: the endpoint backend's settings; this entry's backend is torch",
+        ),
+        (
+            lambda d: d["entries"]["llama2-70b-99p9"].update(build=endpoint("transformers")),
+            "entries.llama2-70b-99p9.build.endpoint.model: export serves Model Optimizer's unified checkpoint of a "
+            "quantized model; set recipe.export_hf: true",
+        ),
+        (
+            lambda d: d["entries"]["stable-diffusion-xl"].update(build=endpoint("transformers")),
+            "entries.stable-diffusion-xl.build.backend: endpoint serves text generation, not stable-diffusion-xl",
+        ),
+        (
+            lambda d: d["entries"]["gptj-99"].update(
+                build=endpoint("vllm", url="http://127.0.0.1:8000"), recipe={"precision": "fp32"}
+            ),
+            "entries.gptj-99.build.backend: the endpoint client decodes greedily, and "
+            "benchmarks.gptj.generation.num_beams is 4",
+        ),
+        (
+            lambda d: d["entries"]["llama2-70b-99p9"].update(build={**endpoint("transformers"), "kv_cache": "fp8"}),
+            "entries.llama2-70b-99p9.build.kv_cache: transformers serve has no FP8 KV cache",
+        ),
+        (
+            lambda d: d["entries"]["llama2-70b-99p9"].update(
+                build=endpoint("vllm", url="http://127.0.0.1:8000", launch=["vllm", "serve", "{model}"])
+            ),
+            "entries.llama2-70b-99p9.build.endpoint: url and launch: give one",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -217,6 +268,16 @@ def test_params_as_dvc_exp_rewrites_them_are_read_as_dvc_reads_them(tmp_path: Pa
         "fraction-with-fixed-qps",
         "qps-not-a-number",
         "fraction-over-one",
+        "trtllm-serve-not-here",
+        "vllm-not-here",
+        "sglang-not-here",
+        "torch-knob-on-endpoint",
+        "endpoint-section-on-torch",
+        "quantized-export-without-export-hf",
+        "endpoint-for-images",
+        "endpoint-with-beams",
+        "fp8-kv-on-transformers",
+        "url-and-launch",
     ],
 )
 def test_bad_params_name_the_key(edit, key):

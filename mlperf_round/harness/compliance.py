@@ -298,9 +298,10 @@ def verdict(
     `scenario` is LoadGen's (Server for Interactive); a smoke round's throughput checks allow
     SMOKE_PERFORMANCE_THRESHOLD."""
     if test == "TEST06":
-        from ..backends.torch_llm import read_spec
+        from ..jsonfile import read_json
 
-        result = verify_test06(run_dir / ACCURACY, scenario, read_spec(engine).eos_token_id)
+        eos = read_json(engine / "engine.json", "missing; TEST06 needs the engine's EOS token")["eos_token_id"]
+        result = verify_test06(run_dir / ACCURACY, scenario, eos)
         write_test06(result, run_dir / ACCURACY, out)
         return result
     accuracy = None

@@ -40,8 +40,12 @@ def _child(spec_file: str) -> None:
 
 def run_test(spec: dict, timeout_s: float) -> None:
     """Run one test in a child process; its logs land in spec['outdir']."""
+    from ..backends import serving
+
     outdir = Path(spec["outdir"])
     outdir.mkdir(parents=True, exist_ok=True)  # a missing outdir aborts LoadGen
+    # a served engine's server: started at the stage's first test, its log beside the stage's results
+    spec["runtime"] = serving.runtime(Path(spec["engine"]), outdir.parent)
     spec_file = outdir / "test_spec.json"
     spec_file.write_text(json.dumps(spec, indent=1))
     name = f"{spec['benchmark']} {spec.get('label', spec['scenario'])} {spec['mode']}"
@@ -89,7 +93,7 @@ def _main(spec_file: str) -> int:
     bench, scenario = benchmarks.get(spec["benchmark"]), spec["scenario"]
     samples = bench.load_samples(Path(spec["dataset"]))
     system = System(
-        lambda: bench.kind.open_engine(Path(spec["engine"])),
+        lambda: bench.kind.open_engine(Path(spec["engine"]), spec.get("runtime")),
         samples,
         bench.token_latencies(scenario),
         desc=f"{spec.get('label', scenario)} {spec['mode']}",

@@ -6,7 +6,6 @@ bodies are the same for every LLM, so a new LLM benchmark adds no stage code.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 NAME = "text-generation"
@@ -15,10 +14,10 @@ TOKEN_COUNTS = True  # LoadGen is told each answer's token count
 PRELOAD: list[str] = []  # the fork server's extra imports
 
 
-def open_engine(engine_dir: Path):
-    from ..backends.torch_llm import TorchLLM
+def open_engine(engine_dir: Path, runtime: dict | None = None):
+    from .. import backends
 
-    return TorchLLM(engine_dir)
+    return backends.of_engine(engine_dir).open_text(engine_dir, runtime)
 
 
 def download(ctx, bench) -> dict:
@@ -95,48 +94,10 @@ def quantize(ctx, bench) -> dict:
 
 
 def build(ctx, bench) -> dict:
-    """The engine directory, loaded once (an fp8 KV cache's scales are measured on the engine's own model) and
-    checked by one generation."""
-    from .. import engines
-    from ..backends.torch_llm import TorchLLM, generate_all
-    from ..benchmarks.text import sample_ids
+    """The engine directory of the entry's backend, checked by one generation."""
+    from .. import backends
 
-    entry = ctx.entry
-    source = ctx.input("download", ctx.benchmark_name)
-    kv_calibration = None
-    if entry.build.kv_cache == "fp8":  # K/V scales from the calibration list, as the weights' were
-        tok, limit = bench.load_tokenizer(bench.tokenizer_dir(source)), ctx.benchmark.generation.max_input_tokens
-        kv_calibration = [sample_ids(s, tok, limit).tolist() for s in bench.load_samples(source / "calibration.json")]
-    spec = engines.build_engine(
-        ctx.benchmark_name,
-        entry.recipe.precision,
-        entry.build,
-        ctx.benchmark.generation,
-        ctx.input("quantize") / "model",
-        bench.tokenizer_dir(source),
-        ctx.out,
-        f"entries.{ctx.key}.build",
-        kv_calibration,
-    )
-    start = time.perf_counter()
-    engine = TorchLLM(ctx.out, kv_calibration)
-    loaded = time.perf_counter()
-    engines.record_kernels(ctx, spec, engine)
-    first = bench.load_samples(source / "dataset.json")[0]
-    tokens = generate_all(engine.scheduler(), [engine.sample_ids(first)])[0]
-    done = time.perf_counter()
-    return {
-        "engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),
-        "load_s": loaded - start,
-        "check_generate_s": done - loaded,
-        "check_output_tokens": int(tokens.size),
-        "scheduler": spec.scheduler,
-        "kv_pool_blocks": spec.kv_pool_blocks,
-        "kv_block_size": spec.kv_block_size,
-        "kv_cache": spec.kv_cache,
-        "kernels": spec.kernels,
-        **engine.kernels,
-    }
+    return backends.get(ctx.entry.build.backend).build_text(ctx, bench)
 
 
 def evaluate(bench, outputs: dict, samples: list, engine: Path, source: Path) -> dict[str, float]:

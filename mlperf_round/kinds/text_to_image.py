@@ -7,7 +7,6 @@ the calibration captions' trajectories, quantized alone, served inside the pipel
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 NAME = "text-to-image"
@@ -16,10 +15,10 @@ TOKEN_COUNTS = False
 PRELOAD = ["diffusers"]
 
 
-def open_engine(engine_dir: Path):
-    from ..backends.torch_sdxl import TorchSDXL
+def open_engine(engine_dir: Path, runtime: dict | None = None):
+    from .. import backends
 
-    return TorchSDXL(engine_dir)
+    return backends.of_engine(engine_dir).open_image(engine_dir, runtime)
 
 
 def download(ctx, bench) -> dict:
@@ -104,48 +103,10 @@ def quantize(ctx, bench) -> dict:
 
 
 def build(ctx, bench) -> dict:
-    """The pipeline with the entry's UNet; one check batch measures latency and UNet work per image."""
-    from .. import engines
-    from ..backends.torch_sdxl import TorchSDXL
-    from ..diffusion.pipeline import LATENTS_FILE
+    """The pipeline with the entry's UNet, built by the entry's backend."""
+    from .. import backends
 
-    entry = ctx.entry
-    source = ctx.input("download", ctx.benchmark_name)
-    spec = engines.build_image_engine(
-        ctx.benchmark_name,
-        entry.recipe.precision,
-        entry.build,
-        ctx.benchmark.generation,
-        entry.recipe.deepcache,
-        source,
-        ctx.input("quantize") / "model",
-        source / LATENTS_FILE,
-        ctx.out,
-        f"entries.{ctx.key}.build",
-    )
-    start = time.perf_counter()
-    engine = TorchSDXL(ctx.out)
-    loaded = time.perf_counter()
-    engines.record_kernels(ctx, spec, engine)
-    captions = [s.caption for s in bench.load_samples(source / "dataset.json")[: spec.max_batch_size]]
-    engine.warmup()
-    check = time.perf_counter()
-    engine.generate(captions)
-    done = time.perf_counter()
-    return {
-        "engine_bytes": sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file()),
-        "load_s": loaded - start,
-        "check_images": len(captions),
-        "check_s_per_image": (done - check) / len(captions),
-        "unet_full_steps_per_image": engine.unet_calls["full"] / len(captions),
-        "unet_shallow_steps_per_image": engine.unet_calls["shallow"] / len(captions),
-        "deepcache_interval": spec.deepcache_interval,
-        "kernels": spec.kernels,
-        **engine.kernels,
-        "compile": spec.compile,
-        "compiled_modules": engine.compiled["compiled_modules"],
-        "channels_last": spec.channels_last,
-    }
+    return backends.get(ctx.entry.build.backend).build_image(ctx, bench)
 
 
 def evaluate(bench, outputs: dict, samples: list, engine: Path, source: Path) -> dict[str, float]:

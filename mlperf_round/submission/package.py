@@ -9,7 +9,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import layout
+from .. import backends, layout
 from ..errors import RoundError
 from ..harness import mlperf_conf
 from ..harness.logs import performance_metrics
@@ -178,25 +178,8 @@ def _readme(r: EntryResults, mlperf_id: str, scenario: str, smoke: bool, provena
         f"Produced by the mlperf-round pipeline, entry `{r.key}`: `dvc repro` runs download, calibrate, quantize,",
         "build, accuracy, performance, compliance and package; `params.yaml` and `dvc.lock` pin every input.",
         "",
-        f"- backend: {r.engine['backend']}, precision {r.engine['precision']}, dtype {r.engine['dtype']}, "
-        f"max batch {r.engine['max_batch_size']}, "
-        + (
-            f"{r.engine['steps']} denoising steps, guidance {r.engine['guidance_scale']}, {r.engine['image_size']} px"
-            if "steps" in r.engine
-            else f"beam width {r.engine['beam_width']}"
-        ),
-        f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(r.engine['versions'].items()))}",
     ]
-    if r.engine.get("scheduler") == "inflight":
-        lines.append(
-            f"- in-flight batching, paged KV cache: {r.engine['kv_pool_blocks']} blocks of {r.engine['kv_block_size']} "
-            f"tokens, stored as {'fp8 (e4m3)' if r.engine.get('kv_cache') == 'fp8' else r.engine['dtype']}"
-        )
-    if r.engine.get("deepcache_interval"):
-        lines.append(
-            f"- DeepCache: full UNet step every {r.engine['deepcache_interval']} steps, branch "
-            f"{r.engine['deepcache_branch']}"
-        )
+    lines += backends.get(r.engine["backend"]).describe(r.engine)
     if r.engine["precision"] in ("fp8", "int8_sq"):
         lines.append("- calibration: see calibration.md in the submitter folder")
     if "sparsity" in r.quantize:
