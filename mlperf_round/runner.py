@@ -215,7 +215,7 @@ def _execute(
         with tracking.stage_run(round_tags, key, stage, tags) as tracker:
             tracker.log_params(stage_params(params, scope, key))
             ctx = StageContext(params=params, key=key, stage=stage, out=partial, plots=plots_partial, tracker=tracker)
-            with serving.session():  # the servers the stage's tests started stop before its outputs are sealed
+            with serving.session(partial):  # the servers the stage's tests started stop before its outputs are sealed
                 metrics = body(ctx) or {}
             torch = sys.modules.get("torch")
             if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():

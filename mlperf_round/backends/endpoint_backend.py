@@ -198,17 +198,33 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "(empty log)"
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies, left for their adopter to reap, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM to the server's process group (servers fork workers and trackers), SIGKILL to what is left after
     the grace period: when this returns nothing of it runs, and its log no longer changes."""
     deadline = time.monotonic() + grace_s
-    sig = signal.SIGTERM
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     while True:
-        try:
-            os.killpg(proc.pid, sig)  # signal 0 only asks whether any of the group is left
-        except ProcessLookupError:
+        proc.poll()  # reaps the leader
+        if not _group_running(proc.pid):
             break
-        proc.poll()  # reaps the leader, so the group can empty
-        sig = signal.SIGKILL if time.monotonic() > deadline else 0
+        if time.monotonic() > deadline + 10.0:  # unkillable (uninterruptible I/O): give up, never hang
+            break
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         time.sleep(0.1)
-    proc.wait()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5.0)

@@ -10,16 +10,18 @@ from . import of_engine
 
 _open: dict[Path, dict] = {}
 _stack: contextlib.ExitStack | None = None
+_log_dir: Path | None = None  # the running stage's output: server logs are kept there
 
 
 def runtime(engine_dir: Path, log_dir: Path) -> dict:
-    """The facts a test's engine needs to reach its server (empty for an in-process engine)."""
+    """The facts a test's engine needs to reach its server (empty for an in-process engine); the server's log
+    goes to the stage's output (`log_dir` outside a stage)."""
     global _stack
     key = Path(engine_dir).resolve()
     if key not in _open:
         if _stack is None:
             _stack = contextlib.ExitStack()
-        _open[key] = _stack.enter_context(of_engine(key).serve(key, Path(log_dir))) or {}
+        _open[key] = _stack.enter_context(of_engine(key).serve(key, _log_dir or Path(log_dir))) or {}
     return _open[key]
 
 
@@ -33,8 +35,11 @@ def stop_all() -> None:
 
 
 @contextlib.contextmanager
-def session():
+def session(log_dir: Path):
+    global _log_dir
+    _log_dir = log_dir
     try:
         yield
     finally:
+        _log_dir = None
         stop_all()
