@@ -1,13 +1,14 @@
-"""One command for a local Prefect setup: server, process work pool, workers and the round's deployments.
+"""One command for a local Prefect setup: server, MLflow server, process work pool, workers, the deployments.
 
-    python -m flows.local up --workers 2      # server on 127.0.0.1:4200, pool, 2 workers, deployments
+    python -m flows.local up --workers 2      # Prefect on 127.0.0.1:4200, MLflow on :5000, 2 workers, deployments
     python -m flows.local run                 # prefect deployment run 'mlperf-round/default' --watch
     python -m flows.local down                # stops what `up` started
 
-State (Prefect's database, logs, pids) lives in .prefect/ beside the project; each worker gets
-its own workspace root (.workspaces/<worker>/), so branches never share a DVC lock. Workers on
-other machines join with `prefect worker start --pool mlperf-round` and PREFECT_API_URL set to
-this server (see README).
+The deployments are prefect.yaml's: every flow run clones the project at the commit deployed (HEAD
+when `up` ran) into its own directory. State (Prefect's database, logs, pids) lives in .prefect/;
+each worker gets its own workspace root (.workspaces/<worker>/), so branches never share a DVC lock,
+and all of them track into the one MLflow server. Workers on other machines join with
+`prefect worker start --pool mlperf-round` and PREFECT_API_URL set to this server (see README).
 """
 
 from __future__ import annotations
@@ -91,6 +92,18 @@ def start_server(home: Path, port: int, project: Path, ui: bool = True, tether: 
     return proc
 
 
+def start_mlflow(home: Path, port: int, project: Path, store: Path, tether: bool = False) -> subprocess.Popen:
+    """One MLflow tracking server for every worker (SQLite store and artifacts under `store`), on loopback."""
+    store.mkdir(parents=True, exist_ok=True)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{store.resolve()}/mlflow.db"]
+    cmd += ["--artifacts-destination", str(store.resolve() / "artifacts")]
+    env = prefect_env(home, 0) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = _spawn(cmd, env, home / "logs" / "mlflow.log", project, tether)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return proc
+
+
 def start_worker(
     home: Path,
     port: int,
@@ -99,10 +112,13 @@ def start_worker(
     workspaces: Path,
     extra_env: dict | None = None,
     tether: bool = False,
+    queues: list[str] | None = None,
 ) -> subprocess.Popen:
+    """A process worker of the pool; `queues`: only those work queues (a system's, e.g. h200x1), else all."""
     env = prefect_env(home, port) | {"MLPERF_ROUND_WORKSPACES": str(workspaces)} | (extra_env or {})
+    only = [arg for q in queues or [] for arg in ("--work-queue", q)]
     return _spawn(
-        [*_prefect(), "worker", "start", "--pool", POOL, "--name", name, "--type", "process"],
+        [*_prefect(), "worker", "start", "--pool", POOL, "--name", name, "--type", "process", *only],
         env,
         home / "logs" / f"{name}.log",
         project,
@@ -110,8 +126,17 @@ def start_worker(
     )
 
 
-def deploy(home: Path, port: int, project: Path) -> None:
-    """The process pool and both deployments, pulled from `project` (a set_working_directory step)."""
+def head_commit(project: Path) -> str:
+    """The commit the deployments pull; uncommitted edits are not deployed, and `up` says so."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{project}: no git commit to deploy (deployments pull the project at a commit); commit it")
+    return proc.stdout.strip()
+
+
+def deploy(home: Path, port: int, project: Path, repo: str | None = None, commit: str | None = None) -> str:
+    """The process pool and both deployments of prefect.yaml, pulling `repo` (default: this checkout) at `commit`
+    (default: its HEAD). Deploying again updates the same deployments; returns the commit deployed."""
     env = prefect_env(home, port)
     subprocess.run(
         [*_prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"],
@@ -120,19 +145,18 @@ def deploy(home: Path, port: int, project: Path) -> None:
         check=True,
         capture_output=True,
     )
-    code = (
-        "from flows.round import branch_flow, round_flow\n"
-        "for f, entry in ((round_flow, 'round_flow'), (branch_flow, 'branch_flow')):\n"
-        f"    f.from_source(source={str(project)!r}, entrypoint='flows/round.py:' + entry).deploy(\n"
-        f"        name='default', work_pool_name={POOL!r}, print_next_steps=False)\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", code],
-        env=env | {"PYTHONPATH": str(project)},
+    commit = commit or head_commit(project)
+    source = {"MLPERF_ROUND_REPO": repo or os.environ.get("MLPERF_ROUND_REPO") or str(project.resolve())}
+    proc = subprocess.run(
+        [*_prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(project / "prefect.yaml")],
+        env=env | source | {"MLPERF_ROUND_COMMIT": commit},
         cwd=project,
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if proc.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed: {(proc.stdout + proc.stderr).strip()[-1500:]}")
+    return commit
 
 
 CRASH_AUTOMATION = "mlperf-round: crash flow runs whose heartbeats stop"
@@ -187,22 +211,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("up", "run", "down"))
     parser.add_argument("--workers", type=int, default=1, help="process workers to start (up)")
     parser.add_argument("--port", type=int, default=4200, help="the Prefect server's port on 127.0.0.1")
+    parser.add_argument("--mlflow-port", type=int, default=5000, help="the MLflow server's port on 127.0.0.1")
     parser.add_argument("--home", type=Path, default=Path(".prefect"), help="server database, logs and pids")
     args = parser.parse_args(argv)
     project, home = Path.cwd(), args.home.resolve()
     pids_file = home / "pids.json"
     if args.command == "up":
         pids = [start_server(home, args.port, project).pid]
-        deploy(home, args.port, project)
+        pids.append(start_mlflow(home, args.mlflow_port, project, project / "mlruns").pid)
+        commit = deploy(home, args.port, project)
         crash_lost_runs_automation(home, args.port, project)
+        shared = {  # what every worker on this host shares: one tracking server, one DVC remote
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{args.mlflow_port}",
+            "MLPERF_ROUND_DVC_REMOTE": str(project / ".workspaces" / "dvc-remote"),
+        }
         pids += [
-            start_worker(home, args.port, project, f"worker-{i}", project / ".workspaces" / f"worker-{i}").pid
+            start_worker(home, args.port, project, f"worker-{i}", project / ".workspaces" / f"worker-{i}", shared).pid
             for i in range(1, args.workers + 1)
         ]
         pids_file.write_text(json.dumps(pids))
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=project, capture_output=True
+        )
         print(
             f"Prefect on http://127.0.0.1:{args.port} with {args.workers} worker(s) in pool {POOL}; deployments "
-            f"{ROUND_DEPLOYMENT} and {BRANCH_DEPLOYMENT}.\nexport PREFECT_API_URL=http://127.0.0.1:{args.port}/api"
+            f"{ROUND_DEPLOYMENT} and {BRANCH_DEPLOYMENT} pull commit {commit[:12]}"
+            + (" (uncommitted edits are not deployed)" if dirty.stdout.strip() else "")
+            + f"; MLflow on http://127.0.0.1:{args.mlflow_port}.\n"
+            f"export PREFECT_API_URL=http://127.0.0.1:{args.port}/api"
         )
     elif args.command == "run":
         return subprocess.run(

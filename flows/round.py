@@ -174,12 +174,27 @@ def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
     return {"stage": stage, "ran": ran, "restored": restored}
 
 
+def check_remote(url: str) -> str:
+    """A remote URL carries no secret: Prefect keeps flow parameters in its database and shows them in its UI.
+    Credentials come from the worker's environment (ssh-agent or ~/.ssh for ssh://, AWS_* or ~/.aws for s3://)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url) if "://" in url else None
+    if parts is not None and parts.password is not None:
+        raise ValueError(
+            f"dvc_remote: {parts.scheme}://{parts.username}:***@{parts.hostname}: a password in the URL; give "
+            "credentials through the worker's environment (ssh-agent or ~/.ssh, AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY)"
+        )
+    return url
+
+
 def _resolve(workspace_root: str, dvc_remote: str, mlflow_tracking_uri: str) -> tuple[Path, Path, str, str]:
     """Where this worker keeps workspaces, the shared remote and tracking URI: params, then environment, then
     defaults."""
     source = Path.cwd()
     root = Path(workspace_root or os.environ.get("MLPERF_ROUND_WORKSPACES") or source / ".workspaces").resolve()
-    remote = dvc_remote or os.environ.get("MLPERF_ROUND_DVC_REMOTE") or str(root / "dvc-remote")
+    remote = check_remote(dvc_remote or os.environ.get("MLPERF_ROUND_DVC_REMOTE") or str(root / "dvc-remote"))
     uri = (
         mlflow_tracking_uri
         or os.environ.get("MLFLOW_TRACKING_URI")
@@ -197,10 +212,24 @@ def _workspace(source: Path, ws: Path, remote: str, overrides: dict | None, benc
     return ws
 
 
-def _round_name(ws: Path) -> str:
+def _round_section(ws: Path):
     from mlperf_round.params import load_params
 
-    return load_params(ws / "params.yaml").round.name
+    return load_params(ws / "params.yaml").round
+
+
+async def _system_queue(system: str, pool: str = "mlperf-round") -> str:
+    """The work queue of a system in the pool (made on first use): only workers started with
+    `--work-queue <system>`, or polling every queue of the pool, take that system's branches."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        try:
+            await client.create_work_queue(name=system, work_pool_name=pool)
+        except ObjectAlreadyExists:
+            pass
+    return system
 
 
 def _stage_env(uri: str, commit: str) -> dict[str, str]:
@@ -227,10 +256,16 @@ def branch_flow(
     git_commit: str = "",
 ) -> dict:
     """One benchmark's stages, in order, in this worker's workspace for that branch."""
-    from mlperf_round import tracking
+    from mlperf_round import hostfacts, tracking
 
+    logger = get_run_logger()
     source, root, remote, uri = _resolve(workspace_root, dvc_remote, mlflow_tracking_uri)
     ws = _workspace(source, root / branch, remote, params_overrides, benchmarks)
+    system, facts = _round_section(ws).system, hostfacts.facts()
+    logger.info("host %s", ", ".join(f"{k} {v}" for k, v in facts.items()))
+    why = hostfacts.mismatch(system, facts)
+    if why:  # before any stage: this worker's results would describe another machine
+        raise RuntimeError(f"{why}: this worker takes no work for {system.name}")
     env = _stage_env(uri, git_commit or tracking.git_commit())
     _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)  # what other workers already computed
     stages = load_dag(ws).branches[branch]
@@ -273,9 +308,14 @@ async def round_flow(
     if branch_deployment:
         from prefect.deployments import arun_deployment
 
+        queue = await _system_queue(
+            _round_section(ws).system.name
+        )  # the branches go to the workers of the round's system
         runs = await asyncio.gather(
             *(
-                arun_deployment(branch_deployment, parameters={"branch": b, **shared}, timeout=None)
+                arun_deployment(
+                    branch_deployment, parameters={"branch": b, **shared}, timeout=None, work_queue_name=queue
+                )
                 for b in dag.branches
             )
         )
@@ -294,7 +334,9 @@ async def round_flow(
         lost = {b for b, r in zip(dag.branches, runs) if r.state.is_crashed()} if branch_deployment else set()
         if lost:  # their worker died mid-stage: MLflow must not keep those stages RUNNING
             keys = {s.split("@", 1)[-1] for b in lost for s in dag.branches[b]}
-            closed = tracking.close_lost_runs(uri, _round_name(ws), keys, "its worker was lost (flow run crashed)")
+            closed = tracking.close_lost_runs(
+                uri, _round_section(ws).name, keys, "its worker was lost (flow run crashed)"
+            )
             logger.error("closed as KILLED in MLflow: %s", ", ".join(closed) or "none")
         raise RuntimeError(f"branches failed: {'; '.join(failed)}; nothing was packaged (re-run to resume)")
     _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)

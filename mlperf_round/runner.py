@@ -186,7 +186,7 @@ def _run_stage(
 def _execute(
     stage: str, scope: Scope, key: str, params: RoundParams, body: Callable[[StageContext], dict], errors: list[str]
 ) -> int:
-    from . import tracking
+    from . import hostfacts, tracking
     from .backends import serving
 
     if scope == "round":
@@ -203,7 +203,7 @@ def _execute(
 
     round_tags = tracking.round_tags(params)
     dvc_stage = stage if scope == "round" else f"{stage}@{key}"
-    tags = {"dvc.stage": dvc_stage}
+    tags = {"dvc.stage": dvc_stage, **{f"host.{k}": v for k, v in hostfacts.facts().items()}}  # where it ran
     if scope == "entry":
         tags.update(
             {"mlperf.division": params.entries[key].division, "mlperf.benchmark": params.entries[key].mlperf_id}

@@ -21,6 +21,7 @@ PROJECT_FILES = (
     "stages",
     "mlperf_round",
     "flows",
+    "prefect.yaml",
     ".dvc/config",
     ".dvcignore",
     ".gitignore",

@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from flows import local
-from mlperf_round.tether import tethered
 
-from .conftest import copy_project, env, listening_addresses
+from .conftest import copy_project, listening_addresses
 
 pytestmark = pytest.mark.slow
 BENCHMARKS = ["gptj", "llama2-70b"]
@@ -55,6 +54,7 @@ class Stack:
         self.home, self.port, self.mlflow_port = base / "prefect", free_port(), free_port()
         self.remote = base / "dvc-remote"
         self.roots = {f"w{i}": base / "workspaces" / f"w{i}" for i in (1, 2)}
+        self.other_root = base / "workspaces" / "h200"
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property
@@ -62,36 +62,20 @@ class Stack:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     def start(self) -> None:
-        e = env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(self.base / "mlflow.log", "wb") as log:
-            self.procs["mlflow"] = subprocess.Popen(
-                tethered(
-                    [
-                        str(Path(sys.executable).with_name("mlflow")),
-                        "server",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(self.mlflow_port),
-                        "--workers",
-                        "1",
-                        "--backend-store-uri",
-                        f"sqlite:///{self.base}/mlflow.db",
-                        "--artifacts-destination",
-                        str(self.base / "mlflow-artifacts"),
-                    ]
-                ),
-                env=e,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.procs["mlflow"] = local.start_mlflow(
+            self.home, self.mlflow_port, self.project, self.base / "mlflow", tether=True
+        )
         self.procs["server"] = local.start_server(self.home, self.port, self.project, ui=False, tether=True)
-        local.deploy(self.home, self.port, self.project)
+        git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+        subprocess.run(["git", "add", "-A"], cwd=self.project, check=True)
+        subprocess.run([*git, "commit", "-qm", "the round"], cwd=self.project, check=True)
+        self.commit = local.deploy(self.home, self.port, self.project)
         local.crash_lost_runs_automation(self.home, self.port, self.project, within_s=60)
         for name in self.roots:
             self.start_worker(name)
-        local.wait_http(f"{self.mlflow_uri}/health")
+        self.procs["h200"] = local.start_worker(  # another system's worker: its queue only
+            self.home, self.port, self.project, "h200", self.other_root, tether=True, queues=["h200x1"]
+        )
 
     def start_worker(self, name: str) -> None:
         self.procs[name] = local.start_worker(self.home, self.port, self.project, name, self.roots[name], tether=True)
@@ -164,6 +148,7 @@ class Stack:
             f"        runs = await "
             f"c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[{flow_name!r}])))\n"
             "        print(json.dumps([{'name': r.name, 'state': r.state.type.value, 'pid': r.infrastructure_pid,\n"
+            "            'queue': r.work_queue_name,\n"
             "            'start': r.start_time.timestamp() if r.start_time else None,\n"
             "            'end': r.end_time.timestamp() if r.end_time else None} for r in runs]))\n"
             "asyncio.run(main())\n"
@@ -186,7 +171,13 @@ def finished(runs, stage: str) -> int:
 
 
 def test_deployment_run_computes_the_round_with_branches_in_parallel(stack: Stack):
-    proc = stack.deployment_run()
+    params = stack.project / "params.yaml"
+    committed = params.read_text()
+    params.write_text("round: [not, the, committed, params")  # the runs pull the commit, not this checkout
+    try:
+        proc = stack.deployment_run()
+    finally:
+        params.write_text(committed)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trees = [p for root in stack.roots.values() for p in root.glob("round/submission/package/tree/open/MLPerfRound")]
     assert len(trees) == 1 and (trees[0] / "results/cpu-smoke/gptj-99/Offline/performance/run_1").is_dir()
@@ -202,9 +193,37 @@ def test_deployment_run_computes_the_round_with_branches_in_parallel(stack: Stac
         assert finished(runs, stage) == 1, stage  # each stage computed exactly once, on whichever worker
     branches = {r["name"]: r for r in stack.flow_runs("mlperf-round-branch")}
     assert set(branches) == set(BENCHMARKS) and all(r["state"] == "COMPLETED" for r in branches.values())
+    assert {r["queue"] for r in branches.values()} == {"cpu-smoke"}  # the round's system's queue
+    assert not stack.other_root.exists() or not any(stack.other_root.iterdir()), "h200x1's worker got work"
+    assert all(r.data.tags.get("host.cores") == str(os.cpu_count()) for r in runs)  # where each stage ran
     g, ll = branches["gptj"], branches["llama2-70b"]
     assert g["start"] < ll["end"] and ll["start"] < g["end"], "the branches did not overlap"
     assert any((stack.remote / "runs").rglob("*")), "no run-cache entries in the shared DVC remote"
+
+
+def test_deployments_pull_the_rounds_commit_and_deploying_again_changes_nothing(stack: Stack):
+    code = (
+        "import asyncio, json\nfrom prefect.client.orchestration import get_client\n"
+        "async def main():\n    async with get_client() as c:\n        out = []\n"
+        f"        for name in ({local.ROUND_DEPLOYMENT!r}, {local.BRANCH_DEPLOYMENT!r}):\n"
+        "            d = await c.read_deployment_by_name(name)\n"
+        "            out.append({'id': str(d.id), 'pull': d.pull_steps, 'pool': d.work_pool_name})\n"
+        "        print(json.dumps(out))\n"
+        "asyncio.run(main())\n"
+    )
+    before = stack._query(code)
+    for d in before:
+        clone = d["pull"][0]["prefect.deployments.steps.git_clone"]
+        assert clone["commit_sha"] == stack.commit and clone["repository"] == str(stack.project.resolve())
+        assert d["pool"] == local.POOL
+    assert local.deploy(stack.home, stack.port, stack.project) == stack.commit
+    assert stack._query(code) == before
+    provenance = {
+        json.loads(m.read_text())["provenance"]["git_commit"]
+        for root in stack.roots.values()
+        for m in root.glob("*/artifacts/*/*/metrics.json")
+    }
+    assert provenance == {stack.commit}  # every stage ran the deployed commit, from a clean clone of it
 
 
 def test_servers_listen_on_loopback_only(stack):

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError
+from ..hostfacts import cpuinfo
 
 BUDGET_S = 0.003  # per candidate and shape: a few warm calls
 
@@ -71,28 +72,14 @@ class KernelChoice:
 _ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    out: dict[str, str] = {}
-    try:
-        for line in open("/proc/cpuinfo"):
-            if not line.strip():
-                break
-            key, _, value = line.partition(":")
-            out[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return out
-
-
 def _cpu_model() -> str:
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+    return cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_identity() -> str:
     """The CPU as kernels see it. A VM's model name is often generic ("Intel(R) Xeon(R) Processor" on chips
     with and without AMX), so family, model, stepping and the ISA features go in too."""
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     isa = "+".join(f for f in _ISA if f in flags) or "none"
     ids = "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping"))

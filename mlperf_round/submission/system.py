@@ -6,6 +6,7 @@ import os
 import platform
 from pathlib import Path
 
+from .. import hostfacts
 from ..errors import ParamsError
 from ..params import RoundParams
 
@@ -60,18 +61,6 @@ MAY_BE_EMPTY = {
 }
 
 
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" in line:
-                k, v = (p.strip() for p in line.split(":", 1))
-                info.setdefault(k, v)
-    except OSError:
-        pass
-    return info
-
-
 def _memory_gb() -> str:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -82,25 +71,9 @@ def _memory_gb() -> str:
     return "unknown"
 
 
-def _accelerators() -> tuple[int, str, str]:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        n = pynvml.nvmlDeviceGetCount()
-        if n:
-            h = pynvml.nvmlDeviceGetHandleByIndex(0)
-            name = pynvml.nvmlDeviceGetName(h)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h).total / 1024**3
-            return n, name if isinstance(name, str) else name.decode(), f"{mem:.0f} GB"
-    except Exception:  # no NVML, no driver, no GPU: the params say what the accelerator is
-        pass
-    return 0, "", ""
-
-
 def describe(params: RoundParams, division: str, versions: dict[str, str]) -> dict[str, object]:
-    s, cpu = params.round.system, _cpuinfo()
-    n_acc, acc_name, acc_mem = _accelerators()
+    s, cpu = params.round.system, hostfacts.cpuinfo()
+    n_acc, acc_name, acc_mem, _ = hostfacts.accelerators()
     sockets = len({v for k, v in cpu.items() if k == "physical id"}) or 1
     desc = {
         "division": division,
