@@ -37,7 +37,9 @@ def body(ctx: StageContext) -> dict:
             "ratio": {k: scores[k] / reference["scores"][k] for k in targets if reference["scores"][k]},
         }
         stats = ctx.out / scenario / ENGINE_STATS
-        if stats.exists():  # the engine's own counts: UNet work per image (DeepCache), an endpoint's TEST06 splices
+        if (
+            stats.exists()
+        ):  # the engine's own counts (UNet work per image under DeepCache; a served engine's TEST06 splices)
             work = json.loads(stats.read_text())
             images = max(work.pop("images", 1), 1)
             for kind, calls in work.pop("unet_calls", {}).items():

@@ -183,6 +183,24 @@ def test_a_new_benchmark_is_one_module():
             assert word not in text, f"{path.relative_to(ROOT)} names {word}"
 
 
+def test_the_stages_and_the_harness_never_name_a_backend():
+    """Engines are built, opened and served through mlperf_round.backends, keyed by build.backend."""
+    from mlperf_round import backends
+
+    for path in [
+        *(ROOT / "stages").glob("*.py"),
+        *(ROOT / "mlperf_round" / "submission").glob("*.py"),
+        *(ROOT / "mlperf_round" / "harness").glob("*.py"),
+    ]:
+        text = path.read_text()
+        for word in ("torch_llm", "torch_sdxl", "TorchLLM", "TorchSDXL", "endpoint", *backends.BACKENDS.values()):
+            assert word not in text, f"{path.relative_to(ROOT)} names {word}"
+    for name in backends.BACKENDS:  # each backend answers what the kinds, the harness and package ask
+        module = backends.get(name)
+        for attr in ("build_text", "build_image", "open_text", "open_image", "serve", "describe"):
+            assert callable(getattr(module, attr)), f"{name}.{attr}"
+
+
 def test_llama3_1_reads_mlcommons_cnn_eval_as_shipped(tmp_path: Path):
     """cnn_eval.json's rows (instruction as {"llama": template}) and the calibration file's (instruction as the template
     itself): the prompt is the filled template, tok_input is served as given; rows without tok_input are refused."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -91,6 +92,7 @@ class EndpointEngine:
         self.server = servers.get(self.spec.server)
         self.tokenizer = load_tokenizer(engine_dir / "tokenizer")
         self.first_splices = 0  # answers whose first token the whole answer's tokenization did not start with
+        self._count = threading.Lock()  # requests complete on the scheduler's threads
 
     def warmup(self) -> None:
         """One short completion: the server loads and compiles before LoadGen's clock starts."""
@@ -141,7 +143,8 @@ class EndpointEngine:
         answer = self.ids_of(got.text)
         head = self.ids_of(got.first_text)[:1]
         if head and answer[:1] != head:  # TEST06: the first token reported must start the answer
-            self.first_splices += 1
+            with self._count:
+                self.first_splices += 1
             answer = head + self.ids_of(got.text[len(got.first_text) :])
         if got.finish_reason == "stop":  # the text leaves out the EOS the model stopped on; the ids keep it
             answer.append(self.spec.eos_token_id)
