@@ -308,9 +308,8 @@ async def round_flow(
     if branch_deployment:
         from prefect.deployments import arun_deployment
 
-        queue = await _system_queue(
-            _round_section(ws).system.name
-        )  # the branches go to the workers of the round's system
+        # the branches go to the workers of the round's system
+        queue = await _system_queue(_round_section(ws).system.name)
         runs = await asyncio.gather(
             *(
                 arun_deployment(

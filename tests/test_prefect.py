@@ -1,5 +1,7 @@
 """The round as a Prefect deployment: a real server, a process pool, two workers with their own
-workspaces, a local-directory DVC remote and a real MLflow server, all on 127.0.0.1.
+workspaces whose flow runs clone the committed project into directories of their own, a third worker
+on another system's queue, a DVC remote over SSH (Debian's OpenSSH server; a local directory where
+none can run) and a real MLflow server, all on 127.0.0.1.
 
 The round is cut to two open Offline entries (GPT-J, Llama) with shorter training, so the
 deployment runs fit in minutes: the first computes, the second restores, the third loses a
@@ -24,6 +26,7 @@ import pytest
 from flows import local
 
 from .conftest import copy_project, listening_addresses
+from .sshd import WHY_NOT, Sshd
 
 pytestmark = pytest.mark.slow
 BENCHMARKS = ["gptj", "llama2-70b"]
@@ -56,12 +59,22 @@ class Stack:
         self.roots = {f"w{i}": base / "workspaces" / f"w{i}" for i in (1, 2)}
         self.other_root = base / "workspaces" / "h200"
         self.procs: dict[str, subprocess.Popen] = {}
+        # the remote over SSH where an OpenSSH server can run (the workers' keys in their HOME), else a directory
+        self.sshd = None if WHY_NOT else Sshd(base / "sshd")
+        self.worker_env: dict[str, str] = {}
+
+    @property
+    def remote_url(self) -> str:
+        return self.sshd.url(self.remote) if self.sshd else str(self.remote)
 
     @property
     def mlflow_uri(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     def start(self) -> None:
+        if self.sshd is not None:
+            self.sshd.__enter__()
+            self.worker_env = {"HOME": str(self.sshd.home)}
         self.procs["mlflow"] = local.start_mlflow(
             self.home, self.mlflow_port, self.project, self.base / "mlflow", tether=True
         )
@@ -74,14 +87,18 @@ class Stack:
         for name in self.roots:
             self.start_worker(name)
         self.procs["h200"] = local.start_worker(  # another system's worker: its queue only
-            self.home, self.port, self.project, "h200", self.other_root, tether=True, queues=["h200x1"]
+            self.home, self.port, self.project, "h200", self.other_root, self.worker_env, True, ["h200x1"]
         )
 
     def start_worker(self, name: str) -> None:
-        self.procs[name] = local.start_worker(self.home, self.port, self.project, name, self.roots[name], tether=True)
+        self.procs[name] = local.start_worker(
+            self.home, self.port, self.project, name, self.roots[name], self.worker_env, tether=True
+        )
 
     def stop(self) -> None:
         local.stop([p.pid for p in self.procs.values()])
+        if self.sshd is not None:
+            self.sshd.__exit__()
 
     def deployment_run(
         self, timeout: float = 1200, benchmarks: list[str] | None = None, overrides: dict | None = None
@@ -89,7 +106,7 @@ class Stack:
         params = {
             "benchmarks": benchmarks or BENCHMARKS,
             "params_overrides": OVERRIDES if overrides is None else overrides,
-            "dvc_remote": str(self.remote),
+            "dvc_remote": self.remote_url,
             "mlflow_tracking_uri": self.mlflow_uri,
         }
         return subprocess.run(
