@@ -45,15 +45,34 @@ def accelerators() -> tuple[int, str, str, str]:
     return 0, "", "", ""
 
 
+def memory_gb() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.0f} GB"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def facts() -> dict[str, str]:
-    n, model, _, driver = accelerators()
+    n, model, mem, driver = accelerators()
     return {
         "host": socket.gethostname(),
         "cpu": cpuinfo().get("model name", platform.processor() or platform.machine()),
         "cores": str(os.cpu_count() or 1),
+        "memory": memory_gb(),
         "accelerators": f"{n} x {model}" if n else "none",
+        "accelerator_memory": mem or "N/A",
         "driver": driver or "none",
     }
+
+
+def count_and_model(accelerators_fact: str) -> tuple[int, str]:
+    if accelerators_fact == "none":
+        return 0, ""
+    n, model = accelerators_fact.split(" x ", 1)
+    return int(n), model
 
 
 def mismatch(system, found: dict[str, str] | None = None) -> str | None:
@@ -62,8 +81,8 @@ def mismatch(system, found: dict[str, str] | None = None) -> str | None:
     want_n, want_model = system.accelerators_per_node, system.accelerator_model_name
     if not want_n:
         return None  # a CPU system's branches run anywhere (its stages run on the CPU unless told otherwise)
-    n, model = (0, "") if found["accelerators"] == "none" else found["accelerators"].split(" x ", 1)
-    if int(n) != want_n or (want_model not in ("", "N/A") and want_model.lower() not in model.lower()):
+    n, model = count_and_model(found["accelerators"])
+    if n != want_n or (want_model not in ("", "N/A") and want_model.lower() not in model.lower()):
         return (
             f"system {system.name} is {want_n} x {want_model}; this host ({found['host']}) has {found['accelerators']}"
         )

@@ -203,7 +203,8 @@ def _execute(
 
     round_tags = tracking.round_tags(params)
     dvc_stage = stage if scope == "round" else f"{stage}@{key}"
-    tags = {"dvc.stage": dvc_stage, **{f"host.{k}": v for k, v in hostfacts.facts().items()}}  # where it ran
+    host = hostfacts.facts()
+    tags = {"dvc.stage": dvc_stage, **{f"host.{k}": v for k, v in host.items()}}  # where it ran
     if scope == "entry":
         tags.update(
             {"mlperf.division": params.entries[key].division, "mlperf.benchmark": params.entries[key].mlperf_id}
@@ -220,7 +221,11 @@ def _execute(
             torch = sys.modules.get("torch")
             if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
                 metrics["device_peak_bytes"] = torch.cuda.max_memory_allocated()  # perf/memory.py reads it
-            metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "git_commit": round_tags["git.commit"]}
+            metrics["provenance"] = {
+                "mlflow_run_id": tracker.run_id,
+                "git_commit": round_tags["git.commit"],
+                "host": host,  # where it ran: package describes the system from the performance stages' hosts
+            }
             write_manifest(partial)
             if any(plots_partial.iterdir()):
                 tracker.log_artifact(plots_partial, "plots")

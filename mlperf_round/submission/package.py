@@ -19,7 +19,7 @@ from ..versions import scenarios_for
 from . import code
 from .check import SMOKE_RULES, Finding, check_tree, summarize
 from .provenance import Provenance, markdown
-from .system import describe
+from .system import describe, measured_host
 from .tree import Layout, copy_accuracy, copy_compliance, copy_performance, write_json
 
 TREE = "tree"  # the MLPerf root inside the stage's output: closed/ and open/ only
@@ -271,7 +271,8 @@ def package_round(
     for division in sorted({r.entry.division for r in results}):
         org = tree_root / division / rnd.submitter
         tree = Layout(rnd.version, org, rnd.system.name)
-        write_json(tree.systems(), describe(params, division, versions))
+        host = measured_host([r.performance for r in results], params.round.system.name)
+        write_json(tree.systems(), describe(params, division, versions, host))
         in_division = [r for r in results if r.entry.division == division]
         if division == "closed":
             (org / "calibration.md").write_text(_calibration_md(in_division, params, root))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import platform
-from pathlib import Path
 
 from .. import hostfacts
-from ..errors import ParamsError
+from ..errors import ParamsError, RoundError
 from ..params import RoundParams
 
 REQUIRED = (
@@ -61,19 +59,30 @@ MAY_BE_EMPTY = {
 }
 
 
-def _memory_gb() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 / 1024:.0f} GB"
-    except OSError:
-        pass
-    return "unknown"
+def measured_host(performance: list[dict], system: str) -> dict | None:
+    """The host the performance stages ran on (their provenance): the system the results describe. Hosts with
+    different processors or accelerators under one system name are one line, not a system description."""
+    hosts: dict[tuple[str, str], dict] = {}
+    for metrics in performance:
+        host = metrics.get("provenance", {}).get("host")
+        if host:
+            hosts.setdefault((host["cpu"], host["accelerators"]), host)
+    if len(hosts) > 1:
+        seen = "; ".join(f"{h['host']}: {h['cpu']}, accelerators {h['accelerators']}" for h in hosts.values())
+        raise RoundError(f"round.system.name {system}: its performance runs ran on different hardware ({seen})")
+    return next(iter(hosts.values()), None)
 
 
-def describe(params: RoundParams, division: str, versions: dict[str, str]) -> dict[str, object]:
-    s, cpu = params.round.system, hostfacts.cpuinfo()
-    n_acc, acc_name, acc_mem, _ = hostfacts.accelerators()
+def describe(
+    params: RoundParams, division: str, versions: dict[str, str], host: dict | None = None
+) -> dict[str, object]:
+    """`host`: the facts of the host the results were measured on (default: this one); what only /proc/cpuinfo
+    says (sockets, frequency, caches) is read here when this is that host, else left unknown."""
+    s, here = params.round.system, hostfacts.facts()
+    host = host or here
+    cpu = hostfacts.cpuinfo() if (host["host"], host["cpu"]) == (here["host"], here["cpu"]) else {}
+    n_acc, acc_name = hostfacts.count_and_model(host["accelerators"])
+    acc_mem = host.get("accelerator_memory", "N/A") if n_acc else ""
     sockets = len({v for k, v in cpu.items() if k == "physical id"}) or 1
     desc = {
         "division": division,
@@ -81,13 +90,13 @@ def describe(params: RoundParams, division: str, versions: dict[str, str]) -> di
         "status": s.status,
         "system_name": s.name,
         "number_of_nodes": 1,
-        "host_processor_model_name": cpu.get("model name", platform.processor() or platform.machine()),
+        "host_processor_model_name": host["cpu"],
         "host_processors_per_node": sockets,
-        "host_processor_core_count": os.cpu_count() or 1,
+        "host_processor_core_count": int(host["cores"]),
         "host_processor_frequency": f"{float(cpu['cpu MHz']):.0f} MHz" if "cpu MHz" in cpu else "unknown",
         "host_processor_caches": cpu.get("cache size", "unknown"),
         "host_processor_interconnect": "N/A",
-        "host_memory_capacity": _memory_gb(),
+        "host_memory_capacity": host.get("memory", "unknown"),
         "host_memory_configuration": "unknown",
         "host_storage_capacity": s.host_storage_capacity,
         "host_storage_type": s.host_storage_type,
