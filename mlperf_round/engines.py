@@ -1,4 +1,4 @@
-"""Engine building, dispatched on the entry's backend."""
+"""The torch backend's engine builds (LLM and text-to-image engine directories); torch_backend.py calls them."""
 
 from __future__ import annotations
 
