@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup browser repro test ui dag plots clean prefect-up prefect-down
+.PHONY: setup browser sshd repro test ui dag plots clean prefect-up prefect-down
 
 setup: $(STAMP)
 
@@ -26,12 +26,17 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: no chromium (apt-get install chromium); the MLflow UI test will skip"
 
+# Debian's OpenSSH server for the SSH-remote tests (they start it on loopback with keys they make)
+sshd:
+	@command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || { [ "$$(id -u)" = 0 ] && { apt-get install -y -qq openssh-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssh-server >/dev/null; }; }; } \
+	  || echo "note: no sshd (apt-get install openssh-server); the SSH-remote tests will skip or use a local remote"
+
 # ROUND=rounds/v6.1.yaml runs that round file instead, in .workspaces/<its name>, with the LoadGen its version needs
 ROUND ?=
 repro: $(STAMP)
 	$(if $(ROUND),$(BIN)/mlperf-round repro --round $(ROUND),$(BIN)/dvc repro)
 
-test: $(STAMP) browser
+test: $(STAMP) browser sshd
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
