@@ -45,6 +45,16 @@ def sync(source: Path, dest: Path) -> Path:
     return dest
 
 
+def commit(dest: Path, message: str) -> str:
+    """Commit everything in a workspace (a throwaway copy the deployments are to pull); its HEAD."""
+    git = ["git", "-c", "user.name=mlperf-round", "-c", "user.email=mlperf-round@localhost"]
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", message], cwd=dest, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=dest, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def merge(base: dict, overrides: dict) -> dict:
     """Deep-merge params overrides: mappings merge key by key, anything else replaces; None deletes."""
     out = dict(base)

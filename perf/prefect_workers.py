@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows import local  # noqa: E402
-from mlperf_round.workspace import sync  # noqa: E402
+from mlperf_round.workspace import commit, sync  # noqa: E402
 
 
 def deployment_run(home: Path, port: int, project: Path, params: dict) -> float:
@@ -65,7 +65,7 @@ def main() -> None:
     procs = [local.start_server(home, port, project, ui=False).pid]
     results: dict[str, float] = {}
     try:
-        local.deploy(home, port, project)
+        local.deploy(home, port, project, commit=commit(project, "the benchmarked round"))
         for n in (1, 2):
             run_dir = base / f"workers-{n}"
             workers = [

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from flows import local
+from mlperf_round.workspace import commit
 
 from .conftest import copy_project, listening_addresses
 from .sshd import WHY_NOT, Sshd
@@ -79,10 +80,7 @@ class Stack:
             self.home, self.mlflow_port, self.project, self.base / "mlflow", tether=True
         )
         self.procs["server"] = local.start_server(self.home, self.port, self.project, ui=False, tether=True)
-        git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-        subprocess.run(["git", "add", "-A"], cwd=self.project, check=True)
-        subprocess.run([*git, "commit", "-qm", "the round"], cwd=self.project, check=True)
-        self.commit = local.deploy(self.home, self.port, self.project)
+        self.commit = local.deploy(self.home, self.port, self.project, commit=commit(self.project, "the round"))
         local.crash_lost_runs_automation(self.home, self.port, self.project, within_s=60)
         for name in self.roots:
             self.start_worker(name)
