@@ -23,9 +23,8 @@ import numpy as np
 from ..errors import InputError
 from . import servers
 from .endpoint_client import EndpointError, Streamed, get_json, stream_completion
-from .engine import Event
-
-ENGINE_FILE = "engine.json"
+from .engine import ENGINE_FILE, Event
+from .engine import read_spec as read_engine_spec
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,7 @@ class EndpointSpec:
 
 
 def read_spec(engine_dir: Path) -> EndpointSpec:
-    path = engine_dir / ENGINE_FILE
-    try:
-        return EndpointSpec(**json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing; {engine_dir} is not an engine directory") from None
-    except (json.JSONDecodeError, TypeError) as err:
-        raise InputError(f"{path}: not a valid endpoint engine description ({err})") from None
+    return read_engine_spec(engine_dir, EndpointSpec)
 
 
 def tree_sha256(root: Path) -> str:

@@ -9,10 +9,14 @@ latencies) and its whole answer.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+ENGINE_FILE = "engine.json"
 
 
 @dataclass
@@ -41,3 +45,16 @@ class Engine(Protocol):
 
     def stats(self) -> dict | None:
         """Work the engine did beyond its answers (the UNet's full and shallow steps), for the accuracy record."""
+
+
+def read_spec(engine_dir: Path, spec_type: type):
+    """engine.json as a backend's spec dataclass; a missing or foreign one is an InputError."""
+    from ..errors import InputError
+
+    path = Path(engine_dir) / ENGINE_FILE
+    try:
+        return spec_type(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; {engine_dir} is not an engine directory") from None
+    except (json.JSONDecodeError, TypeError) as err:
+        raise InputError(f"{path}: not a valid {spec_type.__name__} engine description ({err})") from None

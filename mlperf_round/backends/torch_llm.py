@@ -23,8 +23,8 @@ import torch
 
 from ..errors import InputError
 from ..jsonfile import write_json_atomic
+from .engine import ENGINE_FILE
 
-ENGINE_FILE = "engine.json"
 KV_SCALES_FILE = "kv_scales.json"
 
 
@@ -77,14 +77,9 @@ def build(model_dir: Path, tokenizer_dir: Path, spec: EngineSpec, out: Path) -> 
 
 
 def read_spec(engine_dir: Path, spec_type: type = EngineSpec):
-    """engine.json as the backend's spec dataclass; a missing or foreign one is an InputError."""
-    path = engine_dir / ENGINE_FILE
-    try:
-        return spec_type(**json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing; {engine_dir} is not an engine directory") from None
-    except (json.JSONDecodeError, TypeError) as err:
-        raise InputError(f"{path}: not a valid {spec_type.__name__} engine description ({err})") from None
+    from .engine import read_spec as read
+
+    return read(engine_dir, spec_type)
 
 
 def resolve_device(device: str, where: str = "build.device") -> torch.device:
