@@ -392,7 +392,7 @@ class EndpointParams(Strict):
             raise ValueError("url and launch: give one (a running server, or the command that starts one)")
         if self.url and not re.fullmatch(r"https?://[^/\s]+/?", self.url):
             raise ValueError(f"url: {self.url!r} is not http(s)://host:port")
-        if self.token_ids == "server" and not server.ids_field:
+        if self.token_ids == "server" and not server.ids_request:
             raise ValueError(f"token_ids: {server.what} returns text only; use tokenizer")
         if not server.parallel and (self.tp_size > 1 or self.pp_size > 1):
             raise ValueError(f"tp_size, pp_size: {server.what} runs one process; they are 1")

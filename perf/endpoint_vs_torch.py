@@ -37,13 +37,12 @@ FIGURES = [
 
 def scratch_round(workdir: Path, server_qps: float) -> Path:
     sys.path.insert(0, str(ROOT))
-    from mlperf_round.workspace import sync
+    from mlperf_round.workspace import select_benchmarks, sync
 
     ws = sync(ROOT, workdir / "project")
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["round"]["name"] = "endpoint-vs-torch"
-    for bench in ("gptj", "stable-diffusion-xl"):
-        del params["benchmarks"][bench]
+    params.update(select_benchmarks(params, ["llama2-70b"]))
     template = params["entries"]["llama2-70b-99p9"]
     params["entries"] = {}
     for i, (key, build) in enumerate(ENTRIES.items()):

@@ -20,6 +20,7 @@ from mlperf_round import layout
 from mlperf_round.backends import endpoint, endpoint_backend, servers
 from mlperf_round.backends.endpoint_client import EndpointError
 from mlperf_round.errors import RoundError
+from mlperf_round.workspace import select_benchmarks
 
 from .conftest import copy_project, edit_params, run
 
@@ -32,8 +33,7 @@ ENTRY = "llama2-70b-endpoint"
 def endpoint_round(d: dict) -> None:
     """The Llama 2 benchmark alone, one closed fp32 entry served by `transformers serve` (FP8 exports need a GPU)."""
     d["round"]["name"] = "smoke-endpoint"
-    for bench in ("gptj", "stable-diffusion-xl"):
-        del d["benchmarks"][bench]
+    d.update(select_benchmarks(d, ["llama2-70b"]))
     entry = d["entries"]["llama2-70b-99p9"]
     entry["recipe"] = {"precision": "fp32"}
     entry["build"] = {"backend": "endpoint", "max_batch_size": 8, "endpoint": {"server": "transformers"}}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.round import REMOTE, check_remote
+from mlperf_round.workspace import select_benchmarks
 
 from .conftest import copy_project, edit_params, env
 from .sshd import WHY_NOT, Sshd
@@ -33,8 +34,7 @@ def dvc(ws: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def small(d: dict) -> None:
-    for bench in ("gptj", "stable-diffusion-xl"):
-        del d["benchmarks"][bench]
+    d.update(select_benchmarks(d, ["llama2-70b"]))
     d["benchmarks"]["llama2-70b"]["model"]["tiny"]["train_steps"] = 50
     d["entries"] = {"llama2-70b-99p9": d["entries"]["llama2-70b-99p9"]}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlperf_round import layout
+from mlperf_round.workspace import select_benchmarks
 
 from .conftest import copy_project, edit_params, run
 
@@ -28,8 +29,7 @@ MLCOMMONS = Path(__file__).resolve().parent.parent.parent / "shared" / "mlcommon
 
 def interactive(d: dict) -> None:
     d["round"]["name"] = "smoke-v50-interactive"
-    for bench in ("gptj", "stable-diffusion-xl"):
-        del d["benchmarks"][bench]
+    d.update(select_benchmarks(d, ["llama2-70b"]))
     d["entries"] = {ENTRY: d["entries"][ENTRY]}
     d["entries"][ENTRY]["scenarios"] = ["Offline", "Server", "Interactive"]
     d["entries"][ENTRY]["loadgen"]["Interactive"] = {

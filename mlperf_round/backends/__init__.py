@@ -1,8 +1,9 @@
 """The backends, keyed by `build.backend`: each builds an engine directory and opens it for the harness.
 
-A backend module has `build_text(ctx, bench)` (and `build_image` where it serves images), `open(engine_dir,
-runtime)`, and `serve(engine_dir, log_dir)`: a context manager that makes the engine reachable for a stage's
-tests (starts its server, or does nothing) and yields the runtime facts the harness passes to `open`.
+A backend module has `build_text(ctx, bench)` and `build_image`, `open_text(engine_dir, runtime)` and
+`open_image`, `describe(engine_json)` (a result README's lines), and `serve(engine_dir, log_dir)`: a context
+manager that makes the engine reachable for a stage's tests (starts its server, or does nothing) and yields the
+runtime facts the harness passes to `open_*`. A backend that cannot serve a kind refuses it in one line.
 The stages and the harness go through this module and never name a backend.
 """
 
@@ -33,7 +34,3 @@ def of_engine(engine_dir: Path):
     if name not in BACKENDS:
         raise InputError(f"{path}: backend {name!r} is not one of this project's ({', '.join(BACKENDS)})")
     return get(name)
-
-
-def open_engine(engine_dir: Path, runtime: dict | None = None):
-    return of_engine(engine_dir).open(Path(engine_dir), runtime)

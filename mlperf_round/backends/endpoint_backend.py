@@ -83,9 +83,9 @@ def build_text(ctx, bench) -> dict:
         checkpoints.copy_tokenizer(tokenizer_dir, ctx.out / "model")  # servers read the tokenizer beside the weights
         sha = endpoint.tree_sha256(ctx.out / "model")
     launch = None if ep.url else (list(ep.launch) if ep.launch else server.launch(ep, entry.build))
-    if launch and server.name == "trtllm-serve" and entry.build.kv_cache == "fp8":
-        (ctx.out / servers.TRTLLM_OPTIONS).write_text(servers.trtllm_options("fp8"))
-    token_ids = ep.token_ids if ep.token_ids != "auto" else ("server" if server.ids_field else "tokenizer")
+    if launch and any(servers.TRTLLM_OPTIONS in arg for arg in launch):
+        (ctx.out / servers.TRTLLM_OPTIONS).write_text(servers.trtllm_options(entry.build.kv_cache))
+    token_ids = ep.token_ids if ep.token_ids != "auto" else ("server" if server.ids_request else "tokenizer")
     samples = bench.load_samples(source / "dataset.json")
     prompts = [sample_ids(s, tok, gen.max_input_tokens) for s in samples]
     strip_bos = _strip_bos(tok, prompts) if server.prompt == "text" else False

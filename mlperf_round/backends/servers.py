@@ -22,7 +22,7 @@ class Server:
     name: str
     what: str  # for the one-line refusals
     prompt: str  # ids | text
-    ids_field: str | None  # the request field that makes the server return token ids (None: it cannot)
+    ids_request: dict | None  # what a request adds for the server to return token ids (None: it cannot)
     version_paths: tuple[str, ...]
     fp8_kv: tuple[str, ...] | None  # the launch flags of an FP8 KV cache (None: not offered)
     parallel: bool  # takes tensor / pipeline parallel sizes
@@ -44,8 +44,8 @@ class Server:
         body.update(top_p=1.0, top_k=1)
         if min_tokens:
             body["min_tokens"] = min_tokens
-        if want_ids and self.ids_field:
-            body[self.ids_field] = self.name != "trtllm-serve"  # trtllm-serve: detokenize false gives the ids
+        if want_ids and self.ids_request:
+            body.update(self.ids_request)
         return body
 
     def launch(self, endpoint, build, python: str = sys.executable) -> list[str]:
@@ -69,9 +69,7 @@ class Server:
         elif self.name == "trtllm-serve":
             argv = ["trtllm-serve", "{model}", "--host", "{host}", "--port", "{port}", "--backend", "pytorch"]
             argv += ["--max_batch_size", batch, "--max_num_tokens", tokens]
-            argv += ["--kv_cache_free_gpu_memory_fraction", frac, "--tp_size", tp, "--pp_size", pp]
-            if fp8:  # no CLI flag: the LLM API's options file, written beside engine.json
-                argv += ["--extra_llm_api_options", "{engine}/" + TRTLLM_OPTIONS]
+            argv += ["--kv_cache_free_gpu_memory_fraction", frac, "--tp_size", tp, "--pp_size", pp, *fp8]
         else:
             argv = ["transformers", "serve", "{model}", "--host", "{host}", "--port", "{port}"]
             argv += ["--continuous-batching", "--cb-max-batch-tokens", tokens, "--dtype", endpoint.dtype]
@@ -84,18 +82,24 @@ class Server:
         return None if executable(argv[0]) else f"{argv[0]} is not on the PATH"
 
 
-TRTLLM_OPTIONS = "trtllm_options.yaml"
+TRTLLM_OPTIONS = "trtllm_options.yaml"  # written beside engine.json when the launch names it
 
 SERVERS = {
-    "trtllm-serve": Server(
-        "trtllm-serve", "TensorRT-LLM (NVIDIA GPUs)", "ids", "detokenize", ("/version",), ("yaml",), True
+    "trtllm-serve": Server(  # detokenize false: ids without text; an FP8 KV cache has no flag, only the options file
+        "trtllm-serve",
+        "TensorRT-LLM (NVIDIA GPUs)",
+        "ids",
+        {"detokenize": False},
+        ("/version",),
+        ("--extra_llm_api_options", "{engine}/" + TRTLLM_OPTIONS),
+        True,
     ),
-    "vllm": Server("vllm", "vLLM", "ids", "return_token_ids", ("/version",), ("--kv-cache-dtype", "fp8"), True),
+    "vllm": Server("vllm", "vLLM", "ids", {"return_token_ids": True}, ("/version",), ("--kv-cache-dtype", "fp8"), True),
     "sglang": Server(
         "sglang",
         "SGLang",
         "ids",
-        "return_token_ids",
+        {"return_token_ids": True},
         ("/server_info", "/get_server_info"),
         ("--kv-cache-dtype", "fp8_e4m3"),
         True,
