@@ -102,7 +102,10 @@ def stream_completion(url: str, body: dict, timeout: float, on_first=None, path:
                 _take(out, choice, on_first)
         else:
             if out.finish_reason is None:  # the body ended without a finish: the server went away mid-answer
-                raise EndpointError(f"endpoint {url}{path}: the stream ended before the answer finished")
+                raise EndpointError(
+                    f"endpoint {url}{path}: the connection dropped mid-answer (the stream ended unfinished: "
+                    "the server died or closed it)"
+                )
         return out
     except Exception as err:  # noqa: BLE001
         raise _fail(url, path, err) from None
