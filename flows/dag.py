@@ -8,7 +8,7 @@ stage and runs after every branch, where all results meet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -16,6 +16,17 @@ from pathlib import Path
 class RoundDAG:
     branches: dict[str, list[str]]  # branch name -> stage addressings, in an order DVC can run them
     joins: list[str]  # stages that need several branches, in order
+    upstream: dict[str, frozenset[str]] = field(default_factory=dict)  # stage -> every stage it needs
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Stages that run together in one workspace, on a worker of one system."""
+
+    name: str
+    system: str
+    stages: list[str]
+    after: str | None = None  # the unit whose stages these need (pushed to the remote before these start)
 
 
 def _branch_name(addressing: str) -> str:
@@ -32,6 +43,7 @@ def load_dag(workspace: Path) -> RoundDAG:
         order = [names[s] for s in reversed(list(nx.topological_sort(graph)))]
         sources = {names[s] for s in graph.nodes if graph.out_degree(s) == 0}
         roots = {names[s]: {names[u] for u in nx.descendants(graph, s) | {s}} & sources for s in graph.nodes}
+        upstream = {names[s]: frozenset(names[u] for u in nx.descendants(graph, s)) for s in graph.nodes}
     branches: dict[str, list[str]] = {}
     joins = []
     for addressing in order:
@@ -39,4 +51,37 @@ def load_dag(workspace: Path) -> RoundDAG:
             branches.setdefault(_branch_name(next(iter(roots[addressing]))), []).append(addressing)
         else:
             joins.append(addressing)
-    return RoundDAG(branches, joins)
+    return RoundDAG(branches, joins, upstream)
+
+
+def route(dag: RoundDAG, params) -> dict[str, Unit]:
+    """The branches as units of work per system (`entries.<key>.system`). A benchmark whose entries all run on
+    one system is one unit, named after the benchmark. One whose entries are on several is split: its benchmark
+    stages (download, calibrate, reference) run once, on the system of its first entry in params, and then each
+    system's entry stages run on that system, restoring the benchmark stages from the remote."""
+    units: dict[str, Unit] = {}
+    for bench, stages in dag.branches.items():
+        shared, by_system = [], {}
+        first = [params.system_of(e).name for e in params.entries.values() if e.benchmark == bench]
+        for system in first:
+            by_system.setdefault(system, [])
+        for stage in stages:
+            key = _branch_name(stage)
+            if key in params.entries:
+                by_system[params.system_of(params.entries[key]).name].append(stage)
+            else:
+                shared.append(stage)
+        by_system = {k: v for k, v in by_system.items() if v}
+        if len(by_system) <= 1:
+            units[bench] = Unit(bench, next(iter(by_system), params.round.system.name), stages)
+            continue
+        units[bench] = Unit(bench, first[0], shared)
+        for system, own in by_system.items():
+            need = set().union(*(dag.upstream.get(s, frozenset()) for s in own)) - set(shared) - set(own)
+            if need:  # an entry that needs another system's entry: they cannot run apart
+                raise ValueError(
+                    f"{own[0]} on {system} needs {sorted(need)[0]}, which runs on another system; "
+                    "give both entries one system"
+                )
+            units[f"{bench}.{system}"] = Unit(f"{bench}.{system}", system, own, after=bench)
+    return units

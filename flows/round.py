@@ -28,7 +28,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from flows.dag import load_dag
+from flows.dag import load_dag, route
 from mlperf_round import workspace as workspaces
 from mlperf_round.harness import timing_lock
 from mlperf_round.runner import REPORT_ENV
@@ -212,10 +212,14 @@ def _workspace(source: Path, ws: Path, remote: str, overrides: dict | None, benc
     return ws
 
 
-def _round_section(ws: Path):
+def _params(ws: Path):
     from mlperf_round.params import load_params
 
-    return load_params(ws / "params.yaml").round
+    return load_params(ws / "params.yaml")
+
+
+def _units(ws: Path):
+    return route(load_dag(ws), _params(ws))
 
 
 async def _system_queue(system: str, pool: str = "mlperf-round") -> str:
@@ -255,23 +259,25 @@ def branch_flow(
     workspace_root: str = "",
     git_commit: str = "",
 ) -> dict:
-    """One benchmark's stages, in order, in this worker's workspace for that branch."""
+    """One unit's stages (`flows.dag.route`: a benchmark, or its entries on one system), in order, in this
+    worker's workspace for that unit."""
     from mlperf_round import hostfacts, tracking
 
     logger = get_run_logger()
     source, root, remote, uri = _resolve(workspace_root, dvc_remote, mlflow_tracking_uri)
     ws = _workspace(source, root / branch, remote, params_overrides, benchmarks)
-    system, facts = _round_section(ws).system, hostfacts.facts()
+    unit = _units(ws)[branch]
+    system, facts = _params(ws).round.all_systems[unit.system], hostfacts.facts()
     logger.info("host %s", ", ".join(f"{k} {v}" for k, v in facts.items()))
     why = hostfacts.mismatch(system, facts)
     if why:  # before any stage: this worker's results would describe another machine
         raise RuntimeError(f"{why}: this worker takes no work for {system.name}")
     env = _stage_env(uri, git_commit or tracking.git_commit())
     _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)  # what other workers already computed
-    stages = load_dag(ws).branches[branch]
-    results = [run_stage(str(ws), stage, env, push=True) for stage in stages]
+    results = [run_stage(str(ws), stage, env, push=True) for stage in unit.stages]
     return {
         "branch": branch,
+        "system": system.name,
         "workspace": str(ws),
         "ran": [r["stage"] for r in results if r["ran"]],
         "restored": [r["stage"] for r in results if r["restored"]],
@@ -297,6 +303,7 @@ async def round_flow(
     env = _stage_env(uri, commit)
     tracking.open_round(ws / "params.yaml", uri, commit)  # one parent run, before branches race to create it
     dag = load_dag(ws)
+    units = route(dag, _params(ws))
     shared = {
         "benchmarks": benchmarks,
         "params_overrides": params_overrides,
@@ -304,37 +311,41 @@ async def round_flow(
         "mlflow_tracking_uri": uri,
         "git_commit": commit,
     }
-    logger.info("branches %s, then %s", ", ".join(dag.branches), ", ".join(dag.joins))
-    if branch_deployment:
-        from prefect.deployments import arun_deployment
+    logger.info(
+        "branches %s, then %s", ", ".join(f"{u.name} on {u.system}" for u in units.values()), ", ".join(dag.joins)
+    )
+    lost: set[str] = set()
 
-        # the branches go to the workers of the round's system
-        queue = await _system_queue(_round_section(ws).system.name)
-        runs = await asyncio.gather(
-            *(
-                arun_deployment(
-                    branch_deployment, parameters={"branch": b, **shared}, timeout=None, work_queue_name=queue
-                )
-                for b in dag.branches
+    async def run_unit(name: str) -> str | None:
+        """None when the unit completed, else why not."""
+        unit = units[name]
+        if unit.after is not None and await tasks[unit.after] is not None:
+            return f"{name} (not started: {unit.after} failed)"
+        if branch_deployment:
+            from prefect.deployments import arun_deployment
+
+            queue = await _system_queue(unit.system)  # only that system's workers take it
+            run = await arun_deployment(
+                branch_deployment, parameters={"branch": name, **shared}, timeout=None, work_queue_name=queue
             )
-        )
-        failed = [f"{b} ({r.state.name})" for b, r in zip(dag.branches, runs) if not r.state.is_completed()]
-    else:
+            if run.state.is_crashed():
+                lost.add(name)
+            return None if run.state.is_completed() else f"{name} ({run.state.name})"
+        try:
+            await asyncio.to_thread(branch_flow, branch=name, workspace_root=str(root), **shared)
+            return None
+        except Exception as err:  # noqa: BLE001 - reported per branch below
+            return f"{name} ({err})"
 
-        async def local(b: str):
-            try:
-                await asyncio.to_thread(branch_flow, branch=b, workspace_root=str(root), **shared)
-                return None
-            except Exception as err:  # noqa: BLE001 - reported per branch below
-                return f"{b} ({err})"
-
-        failed = [f for f in await asyncio.gather(*(local(b) for b in dag.branches)) if f]
+    tasks: dict[str, asyncio.Task] = {}
+    for name in units:  # a unit's `after` comes before it
+        tasks[name] = asyncio.ensure_future(run_unit(name))
+    failed = [f for f in await asyncio.gather(*tasks.values()) if f]
     if failed:
-        lost = {b for b, r in zip(dag.branches, runs) if r.state.is_crashed()} if branch_deployment else set()
         if lost:  # their worker died mid-stage: MLflow must not keep those stages RUNNING
-            keys = {s.split("@", 1)[-1] for b in lost for s in dag.branches[b]}
+            keys = {s.split("@", 1)[-1] for b in lost for s in units[b].stages}
             closed = tracking.close_lost_runs(
-                uri, _round_section(ws).name, keys, "its worker was lost (flow run crashed)"
+                uri, _params(ws).round.name, keys, "its worker was lost (flow run crashed)"
             )
             logger.error("closed as KILLED in MLflow: %s", ", ".join(closed) or "none")
         raise RuntimeError(f"branches failed: {'; '.join(failed)}; nothing was packaged (re-run to resume)")
@@ -349,7 +360,7 @@ async def round_flow(
         logger.warning("recomputed where results meet (not in the remote's run-cache): %s", ", ".join(recomputed))
     return {
         "workspace": str(ws),
-        "branches": list(dag.branches),
+        "branches": list(units),
         "joins_ran": [s for s in ran if s in dag.joins],
         "recomputed": recomputed,
     }

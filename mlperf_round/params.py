@@ -59,18 +59,42 @@ class RoundSection(Strict):
     submitter: str = Field("MLPerfRound", description="submitter organisation, the folder under closed/ and open/")
     smoke: bool = Field(True, description="shortened LoadGen runs: results are measured but not submittable")
     test_timeout_s: int = Field(3600, ge=10, description="watchdog on each LoadGen test: a hung SUT fails the stage")
-    system: SystemParams = Field(default_factory=SystemParams, description="the system under test")
+    system: SystemParams = Field(
+        default_factory=SystemParams, description="the system under test: every entry's, unless it names another"
+    )
+    systems: dict[str, SystemParams] = Field(
+        default_factory=dict,
+        description="further systems of this round, keyed by name (their `name` is the key); an entry that sets "
+        "`system: <key>` runs on that system's Prefect work queue and is submitted under results/<key>/",
+    )
     mlcommons_inference: str = Field(
         "",
         description="a local clone of mlcommons/inference: compliance runs its audit.config files, and package "
         "also runs its submission checker",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _system_names(cls, data):
+        """A system under `systems` is named by its key; a `name` that says otherwise is refused."""
+        if isinstance(data, dict) and isinstance(data.get("systems"), dict):
+            systems = {}
+            for key, section in data["systems"].items():
+                section = dict(section or {})
+                if section.setdefault("name", key) != key:
+                    raise ValueError(f"systems.{key}.name: {section['name']!r}; a system is named by its key")
+                systems[key] = section
+            data = {**data, "systems": systems}
+        return data
+
     @model_validator(mode="after")
     def _names(self) -> RoundSection:
-        for key, value in (("name", self.name), ("submitter", self.submitter), ("system.name", self.system.name)):
+        names = [("system.name", self.system.name)] + [(f"systems.{k}", k) for k in self.systems]
+        for key, value in (("name", self.name), ("submitter", self.submitter), *names):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
                 raise ValueError(f"{key}: {value!r} must be letters, digits, '.', '_' or '-'")
+        if self.system.name in self.systems:
+            raise ValueError(f"systems.{self.system.name}: it is round.system already (name it once)")
         tools = Path(self.mlcommons_inference) / "tools" / "submission"
         if self.mlcommons_inference and not tools.is_dir():
             raise ValueError(
@@ -78,6 +102,11 @@ class RoundSection(Strict):
                 "(no tools/submission)"
             )
         return self
+
+    @property
+    def all_systems(self) -> dict[str, SystemParams]:
+        """Every system of the round by name, round.system first."""
+        return {self.system.name: self.system, **self.systems}
 
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
@@ -577,6 +606,11 @@ class EntryParams(Strict):
     recipe: RecipeParams = Field(default_factory=RecipeParams, description="optimization recipe")
     build: BuildParams = Field(default_factory=BuildParams, description="engine build")
     scenarios: list[Scenario] = Field(["Offline", "Server"], description="LoadGen scenarios to measure")
+    system: str = Field(
+        "",
+        description="the system this entry is built, measured and submitted on: a key of round.systems "
+        "(empty: round.system)",
+    )
     loadgen: LoadGenParams = Field(
         default_factory=LoadGenParams, description="LoadGen settings of the performance runs"
     )
@@ -703,6 +737,11 @@ class RoundParams(Strict):
                     f"entries.{key}.scenarios: {entry.mlperf_id} has no Interactive scenario in MLPerf "
                     f"Inference {version}"
                 )
+            if entry.system and entry.system not in self.round.all_systems:
+                raise ValueError(
+                    f"entries.{key}.system: {entry.system!r} is not a system of the round "
+                    f"(have: {', '.join(self.round.all_systems)}; add it under round.systems)"
+                )
             self._check_scenarios(key, entry)
             if not isinstance(self.benchmarks[entry.benchmark], entry.bench.schema):
                 raise ValueError(f"benchmarks.{entry.benchmark}: not validated as {entry.benchmark}")
@@ -714,13 +753,18 @@ class RoundParams(Strict):
                     f"benchmarks.{entry.benchmark}.generation.num_beams is {gen.num_beams}"
                 )
             for mlperf_id in sorted({p.mlperf_id for p in self.placements(entry)}):
-                slot = (entry.division, mlperf_id)
+                slot = (entry.division, self.system_of(entry).name, mlperf_id)
                 if slot in seen_ids:
                     raise ValueError(
-                        f"entries.{key}: {entry.division} {mlperf_id} is already submitted by entries.{seen_ids[slot]}"
+                        f"entries.{key}: {entry.division} {mlperf_id} on {slot[1]} is already submitted by "
+                        f"entries.{seen_ids[slot]}"
                     )
                 seen_ids[slot] = key
         return self
+
+    def system_of(self, entry: EntryParams) -> SystemParams:
+        """The system the entry runs on and is submitted under."""
+        return self.round.all_systems[entry.system or self.round.system.name]
 
     def placements(self, entry: EntryParams) -> list:
         """Where each of the entry's scenarios lands in this round's submission tree (`Benchmark.placements`)."""
@@ -728,7 +772,7 @@ class RoundParams(Strict):
 
     def _check_scenarios(self, key: str, entry: EntryParams) -> None:
         """A closed result needs the scenarios its version and system type require (open ones may omit some)."""
-        version, system_type = self.round.version, self.round.system.system_type
+        version, system_type = self.round.version, self.system_of(entry).system_type
         folders: dict[str, set[str]] = {}
         for p in self.placements(entry):
             folders.setdefault(p.mlperf_id, set()).add(p.folder)
@@ -738,7 +782,7 @@ class RoundParams(Strict):
                 raise ValueError(
                     f"entries.{key}: {mlperf_id} is not a {system_type} benchmark of MLPerf Inference "
                     f"{version} (it is one for: {', '.join(where_available(version, mlperf_id))}; "
-                    f"set round.system.system_type)"
+                    f"set {'round.systems.' + entry.system if entry.system else 'round.system'}.system_type)"
                 )
             missing = need.missing(have)
             if entry.division == "closed" and missing:

@@ -77,7 +77,7 @@ def _flatten(prefix: str, value: object, out: dict[str, object]) -> dict[str, ob
 
 def stage_params(params: RoundParams, scope: Scope, key: str) -> dict[str, object]:
     data = params.model_dump(mode="json")
-    flat = _flatten("round", {k: v for k, v in data["round"].items() if k != "system"}, {})
+    flat = _flatten("round", {k: v for k, v in data["round"].items() if k not in ("system", "systems")}, {})
     if scope == "benchmark":
         _flatten(f"benchmarks.{key}", data["benchmarks"][key], flat)
     elif scope == "entry":
@@ -206,8 +206,13 @@ def _execute(
     host = hostfacts.facts()
     tags = {"dvc.stage": dvc_stage, **{f"host.{k}": v for k, v in host.items()}}  # where it ran
     if scope == "entry":
+        entry = params.entries[key]
         tags.update(
-            {"mlperf.division": params.entries[key].division, "mlperf.benchmark": params.entries[key].mlperf_id}
+            {
+                "mlperf.division": entry.division,
+                "mlperf.benchmark": entry.mlperf_id,
+                "mlperf.system": params.system_of(entry).name,
+            }
         )
     try:
         _discard(*ours)  # an earlier run's outputs: this run's or none

@@ -125,7 +125,7 @@ def round_tags(params, commit: str | None = None) -> dict[str, str]:
         "mlperf.round": f"{rnd.name}@{exp}" if exp else rnd.name,
         **({"dvc.exp": exp} if exp else {}),
         "mlperf.version": rnd.version,
-        "mlperf.system": rnd.system.name,
+        "mlperf.system": ",".join(rnd.all_systems),  # a stage of an entry is tagged with the entry's own
         "mlperf.submitter": rnd.submitter,
         "mlperf.smoke": str(rnd.smoke).lower(),
         "git.commit": commit or git_commit(),

@@ -64,6 +64,7 @@ def _plots_and_report(ctx: StageContext, report: dict) -> None:
                     {k: float(v) for k, v in r.items()} for r in csv.DictReader(f)
                 ]
     rnd = ctx.params.round
+    systems = dict.fromkeys(ctx.params.system_of(e).name for e in ctx.params.entries.values())
     notes = [
         "Smoke round: shortened LoadGen runs, not submittable." if rnd.smoke else "",
         f"Unmet rules: {', '.join(report['unmet_rules'])}" if report["unmet_rules"] else "",
@@ -71,7 +72,7 @@ def _plots_and_report(ctx: StageContext, report: dict) -> None:
     ]
     write_report(
         ctx.out / REPORT,
-        f"MLPerf Inference {rnd.version} round {rnd.name}: {rnd.submitter}, {rnd.system.name}",
+        f"MLPerf Inference {rnd.version} round {rnd.name}: {rnd.submitter}, {', '.join(systems)}",
         rows,
         report["accuracy"],
         latency,

@@ -231,6 +231,23 @@ def test_params_as_dvc_exp_rewrites_them_are_read_as_dvc_reads_them(tmp_path: Pa
             ),
             "entries.llama2-70b-99p9.build.endpoint: url and launch: give one",
         ),
+        (
+            lambda d: d["entries"]["gptj-99"].update(system="h200x1"),
+            "entries.gptj-99.system: 'h200x1' is not a system of the round",
+        ),
+        (
+            lambda d: d["round"].update(systems={"h200x1": {"name": "b200"}}),
+            "systems.h200x1.name: 'b200'; a system is named by its key",
+        ),
+        (lambda d: d["round"].update(systems={"cpu-smoke": {}}), "systems.cpu-smoke: it is round.system already"),
+        (
+            lambda d: (
+                d["round"].update(systems={"edge-box": {"system_type": "edge"}}),
+                d["entries"]["llama2-70b-99p9"].update(system="edge-box"),
+            ),
+            "llama2-70b-99.9 is not a edge benchmark of MLPerf Inference v5.0 (it is one for: datacenter, "
+            "datacenter,edge; set round.systems.edge-box.system_type)",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -278,6 +295,10 @@ def test_params_as_dvc_exp_rewrites_them_are_read_as_dvc_reads_them(tmp_path: Pa
         "endpoint-with-beams",
         "fp8-kv-on-transformers",
         "url-and-launch",
+        "unknown-system",
+        "system-renamed",
+        "system-twice",
+        "closed-scenarios-of-the-entrys-system",
     ],
 )
 def test_bad_params_name_the_key(edit, key):

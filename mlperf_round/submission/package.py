@@ -9,7 +9,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import backends, layout
+from .. import backends, hostfacts, layout
 from ..errors import RoundError
 from ..harness import mlperf_conf
 from ..harness.logs import performance_metrics
@@ -90,7 +90,7 @@ def _refusals(r: EntryResults, params: RoundParams) -> tuple[list[str], list[str
         folders.setdefault(p.mlperf_id, set()).update({p.folder} if p.scenario in r.performance else set())
     missing = []
     for mlperf_id, have in folders.items():
-        need = scenarios_for(params.round.version, params.round.system.system_type, mlperf_id)
+        need = scenarios_for(params.round.version, params.system_of(r.entry).system_type, mlperf_id)
         missing += need.missing(have) if need and r.entry.division == "closed" else []
     missing += [s for s in r.entry.scenarios if s not in r.performance and s not in missing]
     if missing:
@@ -268,15 +268,23 @@ def package_round(
     source_code = code.snapshot(project)  # once: every benchmark's code/ folder holds the same archive
     conf_text, conf_sha1 = mlperf_conf.embedded()
     rows, headline, records = [], {}, {}
+    hosts = {  # each system is described from the host its performance stages ran on
+        name: measured_host([r.performance for r in results if params.system_of(r.entry).name == name], name)
+        for name in rnd.all_systems
+    }
+    wrong = [hostfacts.mismatch(rnd.all_systems[n], h) for n, h in hosts.items() if h]
+    if any(wrong):  # results measured on one machine, labelled as another system
+        raise PackagingError([f"{w.replace('this host', 'the host')}: its performance ran there" for w in wrong if w])
     for division in sorted({r.entry.division for r in results}):
         org = tree_root / division / rnd.submitter
-        tree = Layout(rnd.version, org, rnd.system.name)
-        host = measured_host([r.performance for r in results], params.round.system.name)
-        write_json(tree.systems(), describe(params, division, versions, host))
         in_division = [r for r in results if r.entry.division == division]
         if division == "closed":
             (org / "calibration.md").write_text(_calibration_md(in_division, params, root))
         for r in in_division:
+            system = params.system_of(r.entry)
+            tree = Layout(rnd.version, org, system.name)
+            if not tree.systems().exists():
+                write_json(tree.systems(), describe(params, division, versions, hosts[system.name], system))
             bp = params.benchmarks[r.entry.benchmark]
             source = _model_source(bp.model)
             records[r.key] = provenance.entry(r.key, r.entry.benchmark, root)
@@ -297,7 +305,7 @@ def package_round(
                 )  # LoadGen's compiled-in copy; check compares the logs' sha1
                 (meas / "README.md").write_text(_readme(r, bench, folder, smoke, records[r.key]))
                 write_json(tree.measurements_json(bench, folder, r.engine["backend"]), _measurements(r, source))
-                rows.append(_row(division, r, bench, folder, scenario))
+                rows.append(_row(division, system.name, r, bench, folder, scenario))
                 _headline(headline, r, scenario)
             headline[f"{r.key}/accuracy_worst_ratio"] = float(r.accuracy["worst_ratio"])
     findings, n_results = check_tree(tree_root, rnd.version, _round_targets(results, params))
@@ -307,7 +315,8 @@ def package_round(
     if defects:
         raise PackagingError([f"check: {f}" for f in defects])
     for row in rows:
-        row["unmet_rules"] = " ".join(sorted(unmet.get((row["division"], row["benchmark"], row["scenario"]), ())))
+        slot = (row["division"], row["system"], row["benchmark"], row["scenario"])
+        row["unmet_rules"] = " ".join(sorted(unmet.get(slot, ())))
         row["submittable"] = bool(row["valid"] and not smoke and not row["unmet_rules"])
     _write_tables(out, rows, smoke, warnings, sorted({r for rules in unmet.values() for r in rules}))
     with tarfile.open(out / f"{rnd.submitter}-{rnd.name}-{rnd.version}.tar.gz", "w:gz") as tar:
@@ -338,11 +347,12 @@ def package_round(
     }
 
 
-def _row(division: str, r: EntryResults, mlperf_id: str, folder: str, scenario: str) -> dict:
+def _row(division: str, system: str, r: EntryResults, mlperf_id: str, folder: str, scenario: str) -> dict:
     """One result as the tree holds it (`folder`), measured by the entry's `scenario` run."""
     perf = r.performance[scenario]
     return {
         "division": division,
+        "system": system,
         "entry": r.key,
         "benchmark": mlperf_id,
         "scenario": folder,
@@ -372,17 +382,18 @@ def _headline(headline: dict, r: EntryResults, scenario: str) -> None:
 
 
 def _unmet_rules(findings: list[Finding], results: list[EntryResults], params: RoundParams) -> dict[tuple, set[str]]:
-    """(division, benchmark, scenario) -> the smoke rules its results do not meet."""
+    """(division, system, benchmark, scenario) -> the smoke rules its results do not meet."""
     out: dict[tuple, set[str]] = {}
     for f in findings:
         parts = Path(f.path).parts
         if f.rule in SMOKE_RULES and len(parts) > 5:
             # <division>/<org>/results|measurements|compliance/<system>/<benchmark>/<scenario>/...
-            out.setdefault((parts[0], parts[4], parts[5]), set()).add(f.rule)
+            out.setdefault((parts[0], parts[3], parts[4], parts[5]), set()).add(f.rule)
     for r in results:
         if params.benchmarks[r.entry.benchmark].reference.source == "measured":
             for p in params.placements(r.entry):
-                out.setdefault((r.entry.division, p.mlperf_id, p.folder), set()).add("reference")
+                slot = (r.entry.division, params.system_of(r.entry).name, p.mlperf_id, p.folder)
+                out.setdefault(slot, set()).add("reference")
     return out
 
 

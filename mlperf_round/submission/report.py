@@ -13,6 +13,7 @@ from pathlib import Path
 REPORT = "report.html"
 COLUMNS = (
     "division",
+    "system",
     "entry",
     "benchmark",
     "scenario",

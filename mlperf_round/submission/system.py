@@ -6,7 +6,7 @@ import platform
 
 from .. import hostfacts
 from ..errors import ParamsError, RoundError
-from ..params import RoundParams
+from ..params import RoundParams, SystemParams
 
 REQUIRED = (
     "division",
@@ -69,16 +69,21 @@ def measured_host(performance: list[dict], system: str) -> dict | None:
             hosts.setdefault((host["cpu"], host["accelerators"]), host)
     if len(hosts) > 1:
         seen = "; ".join(f"{h['host']}: {h['cpu']}, accelerators {h['accelerators']}" for h in hosts.values())
-        raise RoundError(f"round.system.name {system}: its performance runs ran on different hardware ({seen})")
+        raise RoundError(f"system {system}: its performance runs ran on different hardware ({seen})")
     return next(iter(hosts.values()), None)
 
 
 def describe(
-    params: RoundParams, division: str, versions: dict[str, str], host: dict | None = None
+    params: RoundParams,
+    division: str,
+    versions: dict[str, str],
+    host: dict | None = None,
+    system: SystemParams | None = None,
 ) -> dict[str, object]:
-    """`host`: the facts of the host the results were measured on (default: this one); what only /proc/cpuinfo
-    says (sockets, frequency, caches) is read here when this is that host, else left unknown."""
-    s, here = params.round.system, hostfacts.facts()
+    """`system`: which of the round's systems (default: round.system). `host`: the facts of the host its results
+    were measured on (default: this one); what only /proc/cpuinfo says (sockets, frequency, caches) is read here
+    when this is that host, else left unknown."""
+    s, here = system or params.round.system, hostfacts.facts()
     host = host or here
     cpu = hostfacts.cpuinfo() if (host["host"], host["cpu"]) == (here["host"], here["cpu"]) else {}
     n_acc, acc_name = hostfacts.count_and_model(host["accelerators"])
@@ -124,5 +129,6 @@ def describe(
     }
     empty = [k for k in REQUIRED if k not in MAY_BE_EMPTY and str(desc.get(k, "")).strip() == ""]
     if empty:
-        raise ParamsError(f"round.system: systems/{s.name}.json needs {empty[0]} (set it in params.yaml)")
+        where = "round.system" if s.name == params.round.system.name else f"round.systems.{s.name}"
+        raise ParamsError(f"{where}: systems/{s.name}.json needs {empty[0]} (set it in params.yaml)")
     return desc
