@@ -760,3 +760,36 @@ def test_sweep_gives_one_experiment_per_value_in_dvc_and_mlflow(workspace: Path,
     run([sys.executable, "-m", "dvc", "plots", "diff", *shas, "-o", str(tmp_path / "diff")], workspace)
     page = (tmp_path / "diff/index.html").read_text()
     assert all(sha[:7] in page for sha in shas) and "samples_per_s" in page
+
+
+def test_entries_on_two_systems_are_packaged_under_each_and_a_label_the_host_is_not_is_refused(
+    artifacts_copy, tmp_path: Path
+):
+    """Llama 2 on a second system (`round.systems`): its results, measurements, compliance and description go under
+    that system, the checker passes the tree, and the table says which system each row is. The same results
+    labelled as an H200 system are refused: their performance stages ran on this CPU host."""
+    from mlperf_round.params import parse_params
+    from mlperf_round.submission.package import PackagingError
+
+    artifacts, params = artifacts_copy
+    data = params.model_dump(mode="json")
+    data["round"]["systems"] = {"cpu-b": {"hw_notes": "a second machine"}}
+    data["entries"]["llama2-70b-99p9"]["system"] = "cpu-b"
+    report = _package(artifacts, parse_params(data), tmp_path / "out")
+    org = tmp_path / "out/tree/closed/MLPerfRound"
+    assert sorted(p.name for p in (org / "systems").iterdir()) == ["cpu-b.json", f"{SYSTEM}.json"]
+    assert json.loads((org / "systems/cpu-b.json").read_text())["hw_notes"] == "a second machine"
+    for kind in ("results", "measurements", "compliance"):
+        assert sorted(p.name for p in (org / kind / "cpu-b").iterdir()) == ["llama2-70b-99.9"], kind
+        assert "llama2-70b-99.9" not in {p.name for p in (org / kind / SYSTEM).iterdir()}, kind
+    systems = {(r["entry"], r["system"]) for r in report["table"]}
+    assert ("llama2-70b-99p9", "cpu-b") in systems and ("gptj-99", SYSTEM) in systems
+    assert "| division | system | entry |" in (tmp_path / "out/results.md").read_text()
+
+    data["round"]["systems"] = {"h200x1": {"accelerators_per_node": 1, "accelerator_model_name": "NVIDIA H200"}}
+    data["entries"]["llama2-70b-99p9"]["system"] = "h200x1"
+    with pytest.raises(PackagingError) as err:
+        _package(artifacts, parse_params(data), tmp_path / "out2")
+    assert re.fullmatch(
+        r"system h200x1 is 1 x NVIDIA H200; the host \(.+\) has none: its performance ran there", str(err.value)
+    ), str(err.value)

@@ -270,13 +270,15 @@ def package_round(
     rows, headline, records = [], {}, {}
     hosts = {  # each system is described from the host its performance stages ran on
         name: measured_host([r.performance for r in results if params.system_of(r.entry).name == name], name)
-        for name in rnd.all_systems
+        for name in dict.fromkeys(params.system_of(r.entry).name for r in results)
     }
-    wrong = [hostfacts.mismatch(rnd.all_systems[n], h) for n, h in hosts.items() if h]
+    here = hostfacts.facts()  # results with no recorded host: describe() takes them as measured here
+    wrong = [hostfacts.mismatch(rnd.all_systems[n], h or here) for n, h in hosts.items()]
     if any(wrong):  # results measured on one machine, labelled as another system
         raise PackagingError([f"{w.replace('this host', 'the host')}: its performance ran there" for w in wrong if w])
     for division in sorted({r.entry.division for r in results}):
         org = tree_root / division / rnd.submitter
+        org.mkdir(parents=True, exist_ok=True)
         in_division = [r for r in results if r.entry.division == division]
         if division == "closed":
             (org / "calibration.md").write_text(_calibration_md(in_division, params, root))
