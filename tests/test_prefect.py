@@ -1,7 +1,8 @@
 """The round as a Prefect deployment: a real server, a process pool, two workers with their own
-workspaces whose flow runs clone the committed project into directories of their own, a third worker
-on another system's queue, a DVC remote over SSH (Debian's OpenSSH server; a local directory where
-none can run) and a real MLflow server, all on 127.0.0.1.
+workspaces whose flow runs clone the committed project into directories of their own, each serving
+one system's work queue (GPT-J's entry is on `cpu-smoke`, Llama's on `cpu-smoke-b`), a third worker
+on an H200 system's queue that must get nothing, a DVC remote over SSH (Debian's OpenSSH server; a
+local directory where none can run) and a real MLflow server, all on 127.0.0.1.
 
 The round is cut to two open Offline entries (GPT-J, Llama) with shorter training, so the
 deployment runs fit in minutes: the first computes, the second restores, the third loses a
@@ -33,17 +34,20 @@ pytestmark = pytest.mark.slow
 BENCHMARKS = ["gptj", "llama2-70b"]
 GPTJ_STEPS = 600  # the shipped training: the accuracy-gate test restores this model, one INT8 SmoothQuant hurts
 OVERRIDES = {
+    "round": {"systems": {"cpu-smoke-b": {"hw_notes": "the second worker's system"}}},
     "benchmarks": {
         "gptj": {"model": {"tiny": {"train_steps": GPTJ_STEPS}}},
         "llama2-70b": {"model": {"tiny": {"train_steps": 100}}},
     },
     "entries": {
         "gptj-99": {"division": "open", "scenarios": ["Offline"]},
-        "llama2-70b-99p9": {"division": "open", "scenarios": ["Offline"]},
+        "llama2-70b-99p9": {"division": "open", "scenarios": ["Offline"], "system": "cpu-smoke-b"},
         "llama2-70b-sparse": None,
         "gptj-99-pruned": None,
     },
 }
+# each worker serves one system's queue; w1 also takes the round flows (the pool's default queue)
+QUEUES = {"w1": ["default", "cpu-smoke"], "w2": ["cpu-smoke-b"]}
 
 
 def free_port() -> int:
@@ -90,7 +94,7 @@ class Stack:
 
     def start_worker(self, name: str) -> None:
         self.procs[name] = local.start_worker(
-            self.home, self.port, self.project, name, self.roots[name], self.worker_env, tether=True
+            self.home, self.port, self.project, name, self.roots[name], self.worker_env, True, QUEUES[name]
         )
 
     def stop(self) -> None:
@@ -196,7 +200,11 @@ def test_deployment_run_computes_the_round_with_branches_in_parallel(stack: Stac
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trees = [p for root in stack.roots.values() for p in root.glob("round/submission/package/tree/open/MLPerfRound")]
     assert len(trees) == 1 and (trees[0] / "results/cpu-smoke/gptj-99/Offline/performance/run_1").is_dir()
-    assert (trees[0] / "results/cpu-smoke/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
+    assert (trees[0] / "results/cpu-smoke-b/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
+    assert sorted(p.name for p in (trees[0] / "systems").iterdir()) == ["cpu-smoke-b.json", "cpu-smoke.json"]
+    # each system's branch ran on its own worker, in that worker's workspace
+    assert (stack.roots["w1"] / "gptj").is_dir() and not (stack.roots["w1"] / "llama2-70b").exists()
+    assert (stack.roots["w2"] / "llama2-70b").is_dir() and not (stack.roots["w2"] / "gptj").exists()
     runs = stack.stage_runs()
     for stage in (
         "download@gptj",
@@ -208,9 +216,11 @@ def test_deployment_run_computes_the_round_with_branches_in_parallel(stack: Stac
         assert finished(runs, stage) == 1, stage  # each stage computed exactly once, on whichever worker
     branches = {r["name"]: r for r in stack.flow_runs("mlperf-round-branch")}
     assert set(branches) == set(BENCHMARKS) and all(r["state"] == "COMPLETED" for r in branches.values())
-    assert {r["queue"] for r in branches.values()} == {"cpu-smoke"}  # the round's system's queue
+    assert {b: r["queue"] for b, r in branches.items()} == {"gptj": "cpu-smoke", "llama2-70b": "cpu-smoke-b"}
     assert not stack.other_root.exists() or not any(stack.other_root.iterdir()), "h200x1's worker got work"
     assert all(r.data.tags.get("host.cores") == str(os.cpu_count()) for r in runs)  # where each stage ran
+    llama = [r for r in runs if r.data.tags.get("dvc.stage") == "performance@llama2-70b-99p9"]
+    assert llama[0].data.tags["mlperf.system"] == "cpu-smoke-b"
     g, ll = branches["gptj"], branches["llama2-70b"]
     assert g["start"] < ll["end"] and ll["start"] < g["end"], "the branches did not overlap"
     assert any((stack.remote / "runs").rglob("*")), "no run-cache entries in the shared DVC remote"
