@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,17 +114,44 @@ def start_worker(
     extra_env: dict | None = None,
     tether: bool = False,
     queues: list[str] | None = None,
+    cpus: str = "",
 ) -> subprocess.Popen:
-    """A process worker of the pool; `queues`: only those work queues (a system's, e.g. h200x1), else all."""
+    """A process worker of the pool; `queues`: only those work queues (a system's, e.g. h200x1), else all.
+    `cpus` (a taskset list, e.g. "0-15"): the worker and its flow runs use only those CPUs, with one OpenMP
+    thread per CPU, as a machine of their own would (one worker per socket of a large host)."""
     env = prefect_env(home, port) | {"MLPERF_ROUND_WORKSPACES": str(workspaces)} | (extra_env or {})
     only = [arg for q in queues or [] for arg in ("--work-queue", q)]
+    if queues:
+        make_queues(home, port, project, queues)
+    pin = []
+    if cpus:
+        taskset = shutil.which("taskset")
+        if taskset is None:
+            raise SystemExit("--cpus needs taskset (util-linux), which is not on the PATH")
+        pin = [taskset, "-c", cpus]
+        env["OMP_NUM_THREADS"] = str(len(_cpu_list(cpus)))
     return _spawn(
-        [*_prefect(), "worker", "start", "--pool", POOL, "--name", name, "--type", "process", *only],
+        [*pin, *_prefect(), "worker", "start", "--pool", POOL, "--name", name, "--type", "process", *only],
         env,
         home / "logs" / f"{name}.log",
         project,
         tether,
     )
+
+
+def _cpu_list(cpus: str) -> list[int]:
+    """taskset's list syntax ("0-3,8"), checked against the CPUs this host has."""
+    out = []
+    try:
+        for part in cpus.split(","):
+            lo, _, hi = part.partition("-")
+            out += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise SystemExit(f"--cpus {cpus}: not a CPU list such as 0-3,8") from None
+    missing = sorted(set(out) - os.sched_getaffinity(0))
+    if missing or not out:
+        raise SystemExit(f"--cpus {cpus}: this host has no CPU {missing[0] if missing else cpus}")
+    return out
 
 
 def head_commit(project: Path) -> str:
@@ -160,6 +188,27 @@ def deploy(home: Path, port: int, project: Path, repo: str | None = None, commit
 
 
 CRASH_AUTOMATION = "mlperf-round: crash flow runs whose heartbeats stop"
+
+
+def make_queues(home: Path, port: int, project: Path, queues: list[str]) -> None:
+    """The pool's work queues a worker polls, made if missing: a Prefect 3.9 worker polling one queue that does
+    not exist yet gets no flow run from any of its queues."""
+    code = (
+        "import asyncio, sys\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.exceptions import ObjectAlreadyExists\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        "        for name in sys.argv[1:]:\n"
+        "            try:\n"
+        f"                await c.create_work_queue(name=name, work_pool_name={POOL!r})\n"
+        "            except ObjectAlreadyExists:\n"
+        "                pass\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, *queues], env=prefect_env(home, port), cwd=project, check=True, capture_output=True
+    )
 
 
 def crash_lost_runs_automation(home: Path, port: int, project: Path, within_s: int = 90) -> None:

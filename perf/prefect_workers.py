@@ -1,12 +1,17 @@
 """Wall time of the round through Prefect with one worker vs two, and the Prefect path's overhead on a no-op round.
 
     python perf/prefect_workers.py [--benchmarks gptj llama2-70b stable-diffusion-xl] [--out DIR]
+    python perf/prefect_workers.py --one-cpu-machines --benchmarks gptj llama2-70b
 
 Everything in one process, on a throwaway copy of the project: a Prefect server on a free
 port, the deployments, then for N in (1, 2) fresh workers, a fresh DVC remote and MLflow
 store, and one `prefect deployment run` of the round, timed. Then the no-op case: a second
 deployment run (every stage restored or up to date) against `dvc repro` in a workspace where
 the round is complete. Prints a table and ratios.
+
+--one-cpu-machines: worker i runs on CPU i alone (taskset, one OpenMP thread) with a timing lock
+of its own, so each worker is a one-CPU machine: one such machine against two. Memory
+bandwidth and the last-level cache are still shared, which separate machines would not share.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--benchmarks", nargs="*", default=None, help="a subset of the round (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="keep the scratch directory here")
+    parser.add_argument(
+        "--one-cpu-machines", action="store_true", help="worker i on CPU i alone, with its own timing lock"
+    )
     args = parser.parse_args()
     base = args.out or Path(tempfile.mkdtemp(prefix="prefect-bench-"))
     project = sync(ROOT, base / "project")
@@ -69,7 +77,16 @@ def main() -> None:
         for n in (1, 2):
             run_dir = base / f"workers-{n}"
             workers = [
-                local.start_worker(home, port, project, f"bench{n}-{i}", run_dir / f"w{i}").pid for i in range(n)
+                local.start_worker(
+                    home,
+                    port,
+                    project,
+                    f"bench{n}-{i}",
+                    run_dir / f"w{i}",
+                    {"MLPERF_ROUND_TIMING_LOCK": str(run_dir / f"timing-{i}.lock")} if args.one_cpu_machines else None,
+                    cpus=str(i) if args.one_cpu_machines else "",
+                ).pid
+                for i in range(n)
             ]
             params = {
                 "benchmarks": args.benchmarks,
