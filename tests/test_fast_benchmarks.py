@@ -24,9 +24,10 @@ def run(script: str, *args: str, out: Path) -> dict:
     return json.loads((out / script.replace(".py", ".json")).read_text())
 
 
-@pytest.mark.parametrize("model", ["llama2-70b", "gptj"])
-def test_fast_llm_benchmark_at_tiny_shape(tmp_path, model):
-    r = run("fast_llm.py", "--model", model, "--shape", "tiny", "--queries", "24", out=tmp_path / "out")
+# GPT-J's native FP8 beam search is slow on CPUs whose _scaled_mm is (400x under fp32 on an AMX Xeon): 8 queries
+@pytest.mark.parametrize("model, queries", [("llama2-70b", 24), ("gptj", 8)])
+def test_fast_llm_benchmark_at_tiny_shape(tmp_path, model, queries):
+    r = run("fast_llm.py", "--model", model, "--shape", "tiny", "--queries", str(queries), out=tmp_path / "out")
     perf = r["round_engine_loadgen_offline"]
     assert perf["valid"] and perf["samples_per_s"] > 0
     assert perf["output_tokens"] == perf["output_tokens_expected"] > 0  # every query ran to its fixed length

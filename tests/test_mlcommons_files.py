@@ -86,16 +86,17 @@ def test_openorca_pickles_as_shipped_are_read_and_one_that_runs_code_is_refused(
     )
 
     def point(dataset: str, calibration: str) -> None:
-        edit_params(
-            project,
-            lambda d: d["benchmarks"]["llama2-70b"]["dataset"].update(
+        def edit(d):
+            d["benchmarks"]["llama2-70b"]["dataset"].update(
                 source="url",
                 url=f"{url}/{dataset}",
                 sha256=_sha(root / dataset),
                 calibration_url=f"{url}/{calibration}",
                 calibration_sha256=_sha(root / calibration),
-            ),
-        )
+            )
+            d["benchmarks"]["llama2-70b"]["model"]["tiny"]["train_steps"] = 10  # the data is under test, not the model
+
+        edit_params(project, edit)
 
     marker = tmp_path / "ran"
     with open(root / "evil.pkl", "wb") as f:

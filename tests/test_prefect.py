@@ -6,8 +6,8 @@ local directory where none can run) and a real MLflow server, all on 127.0.0.1.
 
 The round is cut to two open Offline entries (GPT-J, Llama) with shorter training, so the
 deployment runs fit in minutes: the first computes, the second restores, the third loses a
-worker mid-stage and a fourth resumes it; the last runs GPT-J closed with a recipe that misses
-its accuracy target.
+worker mid-stage and a fourth resumes it; the last (opt-in, MLPERF_ROUND_LONG_TESTS=1) runs GPT-J
+closed with a recipe that misses its accuracy target.
 """
 
 from __future__ import annotations
@@ -366,6 +366,11 @@ def test_stage_tasks_retry_transient_failures_only(stack: Stack, tmp_path: Path)
     assert attempts == {"unreachable": 3, "missing": 1}
 
 
+@pytest.mark.skipif(
+    not os.environ.get("MLPERF_ROUND_LONG_TESTS"),
+    reason="a GPT-J round through Prefect (100 s); the gate is test_round's, non-retry is tested above; "
+    "set MLPERF_ROUND_LONG_TESTS=1 to run it",
+)
 def test_a_closed_entry_below_target_fails_its_branch_once_and_never_reaches_the_tree(stack: Stack):
     """The accuracy gate on the Prefect path: GPT-J closed in INT8 SmoothQuant keeps about 95% of the reference's
     ROUGE-1 (the shipped 600 training steps; test_round checks the same gate through `dvc repro`). The stage exits 4,
