@@ -56,6 +56,15 @@ def deployment_run(home: Path, port: int, project: Path, params: dict) -> float:
     return time.perf_counter() - start
 
 
+def table(path: Path) -> list[dict]:
+    """The results table without what is timed: two computations of one round must agree on the rest."""
+    import csv
+
+    keep = ("division", "system", "entry", "benchmark", "scenario", "accuracy_worst_ratio", "accuracy_passed")
+    with open(path) as f:
+        return sorted(({k: row[k] for k in keep} for row in csv.DictReader(f)), key=lambda r: tuple(r.values()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--benchmarks", nargs="*", default=None, help="a subset of the round (default: all)")
@@ -72,6 +81,7 @@ def main() -> None:
         port = s.getsockname()[1]
     procs = [local.start_server(home, port, project, ui=False).pid]
     results: dict[str, float] = {}
+    tables: dict[int, list[dict]] = {}
     try:
         local.deploy(home, port, project, commit=commit(project, "the benchmarked round"))
         for n in (1, 2):
@@ -94,6 +104,7 @@ def main() -> None:
                 "mlflow_tracking_uri": f"sqlite:///{run_dir}/mlflow.db",
             }
             results[f"round, {n} worker(s)"] = deployment_run(home, port, project, params)
+            tables[n] = table(next(run_dir.glob("w*/round/submission/package/results.csv")))
             if n == 2:
                 results["no-op round, Prefect (2 workers)"] = deployment_run(home, port, project, params)
             local.stop(workers)
@@ -108,6 +119,12 @@ def main() -> None:
     print(f"two workers vs one: {results['round, 1 worker(s)'] / results['round, 2 worker(s)']:.2f}x faster")
     prefect_s, dvc_s = results["no-op round, Prefect (2 workers)"], results["no-op round, dvc repro"]
     print(f"no-op overhead of the Prefect path: {prefect_s / dvc_s:.1f}x (+{prefect_s - dvc_s:.1f} s)")
+    same = tables[1] == tables[2]
+    print(f"results tables (what is deterministic: rows, validity, accuracy): {'the same' if same else 'DIFFER'}")
+    if not same:
+        for one, two in zip(tables[1], tables[2]):
+            if one != two:
+                print(f"  1 worker: {one}\n  2 workers: {two}")
     if args.out is None:
         shutil.rmtree(base, ignore_errors=True)
 
