@@ -266,7 +266,8 @@ def branch_flow(
     logger = get_run_logger()
     source, root, remote, uri = _resolve(workspace_root, dvc_remote, mlflow_tracking_uri)
     ws = _workspace(source, root / branch, remote, params_overrides, benchmarks)
-    unit = _units(ws)[branch]
+    units = _units(ws)
+    unit = units[branch]
     system, facts = _params(ws).round.all_systems[unit.system], hostfacts.facts()
     logger.info("host %s", ", ".join(f"{k} {v}" for k, v in facts.items()))
     why = hostfacts.mismatch(system, facts)
@@ -274,7 +275,10 @@ def branch_flow(
         raise RuntimeError(f"{why}: this worker takes no work for {system.name}")
     env = _stage_env(uri, git_commit or tracking.git_commit())
     _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)  # what other workers already computed
-    results = [run_stage(str(ws), stage, env, push=True) for stage in unit.stages]
+    # a benchmark split over systems: its stages ran once, in the unit this one comes after; here they are
+    # restored from the remote's run-cache (never computed), so the entry stages find their inputs
+    restore = units[unit.after].stages if unit.after else []
+    results = [run_stage(str(ws), stage, env, push=True) for stage in [*restore, *unit.stages]]
     return {
         "branch": branch,
         "system": system.name,
