@@ -763,16 +763,16 @@ def test_sweep_gives_one_experiment_per_value_in_dvc_and_mlflow(workspace: Path,
 
 
 def test_entries_on_two_systems_are_packaged_under_each_and_a_label_the_host_is_not_is_refused(
-    artifacts_copy, tmp_path: Path
+    workspace: Path, artifacts_copy, tmp_path: Path
 ):
     """Llama 2 on a second system (`round.systems`): its results, measurements, compliance and description go under
     that system, the checker passes the tree, and the table says which system each row is. The same results
     labelled as an H200 system are refused: their performance stages ran on this CPU host."""
-    from mlperf_round.params import parse_params
+    from mlperf_round.params import parse_params, read_yaml
     from mlperf_round.submission.package import PackagingError
 
-    artifacts, params = artifacts_copy
-    data = params.model_dump(mode="json")
+    artifacts, _ = artifacts_copy
+    data = read_yaml((workspace / "params.yaml").read_text(), workspace / "params.yaml")  # as DVC reads it
     data["round"]["systems"] = {"cpu-b": {"hw_notes": "a second machine"}}
     data["entries"]["llama2-70b-99p9"]["system"] = "cpu-b"
     report = _package(artifacts, parse_params(data), tmp_path / "out")
