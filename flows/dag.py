@@ -2,8 +2,10 @@
 
 Nothing here is a hand-written list of stages: the graph is DVC's own (`Repo.index.graph`).
 A stage belongs to the branch of the one source stage (a stage with no upstream, such as
-`download@gptj`) it descends from; a stage that descends from several (`package`) is a join
-stage and runs after every branch, where all results meet.
+`download@gptj`) it descends from; a stage that descends from several, or a round-wide stage
+(`package`, with no `@<key>`) even in a round of one benchmark, is a join stage and runs after
+every branch, where all results meet. `route` then splits the branches by the system each entry
+names.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def load_dag(workspace: Path) -> RoundDAG:
     branches: dict[str, list[str]] = {}
     joins = []
     for addressing in order:
-        if len(roots[addressing]) == 1:
+        if len(roots[addressing]) == 1 and "@" in addressing:  # a round-wide stage (package) joins even one branch
             branches.setdefault(_branch_name(next(iter(roots[addressing]))), []).append(addressing)
         else:
             joins.append(addressing)

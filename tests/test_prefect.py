@@ -1,10 +1,12 @@
 """The round as a Prefect deployment: a real server, a process pool, two workers with their own
 workspaces whose flow runs clone the committed project into directories of their own, each serving
-one system's work queue (GPT-J's entry is on `cpu-smoke`, Llama's on `cpu-smoke-b`), a third worker
+one system's work queue (GPT-J's entry is on `cpu-smoke`; Llama's closed entry on `cpu-smoke-b` and its
+sparse one on `cpu-smoke`, so Llama's branch is split: its benchmark stages run once, on `cpu-smoke-b`,
+then each system's entry stages on that system's worker), a third worker
 on an H200 system's queue that must get nothing, a DVC remote over SSH (Debian's OpenSSH server; a
 local directory where none can run) and a real MLflow server, all on 127.0.0.1.
 
-The round is cut to two open Offline entries (GPT-J, Llama) with shorter training, so the
+The round is cut to three open Offline entries (GPT-J, two of Llama) with shorter training, so the
 deployment runs fit in minutes: the first computes, the second restores, the third loses a
 worker mid-stage and a fourth resumes it; the last (opt-in, MLPERF_ROUND_LONG_TESTS=1) runs GPT-J
 closed with a recipe that misses its accuracy target.
@@ -42,7 +44,7 @@ OVERRIDES = {
     "entries": {
         "gptj-99": {"division": "open", "scenarios": ["Offline"]},
         "llama2-70b-99p9": {"division": "open", "scenarios": ["Offline"], "system": "cpu-smoke-b"},
-        "llama2-70b-sparse": None,
+        "llama2-70b-sparse": {"scenarios": ["Offline"]},  # on round.system, cpu-smoke
         "gptj-99-pruned": None,
     },
 }
@@ -200,23 +202,34 @@ def test_deployment_run_computes_the_round_with_branches_in_parallel(stack: Stac
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trees = [p for root in stack.roots.values() for p in root.glob("round/submission/package/tree/open/MLPerfRound")]
     assert len(trees) == 1 and (trees[0] / "results/cpu-smoke/gptj-99/Offline/performance/run_1").is_dir()
-    assert (trees[0] / "results/cpu-smoke-b/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()
+    assert (trees[0] / "results/cpu-smoke-b/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()  # 99p9
+    assert (trees[0] / "results/cpu-smoke/llama2-70b-99.9/Offline/accuracy/accuracy.txt").is_file()  # sparse
     assert sorted(p.name for p in (trees[0] / "systems").iterdir()) == ["cpu-smoke-b.json", "cpu-smoke.json"]
     # each system's branch ran on its own worker, in that worker's workspace
-    assert (stack.roots["w1"] / "gptj").is_dir() and not (stack.roots["w1"] / "llama2-70b").exists()
-    assert (stack.roots["w2"] / "llama2-70b").is_dir() and not (stack.roots["w2"] / "gptj").exists()
+    on = {
+        w: {p.name for p in root.iterdir() if (p / "dvc.yaml").exists()} - {"round"} for w, root in stack.roots.items()
+    }
+    assert on == {"w1": {"gptj", "llama2-70b.cpu-smoke"}, "w2": {"llama2-70b", "llama2-70b.cpu-smoke-b"}}, on
     runs = stack.stage_runs()
     for stage in (
         "download@gptj",
         "performance@gptj-99",
         "download@llama2-70b",
         "performance@llama2-70b-99p9",
+        "performance@llama2-70b-sparse",
         "package",
     ):
         assert finished(runs, stage) == 1, stage  # each stage computed exactly once, on whichever worker
     branches = {r["name"]: r for r in stack.flow_runs("mlperf-round-branch")}
-    assert set(branches) == set(BENCHMARKS) and all(r["state"] == "COMPLETED" for r in branches.values())
-    assert {b: r["queue"] for b, r in branches.items()} == {"gptj": "cpu-smoke", "llama2-70b": "cpu-smoke-b"}
+    assert all(r["state"] == "COMPLETED" for r in branches.values())
+    assert {b: r["queue"] for b, r in branches.items()} == {
+        "gptj": "cpu-smoke",
+        "llama2-70b": "cpu-smoke-b",  # the system of Llama's first entry: its benchmark stages, once
+        "llama2-70b.cpu-smoke-b": "cpu-smoke-b",
+        "llama2-70b.cpu-smoke": "cpu-smoke",
+    }
+    split = [branches[b] for b in ("llama2-70b", "llama2-70b.cpu-smoke-b", "llama2-70b.cpu-smoke")]
+    assert split[0]["end"] <= min(split[1]["start"], split[2]["start"])  # the entries' inputs were pushed first
     assert not stack.other_root.exists() or not any(stack.other_root.iterdir()), "h200x1's worker got work"
     assert all(r.data.tags.get("host.cores") == str(os.cpu_count()) for r in runs)  # where each stage ran
     llama = [r for r in runs if r.data.tags.get("dvc.stage") == "performance@llama2-70b-99p9"]
