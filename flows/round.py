@@ -168,7 +168,7 @@ def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
         raise _failure(stage, proc, reports)
     ran = stage in reports
     restored = not ran and _lock_entry(Path(ws), stage) != before
-    if push:
+    if push and not restored:  # what was restored came from the remote: it is there already
         _dvc(Path(ws), "push", "--run-cache", "-r", REMOTE, stage, env=env)
     logger.info("%s: %s", stage, "ran" if ran else "restored from the run-cache" if restored else "up to date")
     return {"stage": stage, "ran": ran, "restored": restored}
