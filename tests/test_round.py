@@ -536,6 +536,7 @@ def test_second_repro_runs_nothing(workspace: Path):
     assert ran(proc) == set(), proc.stdout
 
 
+@long_test
 def test_server_qps_change_reruns_only_performance_compliance_and_package(workspace: Path):
     # compliance audits run with the entry's user.conf, so its QPS is theirs too
     edit_params(workspace, lambda d: d["entries"][ENTRY]["loadgen"]["Server"].update(target_qps=11))
@@ -543,6 +544,7 @@ def test_server_qps_change_reruns_only_performance_compliance_and_package(worksp
     assert ran(proc) == {f"performance@{ENTRY}", f"compliance@{ENTRY}", "package"}
 
 
+@long_test
 def test_sparse_recipe_change_reruns_only_the_open_entry(workspace: Path):
     edit_params(workspace, lambda d: d["entries"][LLAMA[1]]["recipe"].update(sparsity_method="sparse_magnitude"))
     proc = run([sys.executable, "-m", "dvc", "repro"], workspace)
