@@ -193,18 +193,10 @@ CRASH_AUTOMATION = "mlperf-round: crash flow runs whose heartbeats stop"
 def make_queues(home: Path, port: int, project: Path, queues: list[str]) -> None:
     """The pool's work queues a worker polls, made if missing: a Prefect 3.9 worker polling one queue that does
     not exist yet gets no flow run from any of its queues."""
-    code = (
+    code = (  # in the project, with this server's settings (flows.round.system_queue, as routing makes them)
         "import asyncio, sys\n"
-        "from prefect.client.orchestration import get_client\n"
-        "from prefect.exceptions import ObjectAlreadyExists\n"
-        "async def main():\n"
-        "    async with get_client() as c:\n"
-        "        for name in sys.argv[1:]:\n"
-        "            try:\n"
-        f"                await c.create_work_queue(name=name, work_pool_name={POOL!r})\n"
-        "            except ObjectAlreadyExists:\n"
-        "                pass\n"
-        "asyncio.run(main())\n"
+        "from flows.round import system_queue\n"
+        f"for name in sys.argv[1:]: asyncio.run(system_queue(name, {POOL!r}))\n"
     )
     subprocess.run(
         [sys.executable, "-c", code, *queues], env=prefect_env(home, port), cwd=project, check=True, capture_output=True

@@ -222,7 +222,7 @@ def _units(ws: Path):
     return route(load_dag(ws), _params(ws))
 
 
-async def _system_queue(system: str, pool: str = "mlperf-round") -> str:
+async def system_queue(system: str, pool: str = "mlperf-round") -> str:
     """The work queue of a system in the pool (made on first use): only workers started with
     `--work-queue <system>`, or polling every queue of the pool, take that system's branches."""
     from prefect.client.orchestration import get_client
@@ -328,7 +328,7 @@ async def round_flow(
         if branch_deployment:
             from prefect.deployments import arun_deployment
 
-            queue = await _system_queue(unit.system)  # only that system's workers take it
+            queue = await system_queue(unit.system)  # only that system's workers take it
             run = await arun_deployment(
                 branch_deployment, parameters={"branch": name, **shared}, timeout=None, work_queue_name=queue
             )
