@@ -115,12 +115,17 @@ def start_worker(
     tether: bool = False,
     queues: list[str] | None = None,
     cpus: str = "",
+    limit: int = 0,
 ) -> subprocess.Popen:
     """A process worker of the pool; `queues`: only those work queues (a system's, e.g. h200x1), else all.
     `cpus` (a taskset list, e.g. "0-15"): the worker and its flow runs use only those CPUs, with one OpenMP
-    thread per CPU, as a machine of their own would (one worker per socket of a large host)."""
+    thread per CPU, as a machine of their own would (one worker per socket of a large host).
+    `limit`: flow runs at once (Prefect's --limit). A process worker otherwise takes every flow run it is
+    offered, so one GPU machine would take every branch while the others wait."""
     env = prefect_env(home, port) | {"MLPERF_ROUND_WORKSPACES": str(workspaces)} | (extra_env or {})
     only = [arg for q in queues or [] for arg in ("--work-queue", q)]
+    if limit:
+        only += ["--limit", str(limit)]
     if queues:
         make_queues(home, port, project, queues)
     pin = []

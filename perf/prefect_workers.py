@@ -5,9 +5,10 @@
 
 Everything in one process, on a throwaway copy of the project: a Prefect server on a free
 port, the deployments, then for N in (1, 2) fresh workers, a fresh DVC remote and MLflow
-store, and one `prefect deployment run` of the round, timed. Then the no-op case: a second
-deployment run (every stage restored or up to date) against `dvc repro` in a workspace where
-the round is complete. Prints a table and ratios.
+store, and one `prefect deployment run` of the round, timed. The round flow has a worker of its
+own (the pool's default queue); each branch worker takes one flow run at a time (--limit 1).
+Then the no-op case: a second deployment run (every stage restored or up to date) against
+`dvc repro` in a workspace where the round is complete. Prints a table and ratios.
 
 --one-cpu-machines: worker i runs on CPU i alone (taskset, one OpenMP thread) with a timing lock
 of its own, so each worker is a one-CPU machine: one such machine against two. Memory
@@ -65,6 +66,14 @@ def table(path: Path) -> list[dict]:
         return sorted(({k: row[k] for k in keep} for row in csv.DictReader(f)), key=lambda r: tuple(r.values()))
 
 
+def branch_hosts(run_dir: Path) -> dict[str, list[str]]:
+    """worker -> the branch workspaces it made: which worker each branch ran on."""
+    return {
+        w.name: sorted(d.name for d in w.iterdir() if d.is_dir() and d.name != "dvc-remote")
+        for w in sorted(run_dir.glob("w[0-9]*"))
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--benchmarks", nargs="*", default=None, help="a subset of the round (default: all)")
@@ -80,13 +89,21 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [local.start_server(home, port, project, ui=False).pid]
+    from mlperf_round.params import load_params
+
+    systems = list(load_params(project / "params.yaml").round.all_systems)
     results: dict[str, float] = {}
     tables: dict[int, list[dict]] = {}
     try:
         local.deploy(home, port, project, commit=commit(project, "the benchmarked round"))
         for n in (1, 2):
             run_dir = base / f"workers-{n}"
-            workers = [
+            # the round flow on a worker of its own (the pool's default queue), as on an orchestrating machine;
+            # each branch worker takes one branch at a time from the systems' queues, as a GPU machine would
+            orchestrator = local.start_worker(
+                home, port, project, f"bench{n}-round", run_dir / "w-round", None, queues=["default"]
+            )
+            workers = [orchestrator.pid] + [
                 local.start_worker(
                     home,
                     port,
@@ -94,7 +111,9 @@ def main() -> None:
                     f"bench{n}-{i}",
                     run_dir / f"w{i}",
                     {"MLPERF_ROUND_TIMING_LOCK": str(run_dir / f"timing-{i}.lock")} if args.one_cpu_machines else None,
+                    queues=systems,
                     cpus=str(i) if args.one_cpu_machines else "",
+                    limit=1,
                 ).pid
                 for i in range(n)
             ]
@@ -104,11 +123,12 @@ def main() -> None:
                 "mlflow_tracking_uri": f"sqlite:///{run_dir}/mlflow.db",
             }
             results[f"round, {n} worker(s)"] = deployment_run(home, port, project, params)
-            tables[n] = table(next(run_dir.glob("w*/round/submission/package/results.csv")))
+            tables[n] = table(run_dir / "w-round/round/submission/package/results.csv")
+            print(f"{n} worker(s): {results[f'round, {n} worker(s)']:.1f} s; branches ran on", branch_hosts(run_dir))
             if n == 2:
                 results["no-op round, Prefect (2 workers)"] = deployment_run(home, port, project, params)
             local.stop(workers)
-        ws = next((base / "workers-2").glob("w*/round"))
+        ws = base / "workers-2" / "w-round" / "round"
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, check=True, capture_output=True)
         results["no-op round, dvc repro"] = time.perf_counter() - start

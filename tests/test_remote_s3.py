@@ -21,7 +21,7 @@ from .conftest import copy_project, edit_params, env
 from .test_remote_ssh import STAGE, small
 
 MOTO = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-pytestmark = pytest.mark.skipif(MOTO is None, reason="moto_server is not installed (the test extra has moto[server])")
+pytestmark = pytest.mark.skipif(MOTO is None, reason="no moto_server (the test extra has moto[s3] and flask)")
 KEYS = {"AWS_ACCESS_KEY_ID": "round-worker", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret-7f3a"}
 
 
