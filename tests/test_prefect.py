@@ -50,6 +50,7 @@ OVERRIDES = {
 }
 # each worker serves one system's queue; w1 also takes the round flows (the pool's default queue)
 QUEUES = {"w1": ["default", "cpu-smoke"], "w2": ["cpu-smoke-b"]}
+LIMITS = {"w2": 1}  # not w1: a round flow holding its only slot would leave its own branches waiting
 
 
 def free_port() -> int:
@@ -95,8 +96,16 @@ class Stack:
         )
 
     def start_worker(self, name: str) -> None:
-        self.procs[name] = local.start_worker(
-            self.home, self.port, self.project, name, self.roots[name], self.worker_env, True, QUEUES[name]
+        self.procs[name] = local.start_worker(  # w2, as a GPU machine's worker would, takes one branch at a time
+            self.home,
+            self.port,
+            self.project,
+            name,
+            self.roots[name],
+            self.worker_env,
+            True,
+            QUEUES[name],
+            limit=LIMITS.get(name, 0),
         )
 
     def stop(self) -> None:
