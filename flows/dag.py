@@ -19,6 +19,9 @@ class RoundDAG:
     branches: dict[str, list[str]]  # branch name -> stage addressings, in an order DVC can run them
     joins: list[str]  # stages that need several branches, in order
     upstream: dict[str, frozenset[str]] = field(default_factory=dict)  # stage -> every stage it needs
+    # stages of dvc.yaml's `foreach: ${entries}` groups: `download@stable-diffusion-xl` is a benchmark's stage
+    # even where an entry has the benchmark's key
+    of_entries: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ def _branch_name(addressing: str) -> str:
 
 def load_dag(workspace: Path) -> RoundDAG:
     import networkx as nx
+    import yaml
     from dvc.repo import Repo
 
     with Repo(str(workspace)) as repo:
@@ -46,6 +50,9 @@ def load_dag(workspace: Path) -> RoundDAG:
         sources = {names[s] for s in graph.nodes if graph.out_degree(s) == 0}
         roots = {names[s]: {names[u] for u in nx.descendants(graph, s) | {s}} & sources for s in graph.nodes}
         upstream = {names[s]: frozenset(names[u] for u in nx.descendants(graph, s)) for s in graph.nodes}
+    groups = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+    per_entry = {g for g, body in groups.items() if isinstance(body, dict) and body.get("foreach") == "${entries}"}
+    of_entries = frozenset(s for s in order if s.split("@", 1)[0] in per_entry and "@" in s)
     branches: dict[str, list[str]] = {}
     joins = []
     for addressing in order:
@@ -53,37 +60,56 @@ def load_dag(workspace: Path) -> RoundDAG:
             branches.setdefault(_branch_name(next(iter(roots[addressing]))), []).append(addressing)
         else:
             joins.append(addressing)
-    return RoundDAG(branches, joins, upstream)
+    return RoundDAG(branches, joins, upstream, of_entries)
 
 
-def route(dag: RoundDAG, params) -> dict[str, Unit]:
+def route(dag: RoundDAG, params, split_entries: bool = False) -> dict[str, Unit]:
     """The branches as units of work per system (`entries.<key>.system`). A benchmark whose entries all run on
     one system is one unit, named after the benchmark. One whose entries are on several is split: its benchmark
     stages (download, calibrate, reference) run once, on the system of its first entry in params, and then each
-    system's entry stages run on that system, restoring the benchmark stages from the remote."""
+    system's entry stages run on that system (`<benchmark>.<system>`), restoring the benchmark stages from the
+    remote. `split_entries`: each entry (with the entries it needs) is a unit of its own (`<benchmark>.<entry>`),
+    so several workers of one system share a benchmark's entries."""
     units: dict[str, Unit] = {}
     for bench, stages in dag.branches.items():
-        shared, by_system = [], {}
-        first = [params.system_of(e).name for e in params.entries.values() if e.benchmark == bench]
-        for system in first:
-            by_system.setdefault(system, [])
-        for stage in stages:
-            key = _branch_name(stage)
-            if key in params.entries:
-                by_system[params.system_of(params.entries[key]).name].append(stage)
-            else:
-                shared.append(stage)
-        by_system = {k: v for k, v in by_system.items() if v}
-        if len(by_system) <= 1:
-            units[bench] = Unit(bench, next(iter(by_system), params.round.system.name), stages)
+        keys = [k for k, e in params.entries.items() if e.benchmark == bench]  # params order: the first decides
+        system_of = {k: params.system_of(params.entries[k]).name for k in keys}
+        own = {k: [s for s in stages if s in dag.of_entries and _branch_name(s) == k] for k in keys}
+        shared = [s for s in stages if s not in dag.of_entries or _branch_name(s) not in system_of]
+        groups = _entry_groups(dag, own, system_of, set(shared), split_entries)
+        if len(groups) <= 1:
+            only = next(iter(groups.values()), None)
+            units[bench] = Unit(bench, system_of[only[0]] if only else params.round.system.name, stages)
             continue
-        units[bench] = Unit(bench, first[0], shared)
-        for system, own in by_system.items():
-            need = set().union(*(dag.upstream.get(s, frozenset()) for s in own)) - set(shared) - set(own)
-            if need:  # an entry that needs another system's entry: they cannot run apart
-                raise ValueError(
-                    f"{own[0]} on {system} needs {sorted(need)[0]}, which runs on another system; "
-                    "give both entries one system"
-                )
-            units[f"{bench}.{system}"] = Unit(f"{bench}.{system}", system, own, after=bench)
+        units[bench] = Unit(bench, system_of[keys[0]], shared)
+        for name, group in groups.items():
+            member = [s for s in stages if s in dag.of_entries and _branch_name(s) in group]  # DVC's order
+            units[f"{bench}.{name}"] = Unit(f"{bench}.{name}", system_of[group[0]], member, after=bench)
     return units
+
+
+def _entry_groups(
+    dag: RoundDAG, own: dict[str, list[str]], system_of: dict[str, str], shared: set[str], split_entries: bool
+) -> dict[str, list[str]]:
+    """Entries that must run together: one group per system, or with `split_entries` per entry and the entries
+    it needs. An entry that needs one on another system is refused: they cannot run apart."""
+    stage_key = {s: k for k, stages in own.items() for s in stages}
+    group = {k: (k if split_entries else system_of[k]) for k in own}  # entry -> its group's name
+    for key, stages in own.items():
+        needs = {stage_key[u] for s in stages for u in dag.upstream.get(s, frozenset()) if u not in shared}
+        for other in sorted(needs - {key}):
+            if system_of[other] != system_of[key]:
+                s = next(s for s in stages if any(stage_key.get(u) == other for u in dag.upstream.get(s, ())))
+                need = next(u for u in sorted(dag.upstream[s]) if stage_key.get(u) == other)
+                raise ValueError(
+                    f"{s} on {system_of[key]} needs {need}, which runs on another system; give both entries one system"
+                )
+            merged, into = group[key], group[other]  # one group from here on, under the earlier name
+            for k, g in group.items():
+                if g == merged:
+                    group[k] = into
+    out: dict[str, list[str]] = {}
+    for key in own:
+        if own[key]:
+            out.setdefault(group[key], []).append(key)
+    return out

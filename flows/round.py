@@ -218,8 +218,8 @@ def _params(ws: Path):
     return load_params(ws / "params.yaml")
 
 
-def _units(ws: Path):
-    return route(load_dag(ws), _params(ws))
+def _units(ws: Path, split_entries: bool):
+    return route(load_dag(ws), _params(ws), split_entries)
 
 
 async def system_queue(system: str, pool: str = "mlperf-round") -> str:
@@ -258,15 +258,16 @@ def branch_flow(
     mlflow_tracking_uri: str = "",
     workspace_root: str = "",
     git_commit: str = "",
+    split_entries: bool = False,
 ) -> dict:
-    """One unit's stages (`flows.dag.route`: a benchmark, or its entries on one system), in order, in this
-    worker's workspace for that unit."""
+    """One unit's stages (`flows.dag.route`: a benchmark, its entries on one system, or one entry), in order, in
+    this worker's workspace for that unit."""
     from mlperf_round import hostfacts, tracking
 
     logger = get_run_logger()
     source, root, remote, uri = _resolve(workspace_root, dvc_remote, mlflow_tracking_uri)
     ws = _workspace(source, root / branch, remote, params_overrides, benchmarks)
-    units = _units(ws)
+    units = _units(ws, split_entries)
     unit = units[branch]
     system, facts = _params(ws).round.all_systems[unit.system], hostfacts.facts()
     logger.info("host %s", ", ".join(f"{k} {v}" for k, v in facts.items()))
@@ -296,8 +297,13 @@ async def round_flow(
     mlflow_tracking_uri: str = "",
     workspace_root: str = "",
     branch_deployment: str = "mlperf-round-branch/default",
+    split_entries: bool = False,
 ) -> dict:
-    """The whole round: branches in parallel (as deployment runs when `branch_deployment` names one), then `package`."""
+    """The whole round: branches in parallel (as deployment runs when `branch_deployment` names one), then `package`.
+
+    `split_entries`: each entry is a branch of its own, after its benchmark's stages, so that several workers of
+    one system share a benchmark's entries. Start those workers with --limit 1, or one worker runs them all at
+    once."""
     from mlperf_round import tracking
 
     logger = get_run_logger()
@@ -307,13 +313,14 @@ async def round_flow(
     env = _stage_env(uri, commit)
     tracking.open_round(ws / "params.yaml", uri, commit)  # one parent run, before branches race to create it
     dag = load_dag(ws)
-    units = route(dag, _params(ws))
+    units = route(dag, _params(ws), split_entries)
     shared = {
         "benchmarks": benchmarks,
         "params_overrides": params_overrides,
         "dvc_remote": dvc_remote or remote,
         "mlflow_tracking_uri": uri,
         "git_commit": commit,
+        "split_entries": split_entries,
     }
     logger.info(
         "branches %s, then %s", ", ".join(f"{u.name} on {u.system}" for u in units.values()), ", ".join(dag.joins)

@@ -1,7 +1,7 @@
 """Wall time of the round through Prefect with one worker vs two, and the Prefect path's overhead on a no-op round.
 
     python perf/prefect_workers.py [--benchmarks gptj llama2-70b stable-diffusion-xl] [--out DIR]
-    python perf/prefect_workers.py --one-cpu-machines --benchmarks gptj llama2-70b
+    python perf/prefect_workers.py --one-cpu-machines --benchmarks gptj llama2-70b [--split-entries]
 
 Everything in one process, on a throwaway copy of the project: a Prefect server on a free
 port, the deployments, then for N in (1, 2) fresh workers, a fresh DVC remote and MLflow
@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument(
         "--one-cpu-machines", action="store_true", help="worker i on CPU i alone, with its own timing lock"
     )
+    parser.add_argument(
+        "--split-entries", action="store_true", help="each entry a branch of its own (round_flow's split_entries)"
+    )
     args = parser.parse_args()
     base = args.out or Path(tempfile.mkdtemp(prefix="prefect-bench-"))
     project = sync(ROOT, base / "project")
@@ -121,6 +124,7 @@ def main() -> None:
                 "benchmarks": args.benchmarks,
                 "dvc_remote": str(run_dir / "remote"),
                 "mlflow_tracking_uri": f"sqlite:///{run_dir}/mlflow.db",
+                "split_entries": args.split_entries,
             }
             results[f"round, {n} worker(s)"] = deployment_run(home, port, project, params)
             tables[n] = table(run_dir / "w-round/round/submission/package/results.csv")

@@ -7,7 +7,8 @@ on an H200 system's queue that must get nothing, a DVC remote over SSH (Debian's
 local directory where none can run) and a real MLflow server, all on 127.0.0.1.
 
 The round is cut to three open Offline entries (GPT-J, two of Llama) with shorter training, so the
-deployment runs fit in minutes: the first computes, the second restores, the third loses a
+deployment runs fit in minutes: the first computes, the second restores (with each entry a branch
+of its own, `split_entries`), the third loses a
 worker mid-stage and a fourth resumes it; the last (opt-in, MLPERF_ROUND_LONG_TESTS=1) runs GPT-J
 closed with a recipe that misses its accuracy target.
 """
@@ -114,13 +115,18 @@ class Stack:
             self.sshd.__exit__()
 
     def deployment_run(
-        self, timeout: float = 1200, benchmarks: list[str] | None = None, overrides: dict | None = None
+        self,
+        timeout: float = 1200,
+        benchmarks: list[str] | None = None,
+        overrides: dict | None = None,
+        split_entries: bool = False,
     ) -> subprocess.CompletedProcess:
         params = {
             "benchmarks": benchmarks or BENCHMARKS,
             "params_overrides": OVERRIDES if overrides is None else overrides,
             "dvc_remote": self.remote_url,
             "mlflow_tracking_uri": self.mlflow_uri,
+            "split_entries": split_entries,
         }
         return subprocess.run(
             [
@@ -279,10 +285,18 @@ def test_servers_listen_on_loopback_only(stack):
 
 
 def test_second_deployment_run_recomputes_nothing(stack: Stack):
+    """With each entry a branch of its own this time: new branches in new workspaces, restoring everything."""
     before = len(stack.stage_runs())
-    proc = stack.deployment_run()
+    proc = stack.deployment_run(split_entries=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(stack.stage_runs()) == before
+    split = {r["name"]: r["queue"] for r in stack.flow_runs("mlperf-round-branch") if r["name"].count(".") == 1}
+    assert split == {
+        "llama2-70b.cpu-smoke-b": "cpu-smoke-b",  # the first run's, by system
+        "llama2-70b.cpu-smoke": "cpu-smoke",
+        "llama2-70b.llama2-70b-99p9": "cpu-smoke-b",  # this run's, by entry
+        "llama2-70b.llama2-70b-sparse": "cpu-smoke",
+    }, split
 
 
 def _wait_for_running(stack: Stack, stage: str, timeout: float = 600):
