@@ -97,6 +97,18 @@ def test_round_on_an_endpoint_answers_as_the_torch_engine_does(workspace: Path):
     assert not leftover.strip(), f"a server outlived its stage: {leftover}"
 
 
+def _kill_after_answers(server: subprocess.Popen, log: Path, answers: int, timeout_s: float = 120) -> None:
+    """SIGKILL once the server has begun `answers` completions (the warm-up, then LoadGen's queries): mid-run on
+    any CPU, where a fixed delay killed it before the run began on a slow one."""
+    deadline = time.monotonic() + timeout_s
+    while (
+        time.monotonic() < deadline
+        and log.read_text(errors="replace").count('POST /v1/completions HTTP/1.1" 200') < answers
+    ):
+        time.sleep(0.1)
+    os.killpg(server.pid, signal.SIGKILL)
+
+
 def test_server_killed_mid_run_fails_the_test_in_one_line(workspace: Path, tmp_path: Path):
     """A server that dies mid-run: every query LoadGen issued is still completed, and the test ends at once
     with one line naming the endpoint (the watchdog's timeout is never reached)."""
@@ -126,7 +138,7 @@ def test_server_killed_mid_run_fails_the_test_in_one_line(workspace: Path, tmp_p
             "llama2-70b.Offline.target_qps = 100\nllama2-70b.Offline.min_duration = 0\n"
             "llama2-70b.Offline.min_query_count = 50000\nllama2-70b.*.performance_sample_count_override = 64\n"
         )
-        killer = threading.Timer(8.0, lambda: os.killpg(server.pid, signal.SIGKILL))
+        killer = threading.Thread(target=_kill_after_answers, args=(server, tmp_path / "server.log", 3))
         killer.start()
         start = time.perf_counter()
         with pytest.raises(RoundError) as err:

@@ -35,11 +35,11 @@ from .sshd import WHY_NOT, Sshd
 
 pytestmark = pytest.mark.slow
 BENCHMARKS = ["gptj", "llama2-70b"]
-GPTJ_STEPS = 600  # the shipped training: the accuracy-gate test restores this model, one INT8 SmoothQuant hurts
+GPTJ_STEPS = 600  # the shipped training, for the accuracy-gate test: a model that INT8 SmoothQuant hurts
 OVERRIDES = {
     "round": {"systems": {"cpu-smoke-b": {"hw_notes": "the second worker's system"}}},
     "benchmarks": {
-        "gptj": {"model": {"tiny": {"train_steps": GPTJ_STEPS}}},
+        "gptj": {"model": {"tiny": {"train_steps": 100}}},  # open entries here: no accuracy target to meet
         "llama2-70b": {"model": {"tiny": {"train_steps": 100}}},
     },
     "entries": {
@@ -412,7 +412,7 @@ def test_a_closed_entry_below_target_fails_its_branch_once_and_never_reaches_the
     ROUGE-1 (the shipped 600 training steps; test_round checks the same gate through `dvc repro`). The stage exits 4,
     which is never retried; the round fails before `package`, so nothing of it is packaged anywhere."""
     overrides = {
-        "benchmarks": {"gptj": {"model": {"tiny": {"train_steps": GPTJ_STEPS}}}},  # restored from the remote
+        "benchmarks": {"gptj": {"model": {"tiny": {"train_steps": GPTJ_STEPS}}}},
         "entries": {"gptj-99": {"recipe": {"precision": "int8_sq"}}, "gptj-99-pruned": None},
     }
     packaged = finished(stack.stage_runs(), "package")

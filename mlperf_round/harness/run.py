@@ -92,13 +92,17 @@ def _main(spec_file: str) -> int:
     outdir = Path(spec["outdir"])
     bench, scenario = benchmarks.get(spec["benchmark"]), spec["scenario"]
     samples = bench.load_samples(Path(spec["dataset"]))
-    system = System(
-        lambda: bench.kind.open_engine(Path(spec["engine"]), spec.get("runtime")),
-        samples,
-        bench.token_latencies(scenario),
-        desc=f"{spec.get('label', scenario)} {spec['mode']}",
-        token_counts=bench.kind.TOKEN_COUNTS,
-    )
+    try:
+        system = System(
+            lambda: bench.kind.open_engine(Path(spec["engine"]), spec.get("runtime")),
+            samples,
+            bench.token_latencies(scenario),
+            desc=f"{spec.get('label', scenario)} {spec['mode']}",
+            token_counts=bench.kind.TOKEN_COUNTS,
+        )
+    except Exception as err:  # the engine did not load or warm up (its server gone): the parent says why, in a line
+        (outdir / "sut_error.txt").write_text(str(err).strip() or type(err).__name__)
+        raise
     # Interactive is a Server run under mlperf.conf's interactive model name (its own latency bounds)
     ts = test_settings(
         Path(spec["user_conf"]), bench.loadgen_name(scenario), bench.loadgen_scenario(scenario), spec["mode"]
