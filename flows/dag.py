@@ -104,7 +104,7 @@ def _entry_groups(
                 raise ValueError(
                     f"{s} on {system_of[key]} needs {need}, which runs on another system; give both entries one system"
                 )
-            merged, into = group[key], group[other]  # one group from here on, under the earlier name
+            merged, into = group[key], group[other]  # one group from here on, named as the one needed
             for k, g in group.items():
                 if g == merged:
                     group[k] = into
