@@ -76,7 +76,7 @@ def route(dag: RoundDAG, params, split_entries: bool = False) -> dict[str, Unit]
         system_of = {k: params.system_of(params.entries[k]).name for k in keys}
         own = {k: [s for s in stages if s in dag.of_entries and _branch_name(s) == k] for k in keys}
         shared = [s for s in stages if s not in dag.of_entries or _branch_name(s) not in system_of]
-        groups = _entry_groups(dag, own, system_of, set(shared), split_entries)
+        groups = _entry_groups(dag, own, system_of, split_entries)
         if len(groups) <= 1:
             only = next(iter(groups.values()), None)
             units[bench] = Unit(bench, system_of[only[0]] if only else params.round.system.name, stages)
@@ -88,26 +88,22 @@ def route(dag: RoundDAG, params, split_entries: bool = False) -> dict[str, Unit]
     return units
 
 
-def _entry_groups(
-    dag: RoundDAG, own: dict[str, list[str]], system_of: dict[str, str], shared: set[str], split_entries: bool
-) -> dict[str, list[str]]:
+def _entry_groups(dag: RoundDAG, own: dict[str, list[str]], system_of: dict[str, str], split_entries: bool):
     """Entries that must run together: one group per system, or with `split_entries` per entry and the entries
     it needs. An entry that needs one on another system is refused: they cannot run apart."""
-    stage_key = {s: k for k, stages in own.items() for s in stages}
+    stage_key = {s: k for k, stages in own.items() for s in stages}  # entry stages only: no benchmark stage
     group = {k: (k if split_entries else system_of[k]) for k in own}  # entry -> its group's name
     for key, stages in own.items():
-        needs = {stage_key[u] for s in stages for u in dag.upstream.get(s, frozenset()) if u not in shared}
-        for other in sorted(needs - {key}):
-            if system_of[other] != system_of[key]:
-                s = next(s for s in stages if any(stage_key.get(u) == other for u in dag.upstream.get(s, ())))
-                need = next(u for u in sorted(dag.upstream[s]) if stage_key.get(u) == other)
-                raise ValueError(
-                    f"{s} on {system_of[key]} needs {need}, which runs on another system; give both entries one system"
-                )
-            merged, into = group[key], group[other]  # one group from here on, named as the one needed
-            for k, g in group.items():
-                if g == merged:
-                    group[k] = into
+        for stage in stages:
+            for need in sorted(dag.upstream.get(stage, ())):
+                other = stage_key.get(need, key)
+                if system_of[other] != system_of[key]:
+                    raise ValueError(
+                        f"{stage} on {system_of[key]} needs {need}, which runs on another system; "
+                        "give both entries one system"
+                    )
+                merged, into = group[key], group[other]  # one group from here on, named as the one needed
+                group = {k: into if g == merged else g for k, g in group.items()}
     out: dict[str, list[str]] = {}
     for key in own:
         if own[key]:
