@@ -14,6 +14,7 @@ target (4) or a failed audit (5) fail at once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from mlperf_round.harness import timing_lock
 from mlperf_round.runner import REPORT_ENV
 
 REMOTE = "round-remote"  # the DVC remote's name in every workspace (a --local setting)
+PUSHED = ".dvc/tmp/round-pushed.json"  # per workspace: the remote, and each stage's dvc.lock entry last pushed there
 TRANSIENT_EXIT_CODES = {75, -9, -15, 137, 143}  # EX_TEMPFAIL, and a stage killed under us
 _LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy, it is being blocked by")
 
@@ -97,9 +99,60 @@ def _failure(stage: str, proc: subprocess.CompletedProcess, reports: dict[str, d
     return StageFailed(stage, proc.returncode, f"dvc: {reason}", bool(_LOCK_BUSY.search(proc.stdout + proc.stderr)))
 
 
-def _lock_entry(ws: Path, stage: str) -> object:
+def _lock_entries(ws: Path) -> dict:
     lock = ws / "dvc.lock"
-    return yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) if lock.exists() else None
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
+
+
+def _lock_entry(ws: Path, stage: str) -> object:
+    return _lock_entries(ws).get(stage)
+
+
+def _digest(entry: object) -> str:
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+
+
+def _pushed(ws: Path) -> dict:
+    """What this workspace knows is in its remote: {"remote": url, "stages": {stage: digest of its lock entry}}."""
+    try:
+        return json.loads((ws / PUSHED).read_text())
+    except (OSError, ValueError):
+        return {"remote": None, "stages": {}}
+
+
+def _write_pushed(ws: Path, record: dict) -> None:
+    path = ws / PUSHED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, sort_keys=True))
+    tmp.replace(path)  # a worker killed while writing leaves the old record, never half of one
+
+
+def current_prefix(ws: Path, stages: list[str], env: dict[str, str]) -> list[str]:
+    """The leading stages (in run order) that are up to date here and whose outputs this workspace pushed: they
+    need no DVC process at all. Their lock entries must be the ones pushed, and one `dvc status` must find
+    nothing changed (params, code, outputs); the first stage that fails either ends the prefix."""
+    pushed, locks = _pushed(ws)["stages"], _lock_entries(ws)
+    candidates = []
+    for stage in stages:
+        if stage not in locks or pushed.get(stage) != _digest(locks[stage]):
+            break
+        candidates.append(stage)
+    if not candidates:
+        return []
+    proc = _dvc(ws, "status", "--json", *candidates, env=env, check=False)
+    try:
+        changed = set(json.loads(proc.stdout)) if proc.returncode == 0 else None
+    except ValueError:
+        changed = None
+    if changed is None:  # DVC could not say: every stage goes through `dvc repro`, which will
+        return []
+    prefix = []
+    for stage in candidates:
+        if stage in changed:
+            break
+        prefix.append(stage)
+    return prefix
 
 
 def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -149,29 +202,63 @@ def _repro(ws: Path, targets: list[str], env: dict[str, str], *flags: str) -> tu
         return done, _reports(report)
 
 
-@task(
+def _steps(ws: Path, stages: list[str], env: dict[str, str], push: bool) -> list[dict]:
+    """Stages in one `dvc repro --single-item`, in order; their outputs and run-cache entries pushed for the other
+    workers.
+
+    --pull: a run-cache hit brings its outputs from the remote. Whether a stage ran comes from
+    its own report; whether it was restored, from its dvc.lock entry changing without a run."""
+    before = {stage: _lock_entry(ws, stage) for stage in stages}
+    proc, reports = _repro(ws, stages, env, "--single-item")
+    if proc.returncode != 0:
+        raise _failure(" ".join(stages), proc, reports)
+    locks, pushed = _lock_entries(ws), _pushed(ws)["stages"]
+    out = []
+    for stage in stages:
+        ran = stage in reports
+        restored = not ran and locks.get(stage) != before[stage]
+        out.append({"stage": stage, "ran": ran, "restored": restored})
+    if push:
+        # what was restored came from the remote, and an unchanged stage this workspace pushed is there already;
+        # a stage that ran, or one whose push failed before a retry, is pushed now
+        unpushed = [
+            r["stage"] for r in out if not r["restored"] and pushed.get(r["stage"]) != _digest(locks.get(r["stage"]))
+        ]
+        if unpushed:
+            _dvc(ws, "push", "--run-cache", "-r", REMOTE, *unpushed, env=env)
+        record = _pushed(ws)
+        record["stages"].update({stage: _digest(locks.get(stage)) for stage in stages})
+        _write_pushed(ws, record)
+    return out
+
+
+STAGE_TASK = dict(
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=5),
     retry_jitter_factor=0.2,
     retry_condition_fn=_retry_transient,
-    task_run_name="{stage}",
 )
-def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
-    """One DVC stage in its workspace; its outputs and run-cache entry pushed for the other workers.
 
-    --pull: a run-cache hit brings its outputs from the remote. Whether the stage ran comes from
-    its own report; whether it was restored, from its dvc.lock entry changing without a run."""
+
+@task(**STAGE_TASK, task_run_name="{stage}")
+def run_stage(ws: str, stage: str, env: dict[str, str], push: bool) -> dict:
+    """One DVC stage in its workspace (a task of its own: its retries, its state in the UI)."""
+    return _logged(_steps(Path(ws), [stage], env, push))[0]
+
+
+@task(**STAGE_TASK, task_run_name="restore {unit}")
+def restore_unit(ws: str, unit: str, stages: list[str], env: dict[str, str]) -> list[dict]:
+    """The stages of the unit this one comes after, which that unit computed and pushed: one DVC process
+    restores them all from the run-cache (one that is somehow missing there is computed, as by `run_stage`)."""
+    return _logged(_steps(Path(ws), stages, env, push=True))
+
+
+def _logged(results: list[dict]) -> list[dict]:
     logger = get_run_logger()
-    before = _lock_entry(Path(ws), stage)
-    proc, reports = _repro(Path(ws), [stage], env, "--single-item")
-    if proc.returncode != 0:
-        raise _failure(stage, proc, reports)
-    ran = stage in reports
-    restored = not ran and _lock_entry(Path(ws), stage) != before
-    if push and not restored:  # what was restored came from the remote: it is there already
-        _dvc(Path(ws), "push", "--run-cache", "-r", REMOTE, stage, env=env)
-    logger.info("%s: %s", stage, "ran" if ran else "restored from the run-cache" if restored else "up to date")
-    return {"stage": stage, "ran": ran, "restored": restored}
+    for r in results:
+        how = "ran" if r["ran"] else "restored from the run-cache" if r["restored"] else "up to date"
+        logger.info("%s: %s", r["stage"], how)
+    return results
 
 
 def check_remote(url: str) -> str:
@@ -209,6 +296,8 @@ def _workspace(source: Path, ws: Path, remote: str, overrides: dict | None, benc
     if "://" not in remote:
         Path(remote).mkdir(parents=True, exist_ok=True)
     _dvc(ws, "remote", "add", "--local", "--force", "--default", REMOTE, remote)
+    if _pushed(ws)["remote"] != remote:  # another remote: nothing is known to be in it
+        _write_pushed(ws, {"remote": remote, "stages": {}})
     return ws
 
 
@@ -275,17 +364,25 @@ def branch_flow(
     if why:  # before any stage: this worker's results would describe another machine
         raise RuntimeError(f"{why}: this worker takes no work for {system.name}")
     env = _stage_env(uri, git_commit or tracking.git_commit())
-    _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)  # what other workers already computed
     # a benchmark split over systems: its stages ran once, in the unit this one comes after; here they are
     # restored from the remote's run-cache (never computed), so the entry stages find their inputs
-    restore = units[unit.after].stages if unit.after else []
-    results = [run_stage(str(ws), stage, env, push=True) for stage in [*restore, *unit.stages]]
+    inputs = units[unit.after].stages if unit.after else []
+    current = current_prefix(ws, [*inputs, *unit.stages], env)  # a re-run: what it already computed and pushed
+    if current:
+        logger.info("up to date and in the remote: %s", ", ".join(current))
+    results = []
+    if len(current) < len(inputs) + len(unit.stages):
+        _dvc(ws, "fetch", "--run-cache", "-r", REMOTE, env=env)  # what other workers already computed
+    if len(current) < len(inputs):
+        results += restore_unit(str(ws), unit.after, inputs[len(current) :], env)
+    results += [run_stage(str(ws), stage, env, push=True) for stage in unit.stages if stage not in current]
     return {
         "branch": branch,
         "system": system.name,
         "workspace": str(ws),
         "ran": [r["stage"] for r in results if r["ran"]],
         "restored": [r["stage"] for r in results if r["restored"]],
+        "current": current,
     }
 
 
@@ -336,8 +433,12 @@ async def round_flow(
             from prefect.deployments import arun_deployment
 
             queue = await system_queue(unit.system)  # only that system's workers take it
-            run = await arun_deployment(
-                branch_deployment, parameters={"branch": name, **shared}, timeout=None, work_queue_name=queue
+            run = await arun_deployment(  # polled each second: a unit waiting on this one starts sooner
+                branch_deployment,
+                parameters={"branch": name, **shared},
+                timeout=None,
+                poll_interval=1,
+                work_queue_name=queue,
             )
             if run.state.is_crashed():
                 lost.add(name)
@@ -364,7 +465,12 @@ async def round_flow(
     proc, reports = _repro(ws, dag.joins, env)  # restores every branch stage, runs the joins
     if proc.returncode != 0:
         raise _failure(" ".join(dag.joins), proc, reports)
-    _dvc(ws, "push", "--run-cache", "-r", REMOTE, *dag.joins, env=env)  # the next round, on any worker, restores it
+    locks, record = _lock_entries(ws), _pushed(ws)
+    unpushed = [s for s in dag.joins if record["stages"].get(s) != _digest(locks.get(s))]
+    if unpushed:  # the next round, on any worker, restores them
+        _dvc(ws, "push", "--run-cache", "-r", REMOTE, *unpushed, env=env)
+        record["stages"].update({s: _digest(locks.get(s)) for s in unpushed})
+        _write_pushed(ws, record)
     ran = list(reports)
     recomputed = [s for s in ran if s not in dag.joins]
     if recomputed:

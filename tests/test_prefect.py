@@ -346,6 +346,8 @@ def test_a_worker_lost_mid_stage_fails_the_run_and_a_rerun_resumes(stack: Stack)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = stack.stage_runs()
     assert finished(runs, "download@gptj") == downloads_before + 1  # finished before the loss: not run again
+    log = (stack.home / "logs" / f"{worker}.log").read_text()
+    assert "up to date and in the remote: download@gptj\n" in log  # not even a DVC process for it
     assert finished(runs, "calibrate@gptj") >= 2 and finished(runs, "download@llama2-70b") == 1
     killed = next(r for r in runs if r.info.run_id == lost.info.run_id)  # MLflow agrees: that stage was killed
     assert killed.info.status == "KILLED", killed.info.status
