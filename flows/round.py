@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Container
 from pathlib import Path
 
 import yaml
@@ -100,12 +101,10 @@ def _failure(stage: str, proc: subprocess.CompletedProcess, reports: dict[str, d
 
 
 def _lock_entries(ws: Path) -> dict:
-    lock = ws / "dvc.lock"
-    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
-
-
-def _lock_entry(ws: Path, stage: str) -> object:
-    return _lock_entries(ws).get(stage)
+    lock = ws / "dvc.lock"  # a round's is about 75 kB: libyaml's parser, not PyYAML's pure-Python one
+    if not lock.exists():
+        return {}
+    return (yaml.load(lock.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("stages", {})
 
 
 def _digest(entry: object) -> str:
@@ -210,28 +209,30 @@ def _steps(ws: Path, stages: list[str], env: dict[str, str], push: bool) -> list
 
     --pull: a run-cache hit brings its outputs from the remote. Whether a stage ran comes from
     its own report; whether it was restored, from its dvc.lock entry changing without a run."""
-    before = {stage: _lock_entry(ws, stage) for stage in stages}
+    before = _lock_entries(ws)
     proc, reports = _repro(ws, stages, env, "--single-item")
     if proc.returncode != 0:
         raise _failure(" ".join(stages), proc, reports)
-    locks, pushed = _lock_entries(ws), _pushed(ws)["stages"]
+    locks = _lock_entries(ws)
     out = []
     for stage in stages:
         ran = stage in reports
-        restored = not ran and locks.get(stage) != before[stage]
-        out.append({"stage": stage, "ran": ran, "restored": restored})
+        out.append({"stage": stage, "ran": ran, "restored": not ran and locks.get(stage) != before.get(stage)})
     if push:
-        # what was restored came from the remote, and an unchanged stage this workspace pushed is there already;
-        # a stage that ran, or one whose push failed before a retry, is pushed now
-        unpushed = [
-            r["stage"] for r in out if not r["restored"] and pushed.get(r["stage"]) != _digest(locks.get(r["stage"]))
-        ]
-        if unpushed:
-            _dvc(ws, "push", "--run-cache", "-r", REMOTE, *unpushed, env=env)
-        record = _pushed(ws)
-        record["stages"].update({stage: _digest(locks.get(stage)) for stage in stages})
-        _write_pushed(ws, record)
+        _push(ws, stages, env, restored={r["stage"] for r in out if r["restored"]})
     return out
+
+
+def _push(ws: Path, stages: list[str], env: dict[str, str], restored: Container[str] = ()) -> None:
+    """Push the stages' outputs and run-cache entries, but not those restored (they came from the remote) nor
+    those whose current lock entry this workspace pushed before; a stage that ran, or one whose push failed
+    before a retry, is pushed."""
+    locks, record = _lock_entries(ws), _pushed(ws)
+    unpushed = [s for s in stages if s not in restored and record["stages"].get(s) != _digest(locks.get(s))]
+    if unpushed:
+        _dvc(ws, "push", "--run-cache", "-r", REMOTE, *unpushed, env=env)
+    record["stages"].update({s: _digest(locks.get(s)) for s in stages})
+    _write_pushed(ws, record)
 
 
 STAGE_TASK = dict(
@@ -467,12 +468,7 @@ async def round_flow(
     proc, reports = _repro(ws, dag.joins, env)  # restores every branch stage, runs the joins
     if proc.returncode != 0:
         raise _failure(" ".join(dag.joins), proc, reports)
-    locks, record = _lock_entries(ws), _pushed(ws)
-    unpushed = [s for s in dag.joins if record["stages"].get(s) != _digest(locks.get(s))]
-    if unpushed:  # the next round, on any worker, restores them
-        _dvc(ws, "push", "--run-cache", "-r", REMOTE, *unpushed, env=env)
-        record["stages"].update({s: _digest(locks.get(s)) for s in unpushed})
-        _write_pushed(ws, record)
+    _push(ws, dag.joins, env)  # the next round, on any worker, restores them
     ran = list(reports)
     recomputed = [s for s in ran if s not in dag.joins]
     if recomputed:
