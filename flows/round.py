@@ -4,7 +4,8 @@ Each task runs one DVC stage (`dvc repro --single-item`), so DVC's lock file and
 decide what runs: a stage already computed for the same inputs, here or on another worker,
 is restored, never computed again. Branches run in their own workspaces (no DVC lock is
 shared) and meet through a DVC remote; `package` runs in the round's workspace after
-everything is fetched from it. Every stage logs to one MLflow tracking URI.
+everything is fetched from it. Every stage logs to one MLflow tracking URI. A branch run again
+in its workspace skips, without a DVC process each, the leading stages it computed and pushed.
 
 Retries: a stage that exits with EX_TEMPFAIL (75: a download timed out), was killed, or found
 DVC's lock busy is retried with backoff; bad params (2), bad input (3), a missed accuracy
