@@ -220,15 +220,17 @@ def _steps(ws: Path, stages: list[str], env: dict[str, str], push: bool) -> list
         ran = stage in reports
         out.append({"stage": stage, "ran": ran, "restored": not ran and locks.get(stage) != before.get(stage)})
     if push:
-        _push(ws, stages, env, restored={r["stage"] for r in out if r["restored"]})
+        _push(ws, stages, env, restored={r["stage"] for r in out if r["restored"]}, locks=locks)
     return out
 
 
-def _push(ws: Path, stages: list[str], env: dict[str, str], restored: Container[str] = ()) -> None:
+def _push(
+    ws: Path, stages: list[str], env: dict[str, str], restored: Container[str] = (), locks: dict | None = None
+) -> None:
     """Push the stages' outputs and run-cache entries, but not those restored (they came from the remote) nor
     those whose current lock entry this workspace pushed before; a stage that ran, or one whose push failed
-    before a retry, is pushed."""
-    locks, record = _lock_entries(ws), _pushed(ws)
+    before a retry, is pushed. `locks`: dvc.lock's entries, when the caller has just read them."""
+    locks, record = _lock_entries(ws) if locks is None else locks, _pushed(ws)
     unpushed = [s for s in stages if s not in restored and record["stages"].get(s) != _digest(locks.get(s))]
     if unpushed:
         _dvc(ws, "push", "--run-cache", "-r", REMOTE, *unpushed, env=env)
